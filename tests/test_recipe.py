@@ -1,0 +1,649 @@
+"""Recipe loading: valid recipes round-trip with defaults; each bad input is one line `file:line: field`."""
+
+from __future__ import annotations
+
+import json
+import math
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+
+from voxport.errors import BadInput
+from voxport.recipe import (
+    METRIC_DIRECTIONS,
+    Recipe,
+    Threshold,
+    load_recipe,
+    recipe_json_schema,
+)
+
+FULL = """\
+name: tiny-vits
+model: ../checkpoints/tiny
+family: vits
+trust_pickle: true
+formats: [onnx, gguf]
+precisions: [fp32, int8, int4]
+quantize:
+  method: mse
+  block_size: 64
+  overrides: {"decoder.conv_post*": fp16}
+prune:
+  - stack: text_encoder
+    layers: [1, 3]
+  - stack: flow
+    every_other: true
+export:
+  onnx: {opset: 20}
+validate:
+  texts: ["Hello world."]
+  ids: [[1, 5, 7, 2]]
+  seed: 3
+  noise_scale: 0.5
+  noise_scale_duration: 0.6
+  length_scale: 1.1
+  speaker_id: 2
+  thresholds:
+    snr_db: 20
+    logmel_dtw_db: 2.0
+    length_ratio: 0.02
+    mcd_db: {min: 0, max: 4}
+"""
+
+
+def write(directory: Path, text: str, name: str = "recipe.yaml") -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / name
+    path.write_text(textwrap.dedent(text), encoding="utf-8")
+    return path
+
+
+def load_error(path: Path) -> str:
+    with pytest.raises(BadInput) as info:
+        load_recipe(path)
+    message = str(info.value)
+    assert "\n" not in message, message
+    return message
+
+
+# ------------------------------------------------------------------------------------------- valid input
+
+
+def test_minimal_recipe_fills_defaults(tmp_path: Path) -> None:
+    recipe = load_recipe(write(tmp_path, "name: tiny\nmodel: ckpt\n"))
+    assert recipe.name == "tiny"
+    assert recipe.family is None and recipe.trust_pickle is False
+    assert recipe.formats == ["onnx"]
+    assert recipe.precisions == ["fp32", "int8"]
+    assert (recipe.quantize.method, recipe.quantize.block_size, recipe.quantize.overrides) == ("rtn", 32, {})
+    assert recipe.prune == []
+    assert recipe.export.onnx.opset == 21
+    assert recipe.validation is None
+    assert recipe.source_path == (tmp_path / "recipe.yaml").absolute()
+
+
+def test_full_recipe_loads_every_field(tmp_path: Path) -> None:
+    recipe = load_recipe(write(tmp_path / "recipes", FULL))
+    assert recipe.family == "vits" and recipe.trust_pickle is True
+    assert recipe.formats == ["onnx", "gguf"]
+    assert recipe.quantize.overrides == {"decoder.conv_post*": "fp16"}
+    assert recipe.prune[0].layers == [1, 3] and recipe.prune[0].every_other is False
+    assert recipe.prune[1].layers is None and recipe.prune[1].every_other is True
+    assert recipe.export.onnx.opset == 20
+    v = recipe.validation
+    assert v is not None
+    assert v.texts == ["Hello world."] and v.ids == [[1, 5, 7, 2]]
+    assert (v.seed, v.noise_scale, v.noise_scale_duration) == (3, 0.5, 0.6)
+    assert (v.length_scale, v.speaker_id) == (1.1, 2)
+    assert v.thresholds["snr_db"] == Threshold(min=20)
+    assert v.thresholds["logmel_dtw_db"] == Threshold(max=2.0)
+    assert v.thresholds["length_ratio"] == Threshold(min=0.98, max=1.02)
+    assert v.thresholds["mcd_db"] == Threshold(min=0, max=4)
+
+
+def test_resolved_round_trips_through_json_and_yaml(tmp_path: Path) -> None:
+    recipe = load_recipe(write(tmp_path / "recipes", FULL))
+    resolved = recipe.resolved()
+    assert resolved["model"] == str(tmp_path / "checkpoints" / "tiny")
+    assert resolved["validate"]["thresholds"]["snr_db"] == {"min": 20.0, "max": None}
+    assert "source_path" not in resolved
+    # JSON-able, and reading it back (from anywhere) gives the same recipe
+    again = Recipe.from_mapping(json.loads(json.dumps(resolved)), base_dir=tmp_path / "elsewhere")
+    assert again.model_dump() == recipe.model_dump()  # `==` would also compare the source file
+    assert again.resolved() == resolved
+    # the resolved form is itself a valid recipe file
+    copy = write(tmp_path / "other", yaml.safe_dump(resolved, sort_keys=False))
+    assert load_recipe(copy).resolved() == resolved
+
+
+def test_relative_model_resolves_against_recipe_dir_not_cwd(tmp_path: Path, monkeypatch) -> None:
+    path = write(tmp_path / "recipes", "name: tiny\nmodel: ../checkpoints/tiny\n")
+    monkeypatch.chdir(tmp_path / "recipes")
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    recipe = load_recipe(path)
+    assert recipe.model == tmp_path / "checkpoints" / "tiny"
+    assert recipe.model.is_absolute()
+    assert recipe.raw_model == "../checkpoints/tiny"
+
+
+def test_absolute_model_kept(tmp_path: Path) -> None:
+    target = tmp_path / "abs" / "model.safetensors"
+    recipe = load_recipe(write(tmp_path / "r", f"name: tiny\nmodel: {target}\n"))
+    assert recipe.model == target
+
+
+def test_from_mapping_resolves_against_base_dir(tmp_path: Path) -> None:
+    recipe = Recipe.from_mapping({"name": "x", "model": "ck/pt"}, base_dir=tmp_path)
+    assert recipe.model == tmp_path / "ck" / "pt"
+    assert recipe.raw_model == "ck/pt"
+    assert recipe.source_path is None
+
+
+def test_from_mapping_errors_are_bad_input_without_line(tmp_path: Path) -> None:
+    with pytest.raises(BadInput) as info:
+        Recipe.from_mapping({"name": "x", "model": "m", "precisions": ["fp32", "int3"]}, base_dir=tmp_path)
+    assert str(info.value) == "recipe: precisions[1]: 'int3' is not one of fp32, fp16, int8, int4"
+
+
+def test_empty_sections_mean_defaults(tmp_path: Path) -> None:
+    recipe = load_recipe(write(tmp_path, "name: t\nmodel: m\nquantize:\nexport:\nprune:\nvalidate:\n"))
+    assert recipe.quantize.block_size == 32
+    assert recipe.export.onnx.opset == 21
+    assert recipe.prune == []
+    assert recipe.validation is None
+
+
+def test_json_schema_names_yaml_keys() -> None:
+    schema = recipe_json_schema()
+    json.dumps(schema)
+    assert set(schema["required"]) == {"name", "model"}
+    assert "validate" in schema["properties"]
+    assert schema["additionalProperties"] is False
+
+
+# ------------------------------------------------------------------------------------------ thresholds
+
+
+def test_metric_directions() -> None:
+    assert METRIC_DIRECTIONS["snr_db"] == "min"
+    assert METRIC_DIRECTIONS["forced_snr_db"] == "min"
+    assert METRIC_DIRECTIONS["tts_snr_db"] == "min"
+    assert METRIC_DIRECTIONS["duration_match"] == "min"
+    assert METRIC_DIRECTIONS["logmel_dtw_db"] == "max"
+    assert METRIC_DIRECTIONS["mcd_db"] == "max"
+    assert METRIC_DIRECTIONS["max_abs_error"] == "max"
+    assert METRIC_DIRECTIONS["length_ratio"] == "band"
+
+
+@pytest.mark.parametrize(
+    ("metric", "bare", "expected", "text"),
+    [
+        ("snr_db", 20, Threshold(min=20), "≥ 20"),
+        ("duration_match", 0.9, Threshold(min=0.9), "≥ 0.9"),
+        ("logmel_dtw_db", 2, Threshold(max=2), "≤ 2"),
+        ("max_abs_error", 0.001, Threshold(max=0.001), "≤ 0.001"),
+        ("length_ratio", 0.02, Threshold(min=0.98, max=1.02), "within [0.98, 1.02]"),
+        ("length_ratio", 0, Threshold(min=1, max=1), "within [1, 1]"),
+    ],
+)
+def test_bare_thresholds_take_the_metric_direction(
+    tmp_path: Path, metric: str, bare: float, expected: Threshold, text: str
+) -> None:
+    recipe = Recipe.from_mapping(
+        {"name": "t", "model": "m", "validate": {"ids": [[1]], "thresholds": {metric: bare}}}, tmp_path
+    )
+    assert recipe.validation is not None
+    threshold = recipe.validation.thresholds[metric]
+    assert threshold == expected == Threshold.from_bare(metric, bare)
+    assert threshold.describe() == text
+
+
+def test_threshold_check() -> None:
+    at_least = Threshold(min=20)
+    assert at_least.check(20) and at_least.check(35.5) and at_least.check(math.inf)
+    assert not at_least.check(19.99)
+    assert not at_least.check(None)
+    assert not at_least.check(math.nan)
+    at_most = Threshold(max=2)
+    assert at_most.check(2) and at_most.check(-1) and not at_most.check(2.01)
+    band = Threshold.from_bare("length_ratio", 0.02)
+    assert band.check(0.98) and band.check(1.0) and band.check(1.02)
+    assert not band.check(0.97) and not band.check(1.03) and not band.check(None)
+    import numpy as np
+
+    assert at_least.check(np.float32(21.0)) and not at_least.check(np.float64(1.0))
+
+
+def test_explicit_threshold_mapping_ignores_direction(tmp_path: Path) -> None:
+    recipe = Recipe.from_mapping(
+        {"name": "t", "model": "m", "validate": {"texts": ["Hi."], "thresholds": {"snr_db": {"max": 90}}}},
+        tmp_path,
+    )
+    assert recipe.validation is not None
+    assert recipe.validation.thresholds["snr_db"].describe() == "≤ 90"
+
+
+# ------------------------------------------------------------------------------------------- bad input
+
+BAD_CASES = [
+    pytest.param(
+        """\
+        name: t
+        model: m
+        validate:
+          texts: ["Hello."]
+          thresholds:
+            snr_db: 20
+            snr: 20
+        """,
+        7,
+        "validate.thresholds.snr: unknown metric 'snr' (known: snr_db, forced_snr_db,",
+        id="unknown-metric",
+    ),
+    pytest.param(
+        """\
+        name: t
+        model: m
+        precisions: [fp32, int3]
+        """,
+        3,
+        "precisions[1]: 'int3' is not one of fp32, fp16, int8, int4",
+        id="bad-precision",
+    ),
+    pytest.param(
+        """\
+        name: t
+        model: m
+        precisions:
+          - fp16
+          - int3
+        """,
+        5,
+        "precisions[1]: 'int3' is not one of fp32, fp16, int8, int4",
+        id="bad-precision-block-list",
+    ),
+    pytest.param(
+        """\
+        name: t
+        model: m
+        formats: [onnx, tflite]
+        """,
+        3,
+        "formats[1]: 'tflite' is not one of onnx, coreml, gguf",
+        id="bad-format",
+    ),
+    pytest.param(
+        """\
+        name: t
+        model: m
+        quantize:
+          method: rtn
+
+          blok_size: 32
+        """,
+        6,
+        "quantize.blok_size: unknown key (allowed: method, block_size, overrides)",
+        id="unknown-nested-key",
+    ),
+    pytest.param(
+        """\
+        name: t
+        model: m
+        fromats: [onnx]
+        """,
+        3,
+        "fromats: unknown key (allowed: name, model, family, trust_pickle, formats, precisions, quantize, "
+        "prune, export, validate)",
+        id="unknown-top-key",
+    ),
+    pytest.param(
+        """\
+        # a comment first
+
+        model: m
+        formats: [onnx]
+        """,
+        3,
+        "name: required field is missing",
+        id="missing-name",
+    ),
+    pytest.param(
+        """\
+        name: t
+        model: m
+        prune:
+          - layers: [1]
+        """,
+        4,
+        "prune[0].stack: required field is missing",
+        id="missing-nested-field",
+    ),
+    pytest.param(
+        """\
+        name: t
+        model: m
+        prune:
+          - stack: encoder
+            layers: [1]
+            every_other: true
+        """,
+        4,
+        "prune[0]: give exactly one of layers: [...] or every_other: true",
+        id="prune-both",
+    ),
+    pytest.param(
+        """\
+        name: t
+        model: m
+        prune:
+          - stack: encoder
+          - stack: flow
+        """,
+        4,
+        "prune[0]: give exactly one of layers",
+        id="prune-neither",
+    ),
+    pytest.param(
+        """\
+        name: t
+        model: m
+        prune:
+          - stack: encoder
+            layers: [1, 2, 1]
+        """,
+        5,
+        "prune[0].layers: 1 is listed twice",
+        id="prune-duplicate-layer",
+    ),
+    pytest.param(
+        """\
+        name: t
+        model: m
+        quantize:
+          block_size: 24
+        """,
+        4,
+        "quantize.block_size: must be a positive multiple of 16 (16, 32, 64, ...), got 24",
+        id="block-size",
+    ),
+    pytest.param(
+        """\
+        name: t
+        model: m
+        quantize:
+          block_size: true
+        """,
+        4,
+        "quantize.block_size: expected an integer, got a boolean (true)",
+        id="bool-is-not-int",
+    ),
+    pytest.param(
+        """\
+        name: t
+        model: m
+        quantize:
+          overrides:
+            "decoder.*": int3
+        """,
+        5,
+        "quantize.overrides['decoder.*']: 'int3' is not one of fp32, fp16, int8, int4",
+        id="bad-override",
+    ),
+    pytest.param(
+        """\
+        name: t
+        model: m
+        formats: [onnx, gguf, onnx]
+        """,
+        3,
+        "formats: 'onnx' is listed twice",
+        id="duplicate-format",
+    ),
+    pytest.param(
+        """\
+        name: t
+        model: m
+        formats: []
+        """,
+        3,
+        "formats: must not be empty",
+        id="empty-formats",
+    ),
+    pytest.param(
+        """\
+        name: t
+        model: m
+        formats: onnx
+        """,
+        3,
+        "formats: expected a list like [onnx], got the string 'onnx'",
+        id="formats-not-a-list",
+    ),
+    pytest.param(
+        """\
+        name: t
+        model: m
+        export:
+          onnx:
+            opset: 16
+        """,
+        5,
+        "export.onnx.opset: must be ≥ 17, got 16",
+        id="opset-low",
+    ),
+    pytest.param(
+        """\
+        name: ../escape
+        model: m
+        """,
+        1,
+        "name: '../escape' is not a valid name",
+        id="bad-name",
+    ),
+    pytest.param(
+        """\
+        name: t
+        model: ""
+        """,
+        2,
+        "model: must not be empty",
+        id="empty-model",
+    ),
+    pytest.param(
+        """\
+        name: t
+        model: m
+        validate:
+          texts:
+            - Hello.
+            - "   "
+        """,
+        6,
+        "validate.texts[1]: must not be empty or only whitespace",
+        id="blank-text",
+    ),
+    pytest.param(
+        """\
+        name: t
+        model: m
+        validate:
+          seed: 1
+        """,
+        3,
+        "validate: give at least one sentence under texts: or one id list under ids:",
+        id="no-validation-input",
+    ),
+    pytest.param(
+        """\
+        name: t
+        model: m
+        validate:
+          ids:
+            - [1, 2]
+            - [3, -4]
+        """,
+        6,
+        "validate.ids[1][1]: must be ≥ 0, got -4",
+        id="negative-id",
+    ),
+    pytest.param(
+        """\
+        name: t
+        model: m
+        validate:
+          ids: [[1]]
+          length_scale: 0
+        """,
+        5,
+        "validate.length_scale: must be > 0, got 0",
+        id="length-scale",
+    ),
+    pytest.param(
+        """\
+        name: t
+        model: m
+        validate:
+          ids: [[1]]
+          noise_scale: 1e-3
+        """,
+        5,
+        "validate.noise_scale: expected a number, got the string '1e-3' (YAML 1.1 reads 1e-3 as text",
+        id="yaml-exponent",
+    ),
+    pytest.param(
+        """\
+        name: t
+        model: m
+        validate:
+          ids: [[1]]
+          thresholds:
+            length_ratio: -0.1
+        """,
+        6,
+        "validate.thresholds.length_ratio: a bare length_ratio tolerance means |ratio − 1| ≤ t "
+        "and must be ≥ 0, got -0.1",
+        id="negative-length-ratio",
+    ),
+    pytest.param(
+        """\
+        name: t
+        model: m
+        validate:
+          ids: [[1]]
+          thresholds:
+            snr_db: {min: 30, max: 10}
+        """,
+        6,
+        "validate.thresholds.snr_db: min (30) is greater than max (10)",
+        id="threshold-min-over-max",
+    ),
+    pytest.param(
+        """\
+        name: t
+        model: m
+        validate:
+          ids: [[1]]
+          thresholds:
+            mcd_db:
+              maximum: 3
+        """,
+        7,
+        "validate.thresholds.mcd_db.maximum: unknown key (allowed: min, max)",
+        id="threshold-unknown-key",
+    ),
+    pytest.param(
+        """\
+        name: t
+        model: m
+        trust_pickle: true
+        trust_pickle: false
+        """,
+        4,
+        "trust_pickle: duplicate key (first given on line 3)",
+        id="duplicate-key",
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "line", "expected"), BAD_CASES)
+def test_bad_recipe_names_file_line_and_field(tmp_path: Path, text: str, line: int, expected: str) -> None:
+    path = write(tmp_path, text, name="bad.yaml")
+    message = load_error(path)
+    assert message.startswith(f"{path}:{line}: "), message
+    assert expected in message, message
+
+
+def test_first_problem_in_file_order_is_reported_with_a_count(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """\
+        name: t
+        model: m
+        quantize:
+          block_size: 24
+        precisions: [int3]
+        """,
+        name="two.yaml",
+    )
+    message = load_error(path)
+    assert message.startswith(f"{path}:4: quantize.block_size: ")
+    assert message.endswith("(and 1 more problem)")
+
+
+def test_relative_file_name_is_reported_as_given(tmp_path: Path, monkeypatch) -> None:
+    write(tmp_path / "recipes", "name: t\nmodel: m\nprecisions: [fp32, int3]\n", name="bad.yaml")
+    monkeypatch.chdir(tmp_path)
+    message = load_error(Path("recipes/bad.yaml"))
+    assert message == "recipes/bad.yaml:3: precisions[1]: 'int3' is not one of fp32, fp16, int8, int4"
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    message = load_error(tmp_path / "nope.yaml")
+    assert message == f"{tmp_path / 'nope.yaml'}: recipe file not found"
+
+
+def test_directory_instead_of_file(tmp_path: Path) -> None:
+    assert "is a directory" in load_error(tmp_path)
+
+
+def test_yaml_syntax_error_reports_yaml_line(tmp_path: Path) -> None:
+    path = write(tmp_path, "name: t\nmodel: m\nformats: [onnx]\n  bad: indent\n", name="syntax.yaml")
+    message = load_error(path)
+    assert message.startswith(f"{path}:4: not valid YAML: "), message
+
+
+def test_unclosed_flow_list_is_a_syntax_error(tmp_path: Path) -> None:
+    path = write(tmp_path, "name: t\nmodel: m\nformats: [onnx\nprecisions: [fp32]\n", name="syntax.yaml")
+    message = load_error(path)
+    assert message.startswith(f"{path}:") and "not valid YAML" in message
+
+
+def test_top_level_not_a_mapping(tmp_path: Path) -> None:
+    path = write(tmp_path, "# header\n- name: t\n- model: m\n", name="list.yaml")
+    message = load_error(path)
+    assert message.startswith(f"{path}:2: the recipe must be a mapping"), message
+    assert "got a list" in message
+
+
+@pytest.mark.parametrize("text", ["", "\n\n", "# only a comment\n", "---\n", "~\n"])
+def test_empty_file(tmp_path: Path, text: str) -> None:
+    path = write(tmp_path, text, name="empty.yaml")
+    message = load_error(path)
+    assert message.startswith(f"{path}: the recipe is empty")
+
+
+def test_not_utf8(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("name: caf\xe9\nmodel: m\n".encode("latin-1"))
+    message = load_error(path)
+    assert message.startswith(f"{path}: not UTF-8 text")
+
+
+def test_python_tags_are_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, "name: t\nmodel: !!python/object:os.system {}\n", name="tag.yaml")
+    message = load_error(path)
+    assert message.startswith(f"{path}:2: not valid YAML"), message

@@ -1,0 +1,70 @@
+"""Write one ONNX file per family graph for one precision, atomically, with runtime metadata."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+
+from voxport import __version__
+from voxport.export.onnx.trace import trace_graph
+from voxport.export.onnx.weights import Stored, apply_stored_weights
+from voxport.families.base import FamilyModel
+from voxport.io import atomic_path
+
+
+@dataclass(frozen=True)
+class ExportedFile:
+    graph: str
+    path: Path
+    primary: bool
+
+
+def trace_all(model: FamilyModel) -> dict[str, tuple[onnx.ModelProto, bool, dict[str, str]]]:
+    """Trace every graph once in fp32; precisions are applied to copies of these."""
+    return {spec.name: (trace_graph(spec), spec.primary, spec.metadata) for spec in model.graphs()}
+
+
+def _file_name(stem: str, precision: str, graph: str, primary: bool) -> str:
+    return f"{stem}.{precision}.onnx" if primary else f"{stem}.{precision}.{graph}.onnx"
+
+
+def export_onnx(
+    model: FamilyModel,
+    weights: Mapping[str, Stored],
+    out_dir: Path,
+    *,
+    stem: str,
+    precision: str,
+    metadata: Mapping[str, str],
+    traced: dict[str, tuple[onnx.ModelProto, bool, dict[str, str]]] | None = None,
+) -> list[ExportedFile]:
+    """Export all graphs of `model` with `weights` stored in their chosen encodings."""
+    traced = traced if traced is not None else trace_all(model)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = []
+    for graph, (proto, primary, graph_meta) in traced.items():
+        copy = onnx.ModelProto()
+        copy.CopyFrom(proto)
+        apply_stored_weights(copy, weights)
+        props = {
+            "family": model.family,
+            "graph": graph,
+            "precision": precision,
+            "voxport_version": __version__,
+            **graph_meta,
+            **metadata,
+        }
+        del copy.metadata_props[:]
+        for key, value in props.items():
+            copy.metadata_props.add(key=key, value=str(value))
+        copy.producer_name = "voxport"
+        copy.producer_version = __version__
+        onnx.checker.check_model(copy)
+        path = out_dir / _file_name(stem, precision, graph, primary)
+        with atomic_path(path) as tmp:
+            onnx.save_model(copy, str(tmp))
+        files.append(ExportedFile(graph=graph, path=path, primary=primary))
+    return files

@@ -1,0 +1,57 @@
+"""Trace a family graph into an fp32 ONNX model whose initializers keep their parameter names.
+
+The TorchScript exporter is used (not dynamo): transformers' input checks trip the dynamo exporter
+(`aten._is_all_true`), and tracing handles the families' data-dependent frame counts. Constant
+folding is off so that each weight stays a named initializer (a folded Linear weight becomes an
+anonymous transposed copy); ONNX Runtime folds the remaining shape arithmetic at load time.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import onnx
+import torch
+
+from voxport.errors import VoxportError
+from voxport.families.base import GraphSpec
+
+TRACE_OPSET = 18
+
+
+class ExportFailed(VoxportError):
+    """The torch graph could not be traced into ONNX (an unsupported op or shape)."""
+
+
+def trace_graph(spec: GraphSpec) -> onnx.ModelProto:
+    buffer = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        try:
+            torch.onnx.export(
+                spec.module,
+                spec.example_inputs,
+                buffer,
+                input_names=spec.input_names,
+                output_names=spec.output_names,
+                dynamic_axes=spec.dynamic_axes,
+                opset_version=TRACE_OPSET,
+                dynamo=False,
+                do_constant_folding=False,
+            )
+        except Exception as exc:  # the exporter raises many internal types; name the graph instead
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ExportFailed(f"ONNX export of graph '{spec.name}' failed: {first}") from exc
+    model = onnx.load_from_string(buffer.getvalue())
+    _drop_dangling_initializers(model)
+    return model
+
+
+def _drop_dangling_initializers(model: onnx.ModelProto) -> None:
+    """Remove initializers no node reads (the exporter can leave some behind after deduplication)."""
+    used = {name for node in model.graph.node for name in node.input}
+    used |= {o.name for o in model.graph.output}
+    keep = [init for init in model.graph.initializer if init.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(keep)

@@ -1,0 +1,144 @@
+"""Store each weight of a traced fp32 ONNX graph in the precision the quantize stage chose.
+
+- fp16: a float16 initializer followed by `Cast` to float32 (weight-only; compute stays fp32).
+- int8: an int8 initializer of the original shape with a per-output-channel `DequantizeLinear`.
+- int4: an INT4 initializer in the 2-D layout of `QuantizedTensor` with a blocked
+  `DequantizeLinear` (opset 21), then `Reshape` back to the kernel's shape. A Linear weight that the
+  trace feeds through `Transpose` into `MatMul` is stored pre-transposed with blocks along axis 0,
+  the pattern ONNX Runtime fuses into `MatMulNBits`.
+
+Scales are stored as float32 holding the quantizer's values (for int4 those are exactly
+float16-representable), so every runtime dequantizes to the same floats as `QuantizedTensor`.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from voxport.quantize.tensor import QuantizedTensor
+
+DQ_OPSET = 21
+
+Stored = np.ndarray | QuantizedTensor
+
+
+def _int4_tensor(name: str, codes: np.ndarray) -> TensorProto:
+    flat = codes.astype(np.int8).reshape(-1)
+    if flat.size % 2:
+        flat = np.concatenate([flat, np.zeros(1, np.int8)])
+    nibbles = (flat.astype(np.uint8) & 0x0F)
+    packed = (nibbles[0::2] | (nibbles[1::2] << 4)).astype(np.uint8)
+    tensor = TensorProto()
+    tensor.name = name
+    tensor.data_type = TensorProto.INT4
+    tensor.dims.extend(codes.shape)
+    tensor.raw_data = packed.tobytes()
+    return tensor
+
+
+class _Rewriter:
+    def __init__(self, model: onnx.ModelProto) -> None:
+        self.model = model
+        self.consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
+        for node in model.graph.node:
+            for name in node.input:
+                self.consumers[name].append(node)
+        self.new_inits: list[TensorProto] = []
+        self.new_nodes: list[onnx.NodeProto] = []
+        self.removed: set[int] = set()
+
+    def _transposed_matmul(self, name: str) -> onnx.NodeProto | None:
+        """The single Transpose(perm=[1,0]) that feeds this weight only into MatMuls, if any."""
+        users = self.consumers[name]
+        if len(users) != 1 or users[0].op_type != "Transpose":
+            return None
+        perm = [list(a.ints) for a in users[0].attribute if a.name == "perm"]
+        if perm not in ([[1, 0]], []):
+            return None
+        if not all(n.op_type == "MatMul" for n in self.consumers[users[0].output[0]]):
+            return None
+        return users[0]
+
+    def store(self, init: TensorProto, value: Stored) -> None:
+        name = init.name
+        if isinstance(value, QuantizedTensor):
+            self._store_quantized(name, value)
+        elif value.dtype == np.float16:
+            self.new_inits.append(numpy_helper.from_array(value, f"{name}__fp16"))
+            self.new_nodes.append(helper.make_node("Cast", [f"{name}__fp16"], [name], to=TensorProto.FLOAT,
+                                                   name=f"{name}__cast"))
+        else:
+            self.new_inits.append(numpy_helper.from_array(value.astype(np.float32), name))
+
+    def _store_quantized(self, name: str, q: QuantizedTensor) -> None:
+        transpose = self._transposed_matmul(name) if len(q.shape) == 2 else None
+        codes, scales = q.codes, q.scales.astype(np.float32)
+        out = name
+        if transpose is not None:
+            # MatMul B = W^T: rows become axis 1, blocks run along axis 0 (the reduction axis).
+            codes, scales, axis = codes.T, scales.T, 0
+            out = transpose.output[0]
+            self.removed.add(id(transpose))
+        else:
+            axis = 1
+        if q.bits == 8:
+            if transpose is None:
+                codes = codes.reshape(q.shape)
+            per_channel_axis = 1 if transpose is not None else 0
+            self.new_inits.append(numpy_helper.from_array(codes.astype(np.int8), f"{name}__q"))
+            self.new_inits.append(numpy_helper.from_array(scales.reshape(-1), f"{name}__scale"))
+            self.new_nodes.append(helper.make_node(
+                "DequantizeLinear", [f"{name}__q", f"{name}__scale"], [out], axis=per_channel_axis,
+                name=f"{name}__dq"))
+            return
+        if q.bits != 4:
+            raise ValueError(f"{name}: unsupported bit width {q.bits}")
+        if q.offsets is not None:
+            raise ValueError(f"{name}: asymmetric int4 is not exported to ONNX yet")
+        self.new_inits.append(_int4_tensor(f"{name}__q", codes))
+        self.new_inits.append(numpy_helper.from_array(np.ascontiguousarray(scales), f"{name}__scale"))
+        needs_reshape = transpose is None and tuple(codes.shape) != tuple(q.shape)
+        dq_out = f"{name}__dq2d" if needs_reshape else out
+        self.new_nodes.append(helper.make_node(
+            "DequantizeLinear", [f"{name}__q", f"{name}__scale"], [dq_out], axis=axis,
+            block_size=q.block_size, name=f"{name}__dq"))
+        if needs_reshape:
+            self.new_inits.append(numpy_helper.from_array(np.asarray(q.shape, np.int64), f"{name}__shape"))
+            self.new_nodes.append(helper.make_node("Reshape", [dq_out, f"{name}__shape"], [out],
+                                                   name=f"{name}__reshape"))
+
+    def finish(self, replaced: set[str]) -> None:
+        graph = self.model.graph
+        keep_inits = [i for i in graph.initializer if i.name not in replaced]
+        del graph.initializer[:]
+        graph.initializer.extend(keep_inits + self.new_inits)
+        keep_nodes = [n for n in graph.node if id(n) not in self.removed]
+        del graph.node[:]
+        # Weight producers first: ONNX requires topological order.
+        graph.node.extend(self.new_nodes + keep_nodes)
+
+
+def apply_stored_weights(
+    model: onnx.ModelProto, weights: Mapping[str, Stored], *, prefix: str = "model."
+) -> set[str]:
+    """Replace initializers named ``prefix + weight name``; returns the weight names stored."""
+    rewriter = _Rewriter(model)
+    replaced: set[str] = set()
+    for init in list(model.graph.initializer):
+        if not init.name.startswith(prefix):
+            continue
+        key = init.name[len(prefix):]
+        if key not in weights:
+            continue
+        rewriter.store(init, weights[key])
+        replaced.add(init.name)
+    rewriter.finish(replaced)
+    for opset in model.opset_import:
+        if opset.domain in ("", "ai.onnx"):
+            opset.version = max(opset.version, DQ_OPSET)
+    return {name[len(prefix):] for name in replaced}

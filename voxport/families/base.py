@@ -1,0 +1,201 @@
+"""The contract every model architecture implements, and the registry that finds the right one.
+
+Everything architecture-specific lives behind `Family` and `FamilyModel`: the pipeline, exporters
+and validator only talk to these interfaces, so adding an architecture means adding one adapter.
+The synthesis loop is written once per family against a `Runner`, which is how reference audio and
+exported audio come out of the same code with the same explicit noise.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+
+import numpy as np
+import torch
+
+from voxport.errors import BadInput
+
+
+class Runner(Protocol):
+    """Calls one named graph with numpy inputs; implemented by torch, ONNX Runtime, ... runners."""
+
+    name: str
+
+    def run(self, graph: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+
+@dataclass
+class GraphSpec:
+    """One graph an edge runtime runs: the torch module that computes it and how to export it."""
+
+    name: str
+    module: torch.nn.Module
+    input_names: list[str]
+    output_names: list[str]
+    example_inputs: tuple[torch.Tensor, ...]
+    dynamic_axes: dict[str, dict[int, str]]
+    #: extra ONNX metadata_props a runtime needs to drive this graph (sample rate, phoneme map, ...)
+    metadata: dict[str, str] = field(default_factory=dict)
+    #: the graph a user loads on its own (e.g. Piper's one-graph form) is the artifact's primary file
+    primary: bool = False
+    #: outputs holding decisions (rounded durations, token ids) rather than values: parity reports
+    #: their agreement separately, so they are left out of the max-abs-error figure
+    discrete_outputs: frozenset[str] = frozenset()
+
+
+@dataclass
+class SynthesisSettings:
+    """Everything that makes a synthesis run reproducible; noise is derived from `seed` explicitly."""
+
+    seed: int = 0
+    noise_scale: float = 0.667
+    noise_scale_duration: float = 0.8
+    length_scale: float = 1.0
+    speaker_id: int | None = None
+
+
+@dataclass
+class Synthesis:
+    """Audio plus the intermediate figures parity needs (durations, per-graph outputs)."""
+
+    audio: np.ndarray
+    sample_rate: int
+    durations: np.ndarray | None = None
+    graph_outputs: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PrunableStack:
+    """A stack of identical layers that may lose some of its layers."""
+
+    name: str
+    num_layers: int
+    description: str
+
+
+class FamilyModel(ABC):
+    """A loaded full-precision model of one family: what every stage asks of an architecture."""
+
+    family: ClassVar[str]
+
+    @property
+    @abstractmethod
+    def sample_rate(self) -> int: ...
+
+    @abstractmethod
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Inference weights, weight-norm folded: the names the recipe globs and manifest use."""
+
+    @abstractmethod
+    def quantizable(self) -> set[str]:
+        """Names of weights that weight-only quantization may touch (Linear/Conv kernels)."""
+
+    @abstractmethod
+    def prunable_stacks(self) -> list[PrunableStack]: ...
+
+    @abstractmethod
+    def pruned(self, stack: str, drop: Sequence[int]) -> FamilyModel:
+        """A new model without the given layers of `stack`."""
+
+    @abstractmethod
+    def with_weights(self, weights: Mapping[str, torch.Tensor]) -> FamilyModel:
+        """A copy whose weights are replaced (used to run dequantized weights in torch)."""
+
+    @abstractmethod
+    def graphs(self) -> list[GraphSpec]:
+        """The graphs an edge runtime runs, ready for export."""
+
+    @abstractmethod
+    def text_to_ids(self, text: str) -> list[int]:
+        """Text frontend; raises BadInput when the checkpoint has none (use ids instead)."""
+
+    @abstractmethod
+    def synthesize(
+        self,
+        runner: Runner,
+        ids: Sequence[int],
+        settings: SynthesisSettings,
+        *,
+        forced_durations: np.ndarray | None = None,
+    ) -> Synthesis:
+        """The synthesis loop over the split graphs, identical for every runner."""
+
+    @abstractmethod
+    def synthesize_primary(self, runner: Runner, ids: Sequence[int], settings: SynthesisSettings) -> Synthesis:
+        """Run the primary (user-facing) graph with noise off, for its own parity figure."""
+
+    @abstractmethod
+    def save(self, out_dir: Path) -> None:
+        """Write a full-precision checkpoint this family's `load` reads back (stage output)."""
+
+    @abstractmethod
+    def describe(self) -> dict[str, Any]:
+        """Hyperparameters for `inspect`, the manifest and format metadata."""
+
+    def torch_runner(self) -> Runner:
+        """The fp32 reference runner over this model's own graph modules."""
+        from voxport.validate.runners import TorchRunner
+
+        return TorchRunner(self.graphs())
+
+    def parameters(self) -> int:
+        return int(sum(t.numel() for t in self.state_dict().values()))
+
+
+class Family(ABC):
+    """Recognises and loads one architecture's checkpoints."""
+
+    name: ClassVar[str]
+
+    @classmethod
+    @abstractmethod
+    def recognizes(cls, path: Path) -> bool:
+        """Cheap check (config files, tensor names) without loading weights."""
+
+    @classmethod
+    @abstractmethod
+    def load(cls, path: Path, *, trust_pickle: bool = False) -> FamilyModel: ...
+
+
+_REGISTRY: dict[str, type[Family]] = {}
+
+
+def register(family: type[Family]) -> type[Family]:
+    _REGISTRY[family.name] = family
+    return family
+
+
+def families() -> dict[str, type[Family]]:
+    _load_builtin()
+    return dict(_REGISTRY)
+
+
+def _load_builtin() -> None:
+    # Importing the adapters registers them; done lazily so `voxport --help` stays fast.
+    import voxport.families.vits  # noqa: F401
+
+
+def detect_family(path: Path, forced: str | None = None) -> type[Family]:
+    """The family for a checkpoint, or a BadInput naming what was found and what is supported."""
+    known = families()
+    if forced is not None:
+        if forced not in known:
+            raise BadInput(f"unknown family '{forced}' (known: {', '.join(sorted(known))})")
+        return known[forced]
+    if not path.exists():
+        raise BadInput(f"checkpoint not found: {path}")
+    for family in known.values():
+        if family.recognizes(path):
+            return family
+    raise BadInput(
+        f"{path}: unknown architecture (supported: {', '.join(sorted(known))}); "
+        "expected e.g. a transformers VitsModel directory with config.json and model.safetensors"
+    )
+
+
+def load_model(path: Path, *, family: str | None = None, trust_pickle: bool = False) -> FamilyModel:
+    return detect_family(path, family).load(path, trust_pickle=trust_pickle)

@@ -1,0 +1,349 @@
+"""VITS (transformers `VitsModel`, the MMS-TTS layout) as a voxport family."""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+from transformers import VitsConfig, VitsModel
+
+from voxport.convert.checkpoint import PICKLE_SUFFIXES, find_weights_file, load_tensors
+from voxport.errors import BadInput
+from voxport.families.base import (
+    Family,
+    FamilyModel,
+    GraphSpec,
+    PrunableStack,
+    Runner,
+    Synthesis,
+    SynthesisSettings,
+    register,
+)
+from voxport.families.vits.graphs import DecoderGraph, EncoderGraph, PiperGraph
+from voxport.io import atomic_write_bytes, atomic_write_json
+
+#: written beside a checkpoint that voxport itself saved (weight-norm folded, inference weights only)
+MARKER = "voxport.json"
+TOKENIZER_FILES = ("vocab.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
+def fold_weight_norm(model: nn.Module) -> None:
+    """Replace weight-norm parametrizations by the plain weight they compute.
+
+    Exporters and quantizers must see the weight that is actually used, not its (g, v) factors."""
+    for module in model.modules():
+        if parametrize.is_parametrized(module, "weight"):
+            parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+
+
+def _strip_training_parts(model: VitsModel) -> None:
+    # The posterior encoder only serves training; an edge runtime never runs it.
+    model.posterior_encoder = None
+
+
+class VitsModelAdapter(FamilyModel):
+    family: ClassVar[str] = "vits"
+
+    def __init__(self, model: VitsModel, *, source: str, tokenizer_files: dict[str, bytes]) -> None:
+        self.model = model.eval()
+        self.source = source
+        self.tokenizer_files = tokenizer_files
+        self._tokenizer: Any = None
+
+    # --- description -------------------------------------------------------------------------
+    @property
+    def config(self) -> VitsConfig:
+        return self.model.config
+
+    @property
+    def sample_rate(self) -> int:
+        return int(self.config.sampling_rate)
+
+    @property
+    def hop_length(self) -> int:
+        return int(np.prod(self.config.upsample_rates))
+
+    def describe(self) -> dict[str, Any]:
+        c = self.config
+        return {
+            "family": self.family,
+            "sample_rate": self.sample_rate,
+            "hidden_size": c.hidden_size,
+            "text_encoder_layers": c.num_hidden_layers,
+            "flow_size": c.flow_size,
+            "vocab_size": c.vocab_size,
+            "num_speakers": c.num_speakers,
+            "hop_length": self.hop_length,
+            "stochastic_duration": bool(c.use_stochastic_duration_prediction),
+        }
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach() for k, v in self.model.state_dict().items()}
+
+    def quantizable(self) -> set[str]:
+        names: set[str] = set()
+        for module_name, module in self.model.named_modules():
+            if isinstance(module, (nn.Linear, nn.Conv1d, nn.ConvTranspose1d)) and module.weight.dim() >= 2:
+                names.add(f"{module_name}.weight")
+        return names
+
+    # --- transformations ------------------------------------------------------------------------
+    def prunable_stacks(self) -> list[PrunableStack]:
+        return [
+            PrunableStack(
+                "text_encoder",
+                self.config.num_hidden_layers,
+                "transformer layers of the text encoder (relative-position attention + conv FFN)",
+            )
+        ]
+
+    def pruned(self, stack: str, drop: Sequence[int]) -> VitsModelAdapter:
+        stacks = {s.name: s for s in self.prunable_stacks()}
+        if stack not in stacks:
+            raise BadInput(f"vits has no prunable stack '{stack}' (prunable: {', '.join(stacks)})")
+        n = stacks[stack].num_layers
+        bad = [i for i in drop if not 0 <= i < n]
+        if bad:
+            raise BadInput(f"prune {stack}: layer indices {bad} out of range 0..{n - 1}")
+        keep = [i for i in range(n) if i not in set(drop)]
+        if not keep:
+            raise BadInput(f"prune {stack}: cannot drop all {n} layers")
+        model = copy.deepcopy(self.model)
+        layers = model.text_encoder.encoder.layers
+        model.text_encoder.encoder.layers = nn.ModuleList([layers[i] for i in keep])
+        model.config.num_hidden_layers = len(keep)
+        return VitsModelAdapter(model, source=self.source, tokenizer_files=self.tokenizer_files)
+
+    def with_weights(self, weights: Mapping[str, torch.Tensor]) -> VitsModelAdapter:
+        model = copy.deepcopy(self.model)
+        model.load_state_dict({k: v.to(torch.float32) for k, v in weights.items()}, strict=True)
+        return VitsModelAdapter(model, source=self.source, tokenizer_files=self.tokenizer_files)
+
+    # --- graphs ------------------------------------------------------------------------------------
+    def _multi_speaker(self) -> bool:
+        return self.config.num_speakers > 1
+
+    def graphs(self) -> list[GraphSpec]:
+        c = self.config
+        ids = torch.tensor([[1, 2, 3, 4, 5, 6, 7, 8]], dtype=torch.int64) % c.vocab_size
+        t = ids.shape[1]
+        sid = (torch.tensor([0], dtype=torch.int64),) if self._multi_speaker() else ()
+        sid_names = ["sid"] if self._multi_speaker() else []
+        meta = {"sample_rate": str(self.sample_rate), "hop_length": str(self.hop_length)}
+        enc = GraphSpec(
+            name="encoder",
+            module=EncoderGraph(self.model),
+            input_names=["input_ids", "noise_w", "length_scale", *sid_names],
+            output_names=["durations", "m_p", "logs_p"],
+            example_inputs=(ids, torch.zeros(1, 2, t), torch.ones(1), *sid),
+            dynamic_axes={"input_ids": {1: "tokens"}, "noise_w": {2: "tokens"}, "durations": {1: "tokens"},
+                          "m_p": {2: "tokens"}, "logs_p": {2: "tokens"}},
+            metadata=meta,
+            discrete_outputs=frozenset({"durations"}),
+        )
+        frames = 12
+        dec = GraphSpec(
+            name="decoder",
+            module=DecoderGraph(self.model),
+            input_names=["m_p", "logs_p", "durations", "noise", *sid_names],
+            output_names=["waveform"],
+            example_inputs=(
+                torch.zeros(1, c.flow_size, t),
+                torch.zeros(1, c.flow_size, t),
+                torch.tensor([[1.0, 2.0, 1.0, 2.0, 1.0, 2.0, 1.0, 2.0]]),
+                torch.zeros(1, c.flow_size, frames),
+                *sid,
+            ),
+            dynamic_axes={"m_p": {2: "tokens"}, "logs_p": {2: "tokens"}, "durations": {1: "tokens"},
+                          "noise": {2: "frames"}, "waveform": {1: "samples"}},
+            metadata=meta,
+        )
+        tts = GraphSpec(
+            name="tts",
+            module=PiperGraph(self.model),
+            input_names=["input", "input_lengths", "scales", *sid_names],
+            output_names=["output"],
+            example_inputs=(ids, torch.tensor([t], dtype=torch.int64),
+                            torch.tensor([0.667, 1.0, 0.8], dtype=torch.float32), *sid),
+            dynamic_axes={"input": {1: "phonemes"}, "output": {3: "time"}},
+            metadata={**meta, "model_type": "vits", "n_speakers": str(c.num_speakers)},
+            primary=True,
+        )
+        return [enc, dec, tts]
+
+    # --- synthesis ----------------------------------------------------------------------------------
+    def text_to_ids(self, text: str) -> list[int]:
+        if not text.strip():
+            raise BadInput("empty text: give a sentence with at least one letter")
+        if "vocab.json" not in self.tokenizer_files:
+            raise BadInput(
+                "this checkpoint has no text frontend (no vocab.json); give input ids instead "
+                "(recipe validate.ids, or --ids)"
+            )
+        ids = self._tokenizer_instance()(text)["input_ids"]
+        if not ids:
+            raise BadInput(f"text {text!r} maps to no tokens of this voice's vocabulary")
+        return [int(i) for i in ids]
+
+    def _tokenizer_instance(self) -> Any:
+        if self._tokenizer is None:
+            import tempfile
+
+            from transformers import VitsTokenizer
+
+            with tempfile.TemporaryDirectory() as tmp:
+                for name, data in self.tokenizer_files.items():
+                    Path(tmp, name).write_bytes(data)
+                self._tokenizer = VitsTokenizer.from_pretrained(tmp)
+        return self._tokenizer
+
+    def _common_inputs(self, settings: SynthesisSettings) -> dict[str, np.ndarray]:
+        if not self._multi_speaker():
+            return {}
+        sid = settings.speaker_id or 0
+        if not 0 <= sid < self.config.num_speakers:
+            raise BadInput(f"speaker id {sid} out of range 0..{self.config.num_speakers - 1}")
+        return {"sid": np.array([sid], dtype=np.int64)}
+
+    def _check_ids(self, ids: Sequence[int]) -> np.ndarray:
+        arr = np.asarray(list(ids), dtype=np.int64)
+        if arr.size == 0:
+            raise BadInput("empty input: give at least one token id")
+        if arr.min() < 0 or arr.max() >= self.config.vocab_size:
+            raise BadInput(f"input ids must lie in 0..{self.config.vocab_size - 1}")
+        return arr[None, :]
+
+    def synthesize(
+        self,
+        runner: Runner,
+        ids: Sequence[int],
+        settings: SynthesisSettings,
+        *,
+        forced_durations: np.ndarray | None = None,
+    ) -> Synthesis:
+        input_ids = self._check_ids(ids)
+        extra = self._common_inputs(settings)
+        rng = np.random.default_rng(settings.seed)
+        t = input_ids.shape[1]
+        noise_w = (rng.standard_normal((1, 2, t)) * settings.noise_scale_duration).astype(np.float32)
+        enc = runner.run("encoder", {"input_ids": input_ids, "noise_w": noise_w,
+                                      "length_scale": np.array([settings.length_scale], np.float32), **extra})
+        durations = enc["durations"] if forced_durations is None else forced_durations.astype(np.float32)
+        frames = max(int(round(float(durations.sum()))), 1)
+        # Frame noise is drawn from its own stream so that forcing durations keeps the shared prefix.
+        frame_rng = np.random.default_rng([settings.seed, 1])
+        noise = (frame_rng.standard_normal((1, self.config.flow_size, frames)) * settings.noise_scale)
+        dec = runner.run("decoder", {"m_p": enc["m_p"], "logs_p": enc["logs_p"], "durations": durations,
+                                      "noise": noise.astype(np.float32), **extra})
+        return Synthesis(
+            audio=dec["waveform"][0].astype(np.float32),
+            sample_rate=self.sample_rate,
+            durations=np.rint(enc["durations"][0]).astype(np.int64),
+            graph_outputs={"encoder": enc, "decoder": dec},
+        )
+
+    def synthesize_primary(self, runner: Runner, ids: Sequence[int], settings: SynthesisSettings) -> Synthesis:
+        input_ids = self._check_ids(ids)
+        out = runner.run("tts", {
+            "input": input_ids,
+            "input_lengths": np.array([input_ids.shape[1]], dtype=np.int64),
+            "scales": np.array([0.0, settings.length_scale, 0.0], dtype=np.float32),
+            **self._common_inputs(settings),
+        })
+        return Synthesis(audio=out["output"].reshape(-1).astype(np.float32), sample_rate=self.sample_rate,
+                         graph_outputs={"tts": out})
+
+    # --- persistence -------------------------------------------------------------------------------
+    def save(self, out_dir: Path) -> None:
+        from safetensors.torch import save
+
+        out_dir.mkdir(parents=True, exist_ok=True)
+        tensors = {k: v.contiguous() for k, v in self.state_dict().items()}
+        atomic_write_bytes(out_dir / "model.safetensors", save(tensors, metadata={"format": "pt"}))
+        atomic_write_json(out_dir / "config.json", self.config.to_dict())
+        for name, data in self.tokenizer_files.items():
+            atomic_write_bytes(out_dir / name, data)
+        atomic_write_json(out_dir / MARKER, {"family": self.family, "layout": "folded", "source": self.source})
+
+
+@register
+class VitsFamily(Family):
+    name: ClassVar[str] = "vits"
+
+    @classmethod
+    def recognizes(cls, path: Path) -> bool:
+        config = path / "config.json" if path.is_dir() else path.parent / "config.json"
+        if not config.is_file():
+            return False
+        try:
+            data = json.loads(config.read_text())
+        except (OSError, ValueError):
+            return False
+        return isinstance(data, dict) and data.get("model_type") == "vits"
+
+    @classmethod
+    def load(cls, path: Path, *, trust_pickle: bool = False) -> VitsModelAdapter:
+        directory = path if path.is_dir() else path.parent
+        weights = find_weights_file(directory) if path.is_dir() else path
+        try:
+            config = VitsConfig.from_pretrained(str(directory))
+        except (OSError, ValueError, TypeError) as exc:
+            raise BadInput(f"{directory / 'config.json'}: not a valid VITS config ({exc})") from None
+        if weights.suffix.lower() in PICKLE_SUFFIXES and not trust_pickle:
+            load_tensors(weights, trust_pickle=False)  # raises the pickle-policy error
+        tensors = load_tensors(weights, trust_pickle=trust_pickle)
+        with torch.device("cpu"):
+            model = VitsModel(config)
+        model.eval()
+        marker = directory / MARKER
+        if marker.is_file():
+            fold_weight_norm(model)
+            _strip_training_parts(model)
+            cls._load_strict(model, tensors, weights)
+        else:
+            tensors = {k: v for k, v in tensors.items() if not k.startswith("posterior_encoder.")}
+            _strip_training_parts(model)
+            cls._load_strict(model, _rename_weight_norm(tensors), weights)
+            fold_weight_norm(model)
+        tokenizer_files = {n: (directory / n).read_bytes() for n in TOKENIZER_FILES if (directory / n).is_file()}
+        return VitsModelAdapter(model, source=str(path), tokenizer_files=tokenizer_files)
+
+    @staticmethod
+    def _load_strict(model: nn.Module, tensors: dict[str, torch.Tensor], weights: Path) -> None:
+        expected = set(model.state_dict())
+        missing = sorted(expected - set(tensors))
+        unexpected = sorted(set(tensors) - expected)
+        if missing or unexpected:
+            detail = []
+            if missing:
+                detail.append(f"{len(missing)} missing (e.g. {missing[0]})")
+            if unexpected:
+                detail.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+            raise BadInput(f"{weights}: weights do not match config.json: {', '.join(detail)}")
+        shapes = model.state_dict()
+        for name, tensor in tensors.items():
+            if tuple(tensor.shape) != tuple(shapes[name].shape):
+                raise BadInput(
+                    f"{weights}: tensor {name} has shape {tuple(tensor.shape)}, config.json implies "
+                    f"{tuple(shapes[name].shape)}"
+                )
+        model.load_state_dict({k: v.to(torch.float32) for k, v in tensors.items()}, strict=True)
+
+
+def _rename_weight_norm(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Old checkpoints (MMS on the hub) store weight norm as weight_g/weight_v."""
+    out = {}
+    for name, tensor in tensors.items():
+        if name.endswith(".weight_g"):
+            name = name[: -len(".weight_g")] + ".parametrizations.weight.original0"
+        elif name.endswith(".weight_v"):
+            name = name[: -len(".weight_v")] + ".parametrizations.weight.original1"
+        out[name] = tensor
+    return out

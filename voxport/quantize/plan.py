@@ -1,0 +1,139 @@
+"""Decide, before touching any tensor, which precision each weight is stored at and why.
+
+The plan is separate from the arithmetic so that it can be printed, diffed and written into the
+manifest: every weight the recipe wanted quantized but that ends up at a higher precision carries a
+reason, and ``skipped`` turns exactly those into the manifest's ``skipped_weights``.
+
+Precision order, lowest first: int4 < int8 < fp16 < fp32. For each weight, ``requested`` is the lowest
+precision the recipe asked for it (the global precision, or an override when that is lower), and the
+stored precision is the override if one matches, else the global one, then lowered in ambition when
+the weight cannot take it:
+
+* int8/int4 only apply to names in ``quantizable`` (Linear/Conv weights, >= 2-D); other tensors are
+  stored at the recipe's float precision (fp32 unless an override or the global precision says fp16).
+  They were never candidates for quantization, so they are not "skipped".
+* quantizable weights with fewer than ``min_elements`` elements stay in float: the scales would cost
+  more than the codes save.
+* int4 of a weight with fewer columns (in the 2-D view) than ``block_size`` falls back to int8, since
+  most of its only block would be padding.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+
+from voxport.quantize.methods import PRECISIONS
+
+_RANK = {"int4": 0, "int8": 1, "fp16": 2, "fp32": 3}
+_INT = ("int4", "int8")
+_FLOAT = ("fp16", "fp32")
+
+
+@dataclass(frozen=True)
+class WeightDecision:
+    """One weight's storage precision; ``reason`` is set whenever ``precision != requested``.
+
+    ``quantizable`` records whether the model family allows quantizing this weight at all; only
+    quantizable weights count as skipped when they end up above the requested precision.
+    """
+
+    name: str
+    precision: str
+    requested: str
+    reason: str | None
+    quantizable: bool = True
+
+
+def _check_precision(value: str, where: str) -> None:
+    if value not in PRECISIONS:
+        raise ValueError(f"unknown precision {value!r} for {where}; allowed: {', '.join(PRECISIONS)}")
+
+
+def _first_match(name: str, overrides: Mapping[str, str]) -> tuple[str, str] | None:
+    for glob, prec in overrides.items():
+        if fnmatchcase(name, glob):
+            return glob, prec
+    return None
+
+
+def plan_precisions(
+    weights: dict[str, tuple[int, ...]],
+    quantizable: set[str],
+    precision: str,
+    overrides: dict[str, str] | None = None,
+    *,
+    min_elements: int = 0,
+    block_size: int = 32,
+) -> dict[str, WeightDecision]:
+    """Decisions for every weight, in the order of ``weights``.
+
+    ``overrides`` maps fnmatch globs (case-sensitive, ``*`` crosses dots) to a precision; the first
+    matching glob in insertion order wins. A glob that matches no weight is an error, because a typo in
+    a recipe would otherwise silently quantize the module it meant to protect.
+    """
+    _check_precision(precision, "the recipe")
+    overrides = dict(overrides or {})
+    for glob, prec in overrides.items():
+        _check_precision(prec, f"override {glob!r}")
+    unmatched = [g for g in overrides if not any(fnmatchcase(n, g) for n in weights)]
+    if unmatched:
+        raise ValueError(
+            f"override glob(s) {', '.join(repr(g) for g in unmatched)} match no weight; "
+            f"check the spelling against the model's weight names (e.g. {next(iter(weights), '?')!r})"
+        )
+    unknown = sorted(set(quantizable) - set(weights))
+    if unknown:
+        raise ValueError(f"quantizable names not among the weights: {', '.join(unknown[:5])}")
+    if min_elements < 0 or block_size < 1:
+        raise ValueError(f"need min_elements >= 0 and block_size >= 1, got {min_elements}, {block_size}")
+
+    decisions: dict[str, WeightDecision] = {}
+    for name, shape in weights.items():
+        shape = tuple(int(d) for d in shape)
+        match = _first_match(name, overrides)
+        target = match[1] if match else precision
+        requested = min(precision, target, key=_RANK.__getitem__)
+        is_q = name in quantizable
+        if is_q and len(shape) < 2:
+            raise ValueError(
+                f"{name!r} is marked quantizable but has shape {shape}; only >= 2-D weights can be quantized"
+            )
+        override_reason = f"override {match[0]!r} → {target}" if match else None
+
+        if target in _FLOAT:
+            stored, reason = target, None
+        else:
+            # the override (if any) asked for an int precision, so only the global one can be a float
+            fallback = precision if precision in _FLOAT else "fp32"
+            n_elem = math.prod(shape)
+            cols = math.prod(shape[1:]) if len(shape) >= 2 else 0
+            if not is_q:
+                what = f"{len(shape)}-D tensor" if len(shape) < 2 else "not a Linear/Conv weight"
+                stored, reason = fallback, f"not quantizable: {what}"
+            elif n_elem < min_elements:
+                stored, reason = fallback, f"too small: {n_elem} elements < min_elements {min_elements}"
+            elif target == "int4" and cols < block_size:
+                stored = "int8"
+                reason = f"int4 needs at least block_size columns: {cols} < {block_size} → int8"
+            else:
+                stored, reason = target, None
+        if stored != requested and reason is None:
+            reason = override_reason
+        decisions[name] = WeightDecision(name, stored, requested, reason, is_q)
+    return decisions
+
+
+def skipped(
+    decisions: Mapping[str, WeightDecision] | Iterable[WeightDecision],
+) -> list[dict[str, str | None]]:
+    """Quantizable weights asked for at int8/int4 but stored at a higher precision: the manifest's
+    ``skipped_weights``, so a reader knows which parts of the model did not get the advertised bits."""
+    items = decisions.values() if isinstance(decisions, Mapping) else decisions
+    return [
+        {"name": d.name, "requested": d.requested, "stored": d.precision, "reason": d.reason}
+        for d in items
+        if d.quantizable and d.requested in _INT and _RANK[d.precision] > _RANK[d.requested]
+    ]

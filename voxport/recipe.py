@@ -1,0 +1,641 @@
+"""The recipe: one YAML file that describes one target device, validated into typed objects.
+
+A recipe error is the first thing most users see, so every error is one line that names the file, the
+line and the field (`recipes/bad.yaml:7: validate.thresholds.snr: unknown metric 'snr' (known: ...)`).
+Pydantic does the validation; the line numbers come from walking YAML's composed node tree along each
+error's `loc`, because the plain Python objects that `yaml.safe_load` returns have forgotten them.
+"""
+
+import math
+import os
+import re
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path, PurePath
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    Strict,
+    ValidationError,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+
+from voxport.errors import BadInput
+
+FORMATS: tuple[str, ...] = ("onnx", "coreml", "gguf")
+PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8", "int4")
+
+Format = Literal["onnx", "coreml", "gguf"]
+Precision = Literal["fp32", "fp16", "int8", "int4"]
+Direction = Literal["min", "max", "band"]
+
+# Which way each parity metric is good. A bare number in `validate.thresholds` takes this direction;
+# "band" (length_ratio only) reads a bare t as |ratio - 1| <= t.
+METRIC_DIRECTIONS: dict[str, Direction] = {
+    "snr_db": "min",
+    "forced_snr_db": "min",
+    "tts_snr_db": "min",
+    "logmel_dtw_db": "max",
+    "mcd_db": "max",
+    "duration_match": "min",
+    "length_ratio": "band",
+    "max_abs_error": "max",
+}
+
+# YAML gives real ints, floats and bools, so strict types only reject mistakes: lax pydantic would
+# quietly read `true` as 1 or a block size of `32.5` as an error only after truncation surprises.
+Int = Annotated[int, Strict()]
+NonNegInt = Annotated[int, Strict(), Field(ge=0)]
+Float = Annotated[float, Strict(), Field(allow_inf_nan=False)]
+Bool = Annotated[bool, Strict()]
+
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_IDENT_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _fmt_num(x: float) -> str:
+    return f"{x:g}"
+
+
+def _non_empty(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty")
+    return value
+
+
+def _check_name(value: str) -> str:
+    # Names become file names (`<name>.int8.onnx`): a leading dot would hide them, `..` would escape.
+    if not _NAME_RE.fullmatch(value):
+        raise ValueError(
+            f"{value!r} is not a valid name: use letters, digits, '.', '_' and '-', "
+            "starting with a letter or digit"
+        )
+    return value
+
+
+def _no_duplicates(values: list[Any]) -> list[Any]:
+    seen: set[Any] = set()
+    for value in values:
+        if value in seen:
+            raise ValueError(f"{value!r} is listed twice")
+        seen.add(value)
+    return values
+
+
+def _known_metric(name: str) -> str:
+    if name not in METRIC_DIRECTIONS:
+        raise ValueError(f"unknown metric {name!r} (known: {', '.join(METRIC_DIRECTIONS)})")
+    return name
+
+
+def _block_size(value: int) -> int:
+    if value <= 0 or value % 16:
+        raise ValueError(f"must be a positive multiple of 16 (16, 32, 64, ...), got {value}")
+    return value
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+NonEmptyStr = Annotated[str, AfterValidator(_non_empty)]
+MetricName = Annotated[str, AfterValidator(_known_metric)]
+
+
+class _Base(BaseModel):
+    """Unknown keys are errors (a typo must not silently fall back to a default)."""
+
+    model_config = ConfigDict(extra="forbid", validate_by_name=True, validate_by_alias=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_section_means_defaults(cls, data: Any) -> Any:
+        """`quantize:` with everything commented out is YAML null; read it as "use the defaults"."""
+        if not isinstance(data, dict):
+            return data
+        drop = []
+        for name, field in cls.model_fields.items():
+            key = field.alias or name
+            if key in data and data[key] is None and not field.is_required() and not _allows_none(field):
+                drop.append(key)
+        return {k: v for k, v in data.items() if k not in drop} if drop else data
+
+
+def _allows_none(field: Any) -> bool:
+    return type(None) in typing.get_args(field.annotation) or field.annotation is type(None)
+
+
+class Threshold(_Base):
+    """A parity limit: the metric must be ≥ min and/or ≤ max."""
+
+    min: Float | None = None
+    max: Float | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _mapping_only(cls, data: Any) -> Any:
+        # Bare numbers were turned into mappings by ValidateConfig, which knows the metric's direction.
+        # The only one left over is a negative length_ratio tolerance.
+        if _is_number(data):
+            raise ValueError(
+                f"a bare length_ratio tolerance means |ratio − 1| ≤ t and must be ≥ 0, got {data}"
+            )
+        if not isinstance(data, dict | Threshold):
+            raise ValueError(
+                f"expected a number or a mapping like {{min: 20}} or {{max: 2.0}}, got {_kind(data)}"
+            )
+        return data
+
+    @model_validator(mode="after")
+    def _has_a_bound(self) -> "Threshold":
+        if self.min is None and self.max is None:
+            raise ValueError("give min:, max: or both")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min ({_fmt_num(self.min)}) is greater than max ({_fmt_num(self.max)})")
+        return self
+
+    @classmethod
+    def from_bare(cls, metric: str, value: float) -> "Threshold":
+        """The threshold a bare number means for `metric` (see METRIC_DIRECTIONS)."""
+        direction = METRIC_DIRECTIONS[_known_metric(metric)]
+        if direction == "min":
+            return cls(min=value)
+        if direction == "max":
+            return cls(max=value)
+        return cls(min=round(1.0 - value, 12), max=round(1.0 + value, 12))
+
+    def check(self, value: float | None) -> bool:
+        """False when the metric is missing or NaN: an unmeasured limit must not pass silently."""
+        if value is None:
+            return False
+        value = float(value)
+        if math.isnan(value):
+            return False
+        if self.min is not None and value < self.min:
+            return False
+        return not (self.max is not None and value > self.max)
+
+    def describe(self) -> str:
+        if self.min is not None and self.max is not None:
+            return f"within [{_fmt_num(self.min)}, {_fmt_num(self.max)}]"
+        if self.min is not None:
+            return f"≥ {_fmt_num(self.min)}"
+        return f"≤ {_fmt_num(self.max)}"  # type: ignore[arg-type]  # _has_a_bound guarantees one
+
+
+def _non_blank_text(text: str) -> str:
+    if not text.strip():
+        raise ValueError("must not be empty or only whitespace")
+    return text
+
+
+_THRESHOLD_VALUE_SCHEMA: dict[str, Any] = {
+    "anyOf": [
+        {"type": "number", "description": "limit in the metric's own direction"},
+        {
+            "type": "object",
+            "properties": {"min": {"type": "number"}, "max": {"type": "number"}},
+            "additionalProperties": False,
+            "minProperties": 1,
+        },
+    ]
+}
+_THRESHOLDS_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "propertyNames": {"enum": list(METRIC_DIRECTIONS)},
+    "additionalProperties": _THRESHOLD_VALUE_SCHEMA,
+    "description": "metric name -> limit; a bare number uses the metric's direction",
+}
+
+
+class ValidateConfig(_Base):
+    """What parity is measured on, with which noise, and the limits it must meet."""
+
+    texts: list[Annotated[str, AfterValidator(_non_blank_text)]] = Field(default_factory=list)
+    ids: list[Annotated[list[NonNegInt], Field(min_length=1)]] = Field(default_factory=list)
+    seed: NonNegInt = 0
+    noise_scale: Annotated[Float, Field(ge=0)] = 0.667
+    noise_scale_duration: Annotated[Float, Field(ge=0)] = 0.8
+    length_scale: Annotated[Float, Field(gt=0)] = 1.0
+    speaker_id: NonNegInt | None = None
+    thresholds: Annotated[dict[MetricName, Threshold], WithJsonSchema(_THRESHOLDS_SCHEMA)] = Field(
+        default_factory=dict
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_thresholds(cls, data: Any) -> Any:
+        """Turn `snr_db: 20` into `{min: 20}` here, the only place that knows the key for the value."""
+        if not isinstance(data, dict) or not isinstance(data.get("thresholds"), dict):
+            return data
+        converted: dict[Any, Any] = {}
+        for metric, value in data["thresholds"].items():
+            if not _is_number(value):
+                converted[metric] = value
+            elif metric not in METRIC_DIRECTIONS:
+                converted[metric] = {"min": value}  # the key error says what is wrong; avoid a 2nd error
+            elif METRIC_DIRECTIONS[metric] == "band" and value < 0:
+                converted[metric] = value  # Threshold rejects it with a message at this key's line
+            else:
+                converted[metric] = Threshold.from_bare(metric, value).model_dump(exclude_none=True)
+        return {**data, "thresholds": converted}
+
+    @model_validator(mode="after")
+    def _needs_input(self) -> "ValidateConfig":
+        if not self.texts and not self.ids:
+            raise ValueError("give at least one sentence under texts: or one id list under ids:")
+        return self
+
+
+class QuantizeConfig(_Base):
+    """How weights are quantized; `overrides` maps weight-name globs to a precision."""
+
+    method: Literal["rtn", "mse"] = "rtn"
+    block_size: Annotated[Int, AfterValidator(_block_size)] = 32
+    overrides: dict[NonEmptyStr, Precision] = Field(default_factory=dict)
+
+
+class PruneSpec(_Base):
+    """Layers to drop from one prunable stack: explicit indices or every other layer."""
+
+    stack: NonEmptyStr
+    layers: Annotated[list[NonNegInt], Field(min_length=1), AfterValidator(_no_duplicates)] | None = None
+    every_other: Bool = False
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "PruneSpec":
+        if (self.layers is not None) == self.every_other:
+            raise ValueError("give exactly one of layers: [...] or every_other: true")
+        return self
+
+
+class OnnxExportConfig(_Base):
+    opset: Annotated[Int, Field(ge=17, le=23)] = 21
+
+
+class ExportConfig(_Base):
+    onnx: OnnxExportConfig = Field(default_factory=OnnxExportConfig)
+
+
+class Recipe(_Base):
+    """One target device: what to export, how to quantize, and how to prove it still sounds right.
+
+    `model` is the checkpoint as an absolute path (resolved against the recipe file's directory);
+    `raw_model` is the string as written. The YAML key `validate` is the attribute `validation`
+    because `BaseModel.validate` already exists.
+    """
+
+    name: Annotated[str, AfterValidator(_check_name)]
+    model: Path
+    family: NonEmptyStr | None = None
+    trust_pickle: Bool = False
+    formats: Annotated[list[Format], Field(min_length=1), AfterValidator(_no_duplicates)] = Field(
+        default_factory=lambda: ["onnx"]
+    )
+    precisions: Annotated[list[Precision], Field(min_length=1), AfterValidator(_no_duplicates)] = Field(
+        default_factory=lambda: ["fp32", "int8"]
+    )
+    quantize: QuantizeConfig = Field(default_factory=QuantizeConfig)
+    prune: list[PruneSpec] = Field(default_factory=list)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+    validation: ValidateConfig | None = Field(default=None, alias="validate")
+
+    _raw_model: str | None = PrivateAttr(default=None)
+    _source_path: Path | None = PrivateAttr(default=None)
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _model_is_a_path_string(cls, value: Any) -> Any:
+        if isinstance(value, PurePath):
+            return value
+        if not isinstance(value, str):
+            raise ValueError(f"expected a checkpoint path, got {_kind(value)}")
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value
+
+    @field_validator("model", mode="after")
+    @classmethod
+    def _resolve_model(cls, value: Path, info: ValidationInfo) -> Path:
+        # Relative to the recipe, not the shell's cwd, so `voxport build recipes/x.yaml` works anywhere.
+        base = (info.context or {}).get("base_dir")
+        value = value.expanduser()
+        if not value.is_absolute():
+            value = Path(base if base is not None else os.getcwd()) / value
+        return Path(os.path.abspath(value))  # normalise `..` without following symlinks
+
+    @field_validator("prune", mode="after")
+    @classmethod
+    def _one_entry_per_stack(cls, specs: list[PruneSpec]) -> list[PruneSpec]:
+        seen: set[str] = set()
+        for spec in specs:
+            if spec.stack in seen:
+                raise ValueError(f"stack {spec.stack!r} is listed twice; put all its layers in one entry")
+            seen.add(spec.stack)
+        return specs
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _keep_raw_model(cls, data: Any, handler: Any) -> "Recipe":
+        raw = data.get("model") if isinstance(data, dict) else None
+        recipe = handler(data)
+        if isinstance(raw, str | PurePath):
+            recipe._raw_model = str(raw)
+        return recipe
+
+    @property
+    def raw_model(self) -> str:
+        """The checkpoint path exactly as the recipe wrote it (for messages and the report)."""
+        return self._raw_model if self._raw_model is not None else str(self.model)
+
+    @property
+    def source_path(self) -> Path | None:
+        """The recipe file this came from (absolute), or None when built with `from_mapping`."""
+        return self._source_path
+
+    def resolved(self) -> dict[str, Any]:
+        """The recipe as the build used it, JSON-able: defaults filled in, model as an absolute path."""
+        return self.model_dump(mode="json", by_alias=True)
+
+    @classmethod
+    def from_mapping(
+        cls,
+        data: Mapping[str, Any],
+        base_dir: str | os.PathLike[str],
+        *,
+        source_path: str | os.PathLike[str] | None = None,
+    ) -> "Recipe":
+        """Build a recipe without a file (tests, CLI flags); errors are BadInput without line numbers."""
+        label = str(source_path) if source_path is not None else "recipe"
+        recipe = _validate(dict(data), Path(base_dir), label, None)
+        if source_path is not None:
+            recipe._source_path = Path(source_path).absolute()
+        return recipe
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+
+def load_recipe(path: str | os.PathLike[str]) -> Recipe:
+    """Read and validate a recipe file; every problem is a one-line BadInput naming file:line: field."""
+    label = str(path)
+    file = Path(path)
+    try:
+        raw = file.read_bytes()
+    except FileNotFoundError:
+        raise BadInput(f"{label}: recipe file not found") from None
+    except IsADirectoryError:
+        raise BadInput(f"{label}: is a directory, not a recipe file") from None
+    except OSError as exc:
+        raise BadInput(f"{label}: cannot read the recipe: {exc.strerror or exc}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadInput(f"{label}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+
+    loader = yaml.SafeLoader(text)
+    try:
+        root = loader.get_single_node()
+        data = loader.construct_document(root) if root is not None else None
+    except yaml.YAMLError as exc:
+        raise BadInput(_yaml_error_line(label, exc)) from None
+    finally:
+        loader.dispose()
+
+    if root is None or data is None:
+        raise BadInput(f"{label}: the recipe is empty (it needs at least name: and model:)")
+    if not isinstance(data, dict):
+        line = root.start_mark.line + 1
+        raise BadInput(
+            f"{label}:{line}: the recipe must be a mapping of keys (name:, model:, formats:, ...), "
+            f"got {_kind(data)}"
+        )
+    _check_duplicate_keys(root, (), label, set())
+    recipe = _validate(data, file.absolute().parent, label, root)
+    recipe._source_path = file.absolute()
+    return recipe
+
+
+def recipe_json_schema() -> dict[str, Any]:
+    """JSON Schema of the recipe, for editor completion and validation (e.g. yaml-language-server)."""
+    return Recipe.model_json_schema(by_alias=True)
+
+
+def _yaml_error_line(label: str, exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    problem = getattr(exc, "problem", None) or getattr(exc, "context", None) or str(exc)
+    problem = " ".join(str(problem).split())
+    if mark is None:
+        return f"{label}: not valid YAML: {problem}"
+    return f"{label}:{mark.line + 1}: not valid YAML: {problem} (column {mark.column + 1})"
+
+
+def _check_duplicate_keys(node: yaml.Node, loc: tuple[Any, ...], label: str, visited: set[int]) -> None:
+    """PyYAML keeps the last of two equal keys without a word; a recipe with both is a mistake."""
+    if id(node) in visited:
+        return
+    visited.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        first_line: dict[str, int] = {}
+        for key, value in node.value:
+            if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
+                line = key.start_mark.line + 1
+                if key.value in first_line:
+                    raise BadInput(
+                        f"{label}:{line}: {_format_loc((*loc, key.value))}: duplicate key "
+                        f"(first given on line {first_line[key.value]})"
+                    )
+                first_line[key.value] = line
+                _check_duplicate_keys(value, (*loc, key.value), label, visited)
+            else:
+                _check_duplicate_keys(value, loc, label, visited)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _check_duplicate_keys(item, (*loc, index), label, visited)
+
+
+def _validate(data: dict[str, Any], base_dir: Path, label: str, root: yaml.Node | None) -> Recipe:
+    try:
+        return Recipe.model_validate(data, context={"base_dir": base_dir})
+    except ValidationError as exc:
+        raise BadInput(_one_line(exc, label, root)) from None
+
+
+def _one_line(exc: ValidationError, label: str, root: yaml.Node | None) -> str:
+    """The first problem in file order, plus a count of the rest: one line the CLI can print."""
+    located = []
+    for order, err in enumerate(exc.errors(include_url=False)):
+        line = _line_for(root, err["loc"]) if root is not None else None
+        located.append((line if line is not None else 0, order, err))
+    located.sort(key=lambda item: (item[0], item[1]))
+    line, _, err = located[0]
+    where = f"{label}:{line}" if root is not None else label
+    message = f"{where}: {_format_loc(err['loc'])}: {_message(err)}"
+    if len(located) > 1:
+        rest = len(located) - 1
+        message += f" (and {rest} more problem{'s' if rest > 1 else ''})"
+    return message
+
+
+def _format_loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if part == "[key]":
+            continue
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif isinstance(part, str) and _IDENT_RE.fullmatch(part):
+            out += f".{part}" if out else part
+        else:
+            out += f"[{part!r}]"
+    return out or "(top level)"
+
+
+def _line_for(root: yaml.Node, loc: tuple[Any, ...]) -> int:
+    """1-based line of the deepest node along `loc`: a mapping entry's key, a list item, or the parent."""
+    node = root
+    line = root.start_mark.line + 1
+    for part in loc:
+        if part == "[key]":
+            continue  # `line` already points at the key
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                if isinstance(key, yaml.ScalarNode) and key.value == str(part):
+                    node, line = value, key.start_mark.line + 1
+                    break
+            else:
+                break  # e.g. a missing field: stay on the parent mapping
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and 0 <= part < len(node.value):
+            node = node.value[part]
+            line = node.start_mark.line + 1
+        else:
+            break
+    return line
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, bool):
+        return f"a boolean ({str(value).lower()})"
+    if isinstance(value, int):
+        return f"an integer ({value})"
+    if isinstance(value, float):
+        return f"a number ({value:g})"
+    if isinstance(value, str):
+        return f"the string {value!r}"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return f"a {type(value).__name__} ({value})"
+
+
+def _unwrap(tp: Any) -> Any:
+    """Strip Annotated[...] and `X | None` down to the type a loc step walks into."""
+    while True:
+        if typing.get_origin(tp) is Annotated:
+            tp = typing.get_args(tp)[0]
+            continue
+        if typing.get_origin(tp) in (typing.Union, types.UnionType):
+            members = [a for a in typing.get_args(tp) if a is not type(None)]
+            if len(members) == 1:
+                tp = members[0]
+                continue
+        return tp
+
+
+def _allowed_keys(loc: tuple[Any, ...]) -> list[str] | None:
+    """The keys the model at `loc` accepts, for "unknown key (allowed: ...)"."""
+    tp: Any = Recipe
+    for part in loc:
+        tp = _unwrap(tp)
+        if isinstance(tp, type) and issubclass(tp, BaseModel):
+            fields = {(f.alias or n): f for n, f in tp.model_fields.items()}
+            if part not in fields:
+                return None
+            tp = fields[part].annotation
+        elif typing.get_origin(tp) is list and isinstance(part, int):
+            tp = typing.get_args(tp)[0]
+        elif typing.get_origin(tp) is dict:
+            tp = typing.get_args(tp)[1]
+        else:
+            return None
+    tp = _unwrap(tp)
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        return [(f.alias or n) for n, f in tp.model_fields.items()]
+    return None
+
+
+_EXPECTED = {
+    "string_type": "a string",
+    "int_type": "an integer",
+    "int_parsing": "an integer",
+    "int_from_float": "an integer",
+    "float_type": "a number",
+    "float_parsing": "a number",
+    "bool_type": "true or false",
+    "bool_parsing": "true or false",
+    "list_type": "a list",
+    "dict_type": "a mapping",
+    "model_type": "a mapping",
+    "model_attributes_type": "a mapping",
+    "path_type": "a path string",
+}
+
+
+def _message(err: Mapping[str, Any]) -> str:
+    kind = err["type"]
+    value = err.get("input")
+    ctx = err.get("ctx") or {}
+    if kind == "missing":
+        return "required field is missing"
+    if kind == "extra_forbidden":
+        allowed = _allowed_keys(tuple(err["loc"][:-1]))
+        return f"unknown key (allowed: {', '.join(allowed)})" if allowed else "unknown key"
+    if kind == "literal_error":
+        options = re.findall(r"'([^']*)'", str(ctx.get("expected", "")))
+        return f"{value!r} is not one of {', '.join(options)}"
+    if kind in ("value_error", "assertion_error"):
+        return str(ctx.get("error", err["msg"]))
+    if kind == "list_type" and isinstance(value, str):
+        return f"expected a list like [{value}], got {_kind(value)}"
+    if kind in ("float_type", "float_parsing") and isinstance(value, str) and _looks_like_float(value):
+        return f"expected a number, got {_kind(value)} (YAML 1.1 reads 1e-3 as text: write 1.0e-3)"
+    if kind in _EXPECTED:
+        return f"expected {_EXPECTED[kind]}, got {_kind(value)}"
+    if kind in ("too_short", "string_too_short"):
+        minimum = ctx.get("min_length", 1)
+        return "must not be empty" if minimum == 1 else f"needs at least {minimum} items"
+    bounds = {
+        "greater_than_equal": ("≥", "ge"),
+        "greater_than": (">", "gt"),
+        "less_than_equal": ("≤", "le"),
+        "less_than": ("<", "lt"),
+    }
+    if kind in bounds:
+        symbol, key = bounds[kind]
+        limit = ctx.get(key)
+        shown = _fmt_num(limit) if _is_number(limit) else limit
+        return f"must be {symbol} {shown}, got {value!r}"
+    if kind == "finite_number":
+        return f"must be a finite number, got {value!r}"
+    return str(err["msg"])
+
+
+def _looks_like_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True

@@ -1,0 +1,1 @@
+"""Parity checks: does an exported artifact still sound like the full-precision reference?"""

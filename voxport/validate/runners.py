@@ -1,0 +1,64 @@
+"""Runners: call a named graph with numpy inputs, whatever executes it.
+
+The family's synthesis loop only sees this interface, so the fp32 torch reference and every
+exported artifact are driven by the same code with the same inputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from voxport.errors import BadInput
+from voxport.families.base import GraphSpec
+
+
+class TorchRunner:
+    """Runs the family's own graph modules in eager torch (the reference)."""
+
+    name = "torch"
+
+    def __init__(self, graphs: Sequence[GraphSpec]) -> None:
+        self.graphs = {g.name: g for g in graphs}
+
+    def run(self, graph: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        spec = self.graphs[graph]
+        args = [torch.from_numpy(np.ascontiguousarray(inputs[n])) for n in spec.input_names if n in inputs]
+        with torch.no_grad():
+            out = spec.module(*args)
+        outs = out if isinstance(out, tuple) else (out,)
+        return {n: o.detach().numpy() for n, o in zip(spec.output_names, outs, strict=True)}
+
+
+def ort_session(path: Path, *, threads: int = 1):  # noqa: ANN201 - onnxruntime type is optional
+    """An ONNX Runtime session with deterministic, single-threaded defaults.
+
+    One intra-op thread: on a 2-core shared machine two threads were slower and erratic."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    try:
+        return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # ORT raises its own exception types for corrupt models
+        raise BadInput(f"{path}: ONNX Runtime cannot load it ({str(exc).splitlines()[0]})") from None
+
+
+class OrtRunner:
+    """Runs exported ONNX graphs in ONNX Runtime, one session per graph."""
+
+    name = "onnxruntime"
+
+    def __init__(self, files: Mapping[str, Path], *, threads: int = 1) -> None:
+        self.sessions = {graph: ort_session(path, threads=threads) for graph, path in files.items()}
+
+    def run(self, graph: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        session = self.sessions[graph]
+        feed = {i.name: inputs[i.name] for i in session.get_inputs() if i.name in inputs}
+        names = [o.name for o in session.get_outputs()]
+        return dict(zip(names, session.run(names, feed), strict=True))
