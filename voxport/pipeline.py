@@ -21,10 +21,18 @@ from typing import Any
 
 from voxport import __version__
 from voxport.errors import BadInput
-from voxport.export.onnx.exporter import export_onnx, trace_all
+from voxport.export.onnx.exporter import export_onnx, trace_all, unplaced_quantized
 from voxport.families.base import FamilyModel, SynthesisSettings, load_model
 from voxport.io import atomic_write_json, ensure_writable_dir
-from voxport.manifest import Artifact, ArtifactFile, Manifest, ModelInfo, Parity, tool_versions, write_manifest
+from voxport.manifest import (
+    Artifact,
+    ArtifactFile,
+    Manifest,
+    ModelInfo,
+    Parity,
+    tool_versions,
+    write_manifest,
+)
 from voxport.quantize.stage import load_quantized, quantize_model, save_quantized
 from voxport.recipe import Recipe
 from voxport.validate.parity import ArtifactParity, Reference, measure_artifact
@@ -90,8 +98,10 @@ def convert(recipe: Recipe, out: Path, log: Log = _quiet) -> FamilyModel:
     for spec in recipe.prune:
         stacks = {s.name: s for s in model.prunable_stacks()}
         if spec.stack not in stacks:
-            raise BadInput(f"prune: {model.family} has no prunable stack '{spec.stack}' "
-                           f"(prunable: {', '.join(stacks) or 'none'})")
+            raise BadInput(
+                f"prune: {model.family} has no prunable stack '{spec.stack}' "
+                f"(prunable: {', '.join(stacks) or 'none'})"
+            )
         drop = spec.layers if spec.layers is not None else list(range(1, stacks[spec.stack].num_layers, 2))
         model = model.pruned(spec.stack, drop)
         log(f"prune: dropped {spec.stack} layers {drop} → {model.parameters():,} parameters")
@@ -109,8 +119,10 @@ def quantize(recipe: Recipe, out: Path, log: Log = _quiet) -> None:
         started = time.perf_counter()
         qm = quantize_model(model, precision, method=q.method, block_size=q.block_size, overrides=q.overrides)
         save_quantized(qm, layout.quantized(precision))
-        log(f"quantize: {precision} ({q.method}) {qm.bits_per_weight(scale_bits=16):.2f} bits/weight, "
-            f"{len(qm.skipped_weights())} kept at higher precision, {time.perf_counter() - started:.1f}s")
+        log(
+            f"quantize: {precision} ({q.method}) {qm.bits_per_weight(scale_bits=16):.2f} bits/weight, "
+            f"{len(qm.skipped_weights())} kept at higher precision, {time.perf_counter() - started:.1f}s"
+        )
 
 
 def export(recipe: Recipe, out: Path, log: Log = _quiet) -> list[dict[str, Any]]:
@@ -123,21 +135,30 @@ def export(recipe: Recipe, out: Path, log: Log = _quiet) -> list[dict[str, Any]]
         qm = load_quantized(layout.quantized(precision))
         started = time.perf_counter()
         files = export_onnx(
-            model, qm.weights, out / "onnx", stem=recipe.name, precision=precision,
-            metadata={"recipe": recipe.name, "sample_rate": str(model.sample_rate)}, traced=traced,
+            model,
+            qm.weights,
+            out / "onnx",
+            stem=recipe.name,
+            precision=precision,
+            metadata={"recipe": recipe.name, "sample_rate": str(model.sample_rate)},
+            traced=traced,
         )
         primary = next(f for f in files if f.primary)
-        index.append({
-            "format": "onnx",
-            "precision": precision,
-            "path": primary.path.relative_to(out).as_posix(),
-            "files": {f.graph: f.path.relative_to(out).as_posix() for f in files},
-            "bits_per_weight": qm.bits_per_weight(scale_bits=ONNX_SCALE_BITS),
-            "skipped_weights": qm.skipped_weights(),
-            "export_seconds": time.perf_counter() - started,
-        })
-        log(f"export: onnx {precision} → {primary.path.relative_to(out)} "
-            f"({sum(f.path.stat().st_size for f in files) / 1e6:.2f} MB in {len(files)} graphs)")
+        index.append(
+            {
+                "format": "onnx",
+                "precision": precision,
+                "path": primary.path.relative_to(out).as_posix(),
+                "files": {f.graph: f.path.relative_to(out).as_posix() for f in files},
+                "bits_per_weight": qm.bits_per_weight(scale_bits=ONNX_SCALE_BITS),
+                "skipped_weights": qm.skipped_weights() + unplaced_quantized(qm.weights, files),
+                "export_seconds": time.perf_counter() - started,
+            }
+        )
+        log(
+            f"export: onnx {precision} → {primary.path.relative_to(out)} "
+            f"({sum(f.path.stat().st_size for f in files) / 1e6:.2f} MB in {len(files)} graphs)"
+        )
     atomic_write_json(layout.export_index, index)
     return index
 
@@ -154,8 +175,13 @@ def settings_for(recipe: Recipe) -> SynthesisSettings:
     v = recipe.validation
     if v is None:
         return SynthesisSettings()
-    return SynthesisSettings(seed=v.seed, noise_scale=v.noise_scale, noise_scale_duration=v.noise_scale_duration,
-                             length_scale=v.length_scale, speaker_id=v.speaker_id)
+    return SynthesisSettings(
+        seed=v.seed,
+        noise_scale=v.noise_scale,
+        noise_scale_duration=v.noise_scale_duration,
+        length_scale=v.length_scale,
+        speaker_id=v.speaker_id,
+    )
 
 
 def validate(recipe: Recipe, out: Path, log: Log = _quiet) -> Manifest:
@@ -175,14 +201,22 @@ def validate(recipe: Recipe, out: Path, log: Log = _quiet) -> Manifest:
         started = time.perf_counter()
         runner = OrtRunner({graph: out / rel for graph, rel in entry["files"].items()})
         parity = measure_artifact(model, runner, reference, inputs, thresholds)
-        log(f"validate: {entry['format']} {entry['precision']}: "
+        log(
+            f"validate: {entry['format']} {entry['precision']}: "
             f"{'pass' if parity.passed else 'FAIL: ' + '; '.join(parity.failures)} "
-            f"({time.perf_counter() - started:.1f}s)")
+            f"({time.perf_counter() - started:.1f}s)"
+        )
         artifacts.append(_artifact(out, entry, parity))
         report.append(_report_entry(entry, parity))
-    atomic_write_json(layout.report, {"voxport_version": __version__, "recipe": recipe.name,
-                                      "thresholds": {k: v.describe() for k, v in thresholds.items()},
-                                      "artifacts": report})
+    atomic_write_json(
+        layout.report,
+        {
+            "voxport_version": __version__,
+            "recipe": recipe.name,
+            "thresholds": {k: v.describe() for k, v in thresholds.items()},
+            "artifacts": report,
+        },
+    )
     manifest = Manifest(
         voxport_version=__version__,
         recipe=recipe.resolved(),

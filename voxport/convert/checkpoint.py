@@ -45,7 +45,9 @@ def load_tensors(path: Path, *, trust_pickle: bool = False) -> dict[str, torch.T
         try:
             return load_file(str(path))
         except (SafetensorError, OSError, ValueError) as exc:
-            raise BadInput(f"{path}: not a readable safetensors file ({exc}); re-download or re-export it") from None
+            raise BadInput(
+                f"{path}: not a readable safetensors file ({exc}); re-download or re-export it"
+            ) from None
     if suffix in PICKLE_SUFFIXES:
         if not trust_pickle:
             raise BadInput(

@@ -125,7 +125,9 @@ class FamilyModel(ABC):
         """The synthesis loop over the split graphs, identical for every runner."""
 
     @abstractmethod
-    def synthesize_primary(self, runner: Runner, ids: Sequence[int], settings: SynthesisSettings) -> Synthesis:
+    def synthesize_primary(
+        self, runner: Runner, ids: Sequence[int], settings: SynthesisSettings
+    ) -> Synthesis:
         """Run the primary (user-facing) graph with noise off, for its own parity figure."""
 
     @abstractmethod

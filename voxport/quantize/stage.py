@@ -99,8 +99,12 @@ def save_quantized(qm: QuantizedModel, path: Path) -> None:
             tensors[f"{name}#scales"] = np.ascontiguousarray(value.scales)
             if value.offsets is not None:
                 tensors[f"{name}#offsets"] = np.ascontiguousarray(value.offsets)
-            layout[name] = {"bits": value.bits, "block_size": value.block_size, "shape": list(value.shape),
-                            "method": value.method}
+            layout[name] = {
+                "bits": value.bits,
+                "block_size": value.block_size,
+                "shape": list(value.shape),
+                "method": value.method,
+            }
         else:
             tensors[name] = np.ascontiguousarray(value)
     meta = {
@@ -140,5 +144,6 @@ def load_quantized(path: Path) -> QuantizedModel:
     weights.update(raw)
     order = list(decisions) or list(weights)
     weights = {k: weights[k] for k in order if k in weights} | weights
-    return QuantizedModel(precision=meta["precision"], method=meta["method"], weights=weights,
-                          decisions=decisions)
+    return QuantizedModel(
+        precision=meta["precision"], method=meta["method"], weights=weights, decisions=decisions
+    )

@@ -108,7 +108,10 @@ def measure_sentence(
         "max_abs_error": max(errors) if errors else None,
     }
     return SentenceParity(
-        label=label, tokens=len(ids), metrics=metrics, graphs=graphs,
+        label=label,
+        tokens=len(ids),
+        metrics=metrics,
+        graphs=graphs,
         audio={"reference": ref.audio, "test": test.audio, "forced": forced.audio},
     )
 

@@ -13,6 +13,7 @@ from voxport.export.onnx.trace import trace_graph
 from voxport.export.onnx.weights import Stored, apply_stored_weights
 from voxport.families.base import FamilyModel
 from voxport.io import atomic_path
+from voxport.quantize.tensor import QuantizedTensor
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,8 @@ class ExportedFile:
     graph: str
     path: Path
     primary: bool
+    #: weight names found in this graph and stored in their chosen encoding
+    stored: frozenset[str] = frozenset()
 
 
 def trace_all(model: FamilyModel) -> dict[str, tuple[onnx.ModelProto, bool, dict[str, str]]]:
@@ -48,7 +51,7 @@ def export_onnx(
     for graph, (proto, primary, graph_meta) in traced.items():
         copy = onnx.ModelProto()
         copy.CopyFrom(proto)
-        apply_stored_weights(copy, weights)
+        stored = apply_stored_weights(copy, weights)
         props = {
             "family": model.family,
             "graph": graph,
@@ -66,5 +69,20 @@ def export_onnx(
         path = out_dir / _file_name(stem, precision, graph, primary)
         with atomic_path(path) as tmp:
             onnx.save_model(copy, str(tmp))
-        files.append(ExportedFile(graph=graph, path=path, primary=primary))
+        files.append(ExportedFile(graph=graph, path=path, primary=primary, stored=frozenset(stored)))
     return files
+
+
+def unplaced_quantized(weights: Mapping[str, Stored], files: list[ExportedFile]) -> list[dict[str, str]]:
+    """Quantized weights that no exported graph took: they would silently stay fp32, so list them."""
+    placed = set().union(*(f.stored for f in files)) if files else set()
+    return [
+        {
+            "name": name,
+            "requested": f"int{value.bits}",
+            "stored": "absent",
+            "reason": "not found as an initializer in any exported ONNX graph",
+        }
+        for name, value in weights.items()
+        if isinstance(value, QuantizedTensor) and name not in placed
+    ]

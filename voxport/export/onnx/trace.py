@@ -26,6 +26,10 @@ class ExportFailed(VoxportError):
 
 def trace_graph(spec: GraphSpec) -> onnx.ModelProto:
     buffer = io.BytesIO()
+    # The exporter restores the *root* module's training flag recursively afterwards; a graph wrapper
+    # built around the family's model is a fresh nn.Module (training=True), so without this the shared
+    # model would be left in training mode (dropout, layerdrop) for every later torch run.
+    modes = {module: module.training for module in spec.module.modules()}
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         try:
@@ -43,6 +47,9 @@ def trace_graph(spec: GraphSpec) -> onnx.ModelProto:
         except Exception as exc:  # the exporter raises many internal types; name the graph instead
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ExportFailed(f"ONNX export of graph '{spec.name}' failed: {first}") from exc
+        finally:
+            for module, training in modes.items():
+                module.training = training
     model = onnx.load_from_string(buffer.getvalue())
     _drop_dangling_initializers(model)
     return model

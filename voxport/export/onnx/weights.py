@@ -31,7 +31,7 @@ def _int4_tensor(name: str, codes: np.ndarray) -> TensorProto:
     flat = codes.astype(np.int8).reshape(-1)
     if flat.size % 2:
         flat = np.concatenate([flat, np.zeros(1, np.int8)])
-    nibbles = (flat.astype(np.uint8) & 0x0F)
+    nibbles = flat.astype(np.uint8) & 0x0F
     packed = (nibbles[0::2] | (nibbles[1::2] << 4)).astype(np.uint8)
     tensor = TensorProto()
     tensor.name = name
@@ -70,8 +70,11 @@ class _Rewriter:
             self._store_quantized(name, value)
         elif value.dtype == np.float16:
             self.new_inits.append(numpy_helper.from_array(value, f"{name}__fp16"))
-            self.new_nodes.append(helper.make_node("Cast", [f"{name}__fp16"], [name], to=TensorProto.FLOAT,
-                                                   name=f"{name}__cast"))
+            self.new_nodes.append(
+                helper.make_node(
+                    "Cast", [f"{name}__fp16"], [name], to=TensorProto.FLOAT, name=f"{name}__cast"
+                )
+            )
         else:
             self.new_inits.append(numpy_helper.from_array(value.astype(np.float32), name))
 
@@ -92,9 +95,15 @@ class _Rewriter:
             per_channel_axis = 1 if transpose is not None else 0
             self.new_inits.append(numpy_helper.from_array(codes.astype(np.int8), f"{name}__q"))
             self.new_inits.append(numpy_helper.from_array(scales.reshape(-1), f"{name}__scale"))
-            self.new_nodes.append(helper.make_node(
-                "DequantizeLinear", [f"{name}__q", f"{name}__scale"], [out], axis=per_channel_axis,
-                name=f"{name}__dq"))
+            self.new_nodes.append(
+                helper.make_node(
+                    "DequantizeLinear",
+                    [f"{name}__q", f"{name}__scale"],
+                    [out],
+                    axis=per_channel_axis,
+                    name=f"{name}__dq",
+                )
+            )
             return
         if q.bits != 4:
             raise ValueError(f"{name}: unsupported bit width {q.bits}")
@@ -104,13 +113,21 @@ class _Rewriter:
         self.new_inits.append(numpy_helper.from_array(np.ascontiguousarray(scales), f"{name}__scale"))
         needs_reshape = transpose is None and tuple(codes.shape) != tuple(q.shape)
         dq_out = f"{name}__dq2d" if needs_reshape else out
-        self.new_nodes.append(helper.make_node(
-            "DequantizeLinear", [f"{name}__q", f"{name}__scale"], [dq_out], axis=axis,
-            block_size=q.block_size, name=f"{name}__dq"))
+        self.new_nodes.append(
+            helper.make_node(
+                "DequantizeLinear",
+                [f"{name}__q", f"{name}__scale"],
+                [dq_out],
+                axis=axis,
+                block_size=q.block_size,
+                name=f"{name}__dq",
+            )
+        )
         if needs_reshape:
             self.new_inits.append(numpy_helper.from_array(np.asarray(q.shape, np.int64), f"{name}__shape"))
-            self.new_nodes.append(helper.make_node("Reshape", [dq_out, f"{name}__shape"], [out],
-                                                   name=f"{name}__reshape"))
+            self.new_nodes.append(
+                helper.make_node("Reshape", [dq_out, f"{name}__shape"], [out], name=f"{name}__reshape")
+            )
 
     def finish(self, replaced: set[str]) -> None:
         graph = self.model.graph
@@ -132,7 +149,7 @@ def apply_stored_weights(
     for init in list(model.graph.initializer):
         if not init.name.startswith(prefix):
             continue
-        key = init.name[len(prefix):]
+        key = init.name[len(prefix) :]
         if key not in weights:
             continue
         rewriter.store(init, weights[key])
@@ -141,4 +158,4 @@ def apply_stored_weights(
     for opset in model.opset_import:
         if opset.domain in ("", "ai.onnx"):
             opset.version = max(opset.version, DQ_OPSET)
-    return {name[len(prefix):] for name in replaced}
+    return {name[len(prefix) :] for name in replaced}

@@ -143,8 +143,13 @@ class VitsModelAdapter(FamilyModel):
             input_names=["input_ids", "noise_w", "length_scale", *sid_names],
             output_names=["durations", "m_p", "logs_p"],
             example_inputs=(ids, torch.zeros(1, 2, t), torch.ones(1), *sid),
-            dynamic_axes={"input_ids": {1: "tokens"}, "noise_w": {2: "tokens"}, "durations": {1: "tokens"},
-                          "m_p": {2: "tokens"}, "logs_p": {2: "tokens"}},
+            dynamic_axes={
+                "input_ids": {1: "tokens"},
+                "noise_w": {2: "tokens"},
+                "durations": {1: "tokens"},
+                "m_p": {2: "tokens"},
+                "logs_p": {2: "tokens"},
+            },
             metadata=meta,
             discrete_outputs=frozenset({"durations"}),
         )
@@ -161,8 +166,13 @@ class VitsModelAdapter(FamilyModel):
                 torch.zeros(1, c.flow_size, frames),
                 *sid,
             ),
-            dynamic_axes={"m_p": {2: "tokens"}, "logs_p": {2: "tokens"}, "durations": {1: "tokens"},
-                          "noise": {2: "frames"}, "waveform": {1: "samples"}},
+            dynamic_axes={
+                "m_p": {2: "tokens"},
+                "logs_p": {2: "tokens"},
+                "durations": {1: "tokens"},
+                "noise": {2: "frames"},
+                "waveform": {1: "samples"},
+            },
             metadata=meta,
         )
         tts = GraphSpec(
@@ -170,8 +180,12 @@ class VitsModelAdapter(FamilyModel):
             module=PiperGraph(self.model),
             input_names=["input", "input_lengths", "scales", *sid_names],
             output_names=["output"],
-            example_inputs=(ids, torch.tensor([t], dtype=torch.int64),
-                            torch.tensor([0.667, 1.0, 0.8], dtype=torch.float32), *sid),
+            example_inputs=(
+                ids,
+                torch.tensor([t], dtype=torch.int64),
+                torch.tensor([0.667, 1.0, 0.8], dtype=torch.float32),
+                *sid,
+            ),
             dynamic_axes={"input": {1: "phonemes"}, "output": {3: "time"}},
             metadata={**meta, "model_type": "vits", "n_speakers": str(c.num_speakers)},
             primary=True,
@@ -233,15 +247,30 @@ class VitsModelAdapter(FamilyModel):
         rng = np.random.default_rng(settings.seed)
         t = input_ids.shape[1]
         noise_w = (rng.standard_normal((1, 2, t)) * settings.noise_scale_duration).astype(np.float32)
-        enc = runner.run("encoder", {"input_ids": input_ids, "noise_w": noise_w,
-                                      "length_scale": np.array([settings.length_scale], np.float32), **extra})
+        enc = runner.run(
+            "encoder",
+            {
+                "input_ids": input_ids,
+                "noise_w": noise_w,
+                "length_scale": np.array([settings.length_scale], np.float32),
+                **extra,
+            },
+        )
         durations = enc["durations"] if forced_durations is None else forced_durations.astype(np.float32)
         frames = max(int(round(float(durations.sum()))), 1)
         # Frame noise is drawn from its own stream so that forcing durations keeps the shared prefix.
         frame_rng = np.random.default_rng([settings.seed, 1])
-        noise = (frame_rng.standard_normal((1, self.config.flow_size, frames)) * settings.noise_scale)
-        dec = runner.run("decoder", {"m_p": enc["m_p"], "logs_p": enc["logs_p"], "durations": durations,
-                                      "noise": noise.astype(np.float32), **extra})
+        noise = frame_rng.standard_normal((1, self.config.flow_size, frames)) * settings.noise_scale
+        dec = runner.run(
+            "decoder",
+            {
+                "m_p": enc["m_p"],
+                "logs_p": enc["logs_p"],
+                "durations": durations,
+                "noise": noise.astype(np.float32),
+                **extra,
+            },
+        )
         return Synthesis(
             audio=dec["waveform"][0].astype(np.float32),
             sample_rate=self.sample_rate,
@@ -249,16 +278,24 @@ class VitsModelAdapter(FamilyModel):
             graph_outputs={"encoder": enc, "decoder": dec},
         )
 
-    def synthesize_primary(self, runner: Runner, ids: Sequence[int], settings: SynthesisSettings) -> Synthesis:
+    def synthesize_primary(
+        self, runner: Runner, ids: Sequence[int], settings: SynthesisSettings
+    ) -> Synthesis:
         input_ids = self._check_ids(ids)
-        out = runner.run("tts", {
-            "input": input_ids,
-            "input_lengths": np.array([input_ids.shape[1]], dtype=np.int64),
-            "scales": np.array([0.0, settings.length_scale, 0.0], dtype=np.float32),
-            **self._common_inputs(settings),
-        })
-        return Synthesis(audio=out["output"].reshape(-1).astype(np.float32), sample_rate=self.sample_rate,
-                         graph_outputs={"tts": out})
+        out = runner.run(
+            "tts",
+            {
+                "input": input_ids,
+                "input_lengths": np.array([input_ids.shape[1]], dtype=np.int64),
+                "scales": np.array([0.0, settings.length_scale, 0.0], dtype=np.float32),
+                **self._common_inputs(settings),
+            },
+        )
+        return Synthesis(
+            audio=out["output"].reshape(-1).astype(np.float32),
+            sample_rate=self.sample_rate,
+            graph_outputs={"tts": out},
+        )
 
     # --- persistence -------------------------------------------------------------------------------
     def save(self, out_dir: Path) -> None:
@@ -270,7 +307,9 @@ class VitsModelAdapter(FamilyModel):
         atomic_write_json(out_dir / "config.json", self.config.to_dict())
         for name, data in self.tokenizer_files.items():
             atomic_write_bytes(out_dir / name, data)
-        atomic_write_json(out_dir / MARKER, {"family": self.family, "layout": "folded", "source": self.source})
+        atomic_write_json(
+            out_dir / MARKER, {"family": self.family, "layout": "folded", "source": self.source}
+        )
 
 
 @register
@@ -312,7 +351,9 @@ class VitsFamily(Family):
             _strip_training_parts(model)
             cls._load_strict(model, _rename_weight_norm(tensors), weights)
             fold_weight_norm(model)
-        tokenizer_files = {n: (directory / n).read_bytes() for n in TOKENIZER_FILES if (directory / n).is_file()}
+        tokenizer_files = {
+            n: (directory / n).read_bytes() for n in TOKENIZER_FILES if (directory / n).is_file()
+        }
         return VitsModelAdapter(model, source=str(path), tokenizer_files=tokenizer_files)
 
     @staticmethod

@@ -61,8 +61,18 @@ def make_vits_checkpoint(
     model.save_pretrained(str(out_dir), safe_serialization=True)
     vocab = {"<pad>": 0, "<unk>": 1, **{ch: i + 2 for i, ch in enumerate(DEMO_CHARACTERS)}}
     (out_dir / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
-    (out_dir / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "VitsTokenizer", "add_blank": True, "normalize": True, "phonemize": False,
-        "is_uroman": False, "pad_token": "<pad>", "unk_token": "<unk>", "language": None,
-    }))
+    (out_dir / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "tokenizer_class": "VitsTokenizer",
+                "add_blank": True,
+                "normalize": True,
+                "phonemize": False,
+                "is_uroman": False,
+                "pad_token": "<pad>",
+                "unk_token": "<unk>",
+                "language": None,
+            }
+        )
+    )
     return out_dir

@@ -1,0 +1,38 @@
+# Two entry points, both self-contained on a fresh machine:
+#   make build   set up .venv and build the bundled demo recipe
+#   make test    set up .venv and run the default (fast) test suite
+# torch is installed first and pinned: an unpinned torch pulls a multi-GB CUDA build.
+
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+RECIPE ?= recipes/demo-tiny-vits.yaml
+PYTEST_ARGS ?= -m "not slow"
+
+.PHONY: setup build test test-all lint bench clean
+
+$(BIN)/voxport: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+setup: $(BIN)/voxport
+
+build: setup
+	$(BIN)/voxport demo build/demo-checkpoint
+	$(BIN)/voxport build $(RECIPE) --out build/demo
+
+test: setup
+	$(BIN)/ruff check voxport tests benchmarks
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+test-all: PYTEST_ARGS =
+test-all: test
+
+bench: setup
+	$(BIN)/python benchmarks/bench_onnx.py
+
+clean:
+	rm -rf build .pytest_cache
