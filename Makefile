@@ -25,7 +25,7 @@ build: setup
 	$(BIN)/voxport build $(RECIPE) --out build/demo
 
 test: setup
-	$(BIN)/ruff check voxport tests benchmarks
+	$(BIN)/ruff check .
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test-all: PYTEST_ARGS =
