@@ -43,9 +43,19 @@ def fold_weight_norm(model: nn.Module) -> None:
             parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
 
 
+#: parts of the stochastic duration predictor that only the training loss uses
+_DP_TRAINING_ONLY = ("post_conv_pre", "post_conv_proj", "post_conv_dds", "post_flows")
+#: VITS never runs the first conv flow of the duration predictor at inference (see graphs.encode),
+#: but it stays in the checkpoint so layer indices keep their meaning
+_UNUSED_AT_INFERENCE = "duration_predictor.flows.1."
+
+
 def _strip_training_parts(model: VitsModel) -> None:
-    # The posterior encoder only serves training; an edge runtime never runs it.
+    # The posterior encoder and the duration predictor's posterior only serve training.
     model.posterior_encoder = None
+    if model.config.use_stochastic_duration_prediction:
+        for name in _DP_TRAINING_ONLY:
+            setattr(model.duration_predictor, name, None)
 
 
 class VitsModelAdapter(FamilyModel):
@@ -88,11 +98,12 @@ class VitsModelAdapter(FamilyModel):
         return {k: v.detach() for k, v in self.model.state_dict().items()}
 
     def quantizable(self) -> set[str]:
-        names: set[str] = set()
-        for module_name, module in self.model.named_modules():
-            if isinstance(module, (nn.Linear, nn.Conv1d, nn.ConvTranspose1d)) and module.weight.dim() >= 2:
-                names.add(f"{module_name}.weight")
-        return names
+        return {
+            f"{name}.weight"
+            for name, module in self.model.named_modules()
+            if isinstance(module, (nn.Linear, nn.Conv1d, nn.ConvTranspose1d))
+            and not f"{name}.".startswith(_UNUSED_AT_INFERENCE)
+        }
 
     # --- transformations ------------------------------------------------------------------------
     def prunable_stacks(self) -> list[PrunableStack]:
@@ -347,7 +358,8 @@ class VitsFamily(Family):
             _strip_training_parts(model)
             cls._load_strict(model, tensors, weights)
         else:
-            tensors = {k: v for k, v in tensors.items() if not k.startswith("posterior_encoder.")}
+            training_only = ("posterior_encoder.", *(f"duration_predictor.{n}." for n in _DP_TRAINING_ONLY))
+            tensors = {k: v for k, v in tensors.items() if not k.startswith(training_only)}
             _strip_training_parts(model)
             cls._load_strict(model, _rename_weight_norm(tensors), weights)
             fold_weight_norm(model)
