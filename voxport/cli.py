@@ -120,6 +120,14 @@ def _print_manifest(manifest: Any, out_dir: Path) -> None:
             err.print(f"[red]parity failed[/red] {a.format} {a.precision}: {failure}", soft_wrap=True)
 
 
+def _stage(stage: str, recipe: Path, out_dir: Path | None, quiet: bool) -> tuple[Any, Path]:
+    """Load the recipe and run one pipeline function by name; every stage command is this call."""
+    from voxport import pipeline
+
+    r, o = _run(lambda: _recipe_and_out(recipe, out_dir))
+    return _run(lambda: getattr(pipeline, stage)(r, o, _log(quiet))), o
+
+
 def _finish(manifest: Any, out_dir: Path, as_json: bool) -> None:
     if as_json:
         out.print_json(manifest.model_dump_json())
@@ -137,10 +145,7 @@ def build(
 
     Example: voxport build recipes/demo-tiny-vits.yaml --out build/demo
     """
-    from voxport import pipeline
-
-    r, o = _run(lambda: _recipe_and_out(recipe, out_dir))
-    manifest = _run(lambda: pipeline.build(r, o, _log(quiet)))
+    manifest, o = _stage("build", recipe, out_dir, quiet)
     _finish(manifest, o, as_json)
 
 
@@ -150,10 +155,7 @@ def convert(recipe: RecipeArg, out_dir: OutOpt = None, quiet: QuietOpt = False) 
 
     Example: voxport convert recipes/demo-tiny-vits.yaml --out build/demo
     """
-    from voxport import pipeline
-
-    r, o = _run(lambda: _recipe_and_out(recipe, out_dir))
-    _run(lambda: pipeline.convert(r, o, _log(quiet)))
+    _stage("convert", recipe, out_dir, quiet)
 
 
 @app.command()
@@ -162,10 +164,7 @@ def quantize(recipe: RecipeArg, out_dir: OutOpt = None, quiet: QuietOpt = False)
 
     Example: voxport quantize recipes/demo-tiny-vits.yaml --out build/demo
     """
-    from voxport import pipeline
-
-    r, o = _run(lambda: _recipe_and_out(recipe, out_dir))
-    _run(lambda: pipeline.quantize(r, o, _log(quiet)))
+    _stage("quantize", recipe, out_dir, quiet)
 
 
 @app.command("export")
@@ -174,10 +173,7 @@ def export_cmd(recipe: RecipeArg, out_dir: OutOpt = None, quiet: QuietOpt = Fals
 
     Example: voxport export recipes/demo-tiny-vits.yaml --out build/demo
     """
-    from voxport import pipeline
-
-    r, o = _run(lambda: _recipe_and_out(recipe, out_dir))
-    _run(lambda: pipeline.export(r, o, _log(quiet)))
+    _stage("export", recipe, out_dir, quiet)
 
 
 @app.command()
@@ -188,10 +184,7 @@ def validate(
 
     Example: voxport validate recipes/demo-tiny-vits.yaml --out build/demo
     """
-    from voxport import pipeline
-
-    r, o = _run(lambda: _recipe_and_out(recipe, out_dir))
-    manifest = _run(lambda: pipeline.validate(r, o, _log(quiet)))
+    manifest, o = _stage("validate", recipe, out_dir, quiet)
     _finish(manifest, o, as_json)
 
 

@@ -11,7 +11,6 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 from torch import nn
-from torch.nn.utils import parametrize
 from transformers import VitsConfig, VitsModel
 
 from voxport.convert.checkpoint import PICKLE_SUFFIXES, find_weights_file, load_tensors
@@ -26,36 +25,18 @@ from voxport.families.base import (
     SynthesisSettings,
     register,
 )
+from voxport.families.vits.architecture import (
+    TRAINING_ONLY_PREFIXES,
+    build_inference_model,
+    fold_weight_norm,
+    resblock_variant,
+)
 from voxport.families.vits.graphs import DecoderGraph, EncoderGraph, PiperGraph
 from voxport.io import atomic_write_bytes, atomic_write_json
 
 #: written beside a checkpoint that voxport itself saved (weight-norm folded, inference weights only)
 MARKER = "voxport.json"
 TOKENIZER_FILES = ("vocab.json", "tokenizer_config.json", "special_tokens_map.json")
-
-
-def fold_weight_norm(model: nn.Module) -> None:
-    """Replace weight-norm parametrizations by the plain weight they compute.
-
-    Exporters and quantizers must see the weight that is actually used, not its (g, v) factors."""
-    for module in model.modules():
-        if parametrize.is_parametrized(module, "weight"):
-            parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
-
-
-#: parts of the stochastic duration predictor that only the training loss uses
-_DP_TRAINING_ONLY = ("post_conv_pre", "post_conv_proj", "post_conv_dds", "post_flows")
-#: VITS never runs the first conv flow of the duration predictor at inference (see graphs.encode),
-#: but it stays in the checkpoint so layer indices keep their meaning
-_UNUSED_AT_INFERENCE = "duration_predictor.flows.1."
-
-
-def _strip_training_parts(model: VitsModel) -> None:
-    # The posterior encoder and the duration predictor's posterior only serve training.
-    model.posterior_encoder = None
-    if model.config.use_stochastic_duration_prediction:
-        for name in _DP_TRAINING_ONLY:
-            setattr(model.duration_predictor, name, None)
 
 
 class VitsModelAdapter(FamilyModel):
@@ -92,6 +73,7 @@ class VitsModelAdapter(FamilyModel):
             "num_speakers": c.num_speakers,
             "hop_length": self.hop_length,
             "stochastic_duration": bool(c.use_stochastic_duration_prediction),
+            "resblock": resblock_variant(c),
         }
 
     def state_dict(self) -> dict[str, torch.Tensor]:
@@ -102,7 +84,6 @@ class VitsModelAdapter(FamilyModel):
             f"{name}.weight"
             for name, module in self.model.named_modules()
             if isinstance(module, (nn.Linear, nn.Conv1d, nn.ConvTranspose1d))
-            and not f"{name}.".startswith(_UNUSED_AT_INFERENCE)
         }
 
     # --- transformations ------------------------------------------------------------------------
@@ -349,18 +330,15 @@ class VitsFamily(Family):
         if weights.suffix.lower() in PICKLE_SUFFIXES and not trust_pickle:
             load_tensors(weights, trust_pickle=False)  # raises the pickle-policy error
         tensors = load_tensors(weights, trust_pickle=trust_pickle)
-        with torch.device("cpu"):
-            model = VitsModel(config)
-        model.eval()
-        marker = directory / MARKER
-        if marker.is_file():
-            fold_weight_norm(model)
-            _strip_training_parts(model)
+        try:
+            model = build_inference_model(config)
+        except ValueError as exc:
+            raise BadInput(f"{directory / 'config.json'}: {exc}") from None
+        tensors = {k: v for k, v in tensors.items() if not k.startswith(TRAINING_ONLY_PREFIXES)}
+        if (directory / MARKER).is_file():
+            fold_weight_norm(model)  # voxport's own layout stores the folded weights
             cls._load_strict(model, tensors, weights)
         else:
-            training_only = ("posterior_encoder.", *(f"duration_predictor.{n}." for n in _DP_TRAINING_ONLY))
-            tensors = {k: v for k, v in tensors.items() if not k.startswith(training_only)}
-            _strip_training_parts(model)
             cls._load_strict(model, _rename_weight_norm(tensors), weights)
             fold_weight_norm(model)
         tokenizer_files = {

@@ -17,6 +17,8 @@ from typing import Any
 import torch
 from transformers import VitsConfig, VitsModel
 
+from voxport.families.vits.architecture import build_inference_model, fold_weight_norm, resblock_variant
+
 #: characters of the demo vocabulary; id 0 is the pad/blank token VitsTokenizer interleaves
 DEMO_CHARACTERS = list(" abcdefghijklmnopqrstuvwxyz'.,?!-")
 
@@ -45,10 +47,15 @@ TINY_CONFIG: dict[str, Any] = {
 def make_vits_checkpoint(
     out_dir: Path, *, seed: int = 0, overrides: dict[str, Any] | None = None, output_gain: float = 0.05
 ) -> Path:
-    """Write config.json, model.safetensors and a character tokenizer; return `out_dir`."""
+    """Write config.json, model.safetensors and a character tokenizer; return `out_dir`.
+
+    The transformers layout (`save_pretrained`, weight norm unfolded) is written when transformers can
+    represent the model; a ResBlock2 vocoder (`overrides={"resblock": "2"}`, as in Piper voices) only
+    exists in voxport, so that checkpoint is written in voxport's own folded layout instead."""
     torch.manual_seed(seed)
     config = VitsConfig(**{**TINY_CONFIG, **(overrides or {})})
-    model = VitsModel(config).eval()
+    transformers_layout = resblock_variant(config) == "1"
+    model = VitsModel(config).eval() if transformers_layout else build_inference_model(config)
     generator = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for param in model.parameters():
@@ -58,7 +65,13 @@ def make_vits_checkpoint(
         if hasattr(model.duration_predictor, "flows"):
             model.duration_predictor.flows[0].translate.add_(1.2)
     out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(out_dir), safe_serialization=True)
+    if transformers_layout:
+        model.save_pretrained(str(out_dir), safe_serialization=True)
+    else:
+        from voxport.families.vits.model import VitsModelAdapter
+
+        fold_weight_norm(model)
+        VitsModelAdapter(model, source="synthetic", tokenizer_files={}).save(out_dir)
     vocab = {"<pad>": 0, "<unk>": 1, **{ch: i + 2 for i, ch in enumerate(DEMO_CHARACTERS)}}
     (out_dir / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
     (out_dir / "tokenizer_config.json").write_text(
