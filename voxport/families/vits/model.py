@@ -31,12 +31,14 @@ from voxport.families.vits.architecture import (
     fold_weight_norm,
     resblock_variant,
 )
+from voxport.families.vits.frontend import PIPER_CONFIG, PiperFrontend
 from voxport.families.vits.graphs import DecoderGraph, EncoderGraph, PiperGraph
 from voxport.io import atomic_write_bytes, atomic_write_json
 
 #: written beside a checkpoint that voxport itself saved (weight-norm folded, inference weights only)
 MARKER = "voxport.json"
-TOKENIZER_FILES = ("vocab.json", "tokenizer_config.json", "special_tokens_map.json")
+#: text-frontend files carried through load/save/prune unchanged; piper.json is a Piper voice's .onnx.json
+TOKENIZER_FILES = ("vocab.json", "tokenizer_config.json", "special_tokens_map.json", PIPER_CONFIG)
 
 
 class VitsModelAdapter(FamilyModel):
@@ -47,6 +49,7 @@ class VitsModelAdapter(FamilyModel):
         self.source = source
         self.tokenizer_files = tokenizer_files
         self._tokenizer: Any = None
+        self._piper: PiperFrontend | None = None
 
     # --- description -------------------------------------------------------------------------
     @property
@@ -179,18 +182,43 @@ class VitsModelAdapter(FamilyModel):
                 *sid,
             ),
             dynamic_axes={"input": {1: "phonemes"}, "output": {3: "time"}},
-            metadata={**meta, "model_type": "vits", "n_speakers": str(c.num_speakers)},
+            metadata={**meta, "model_type": "vits", "n_speakers": str(c.num_speakers), **self._piper_meta()},
             primary=True,
         )
         return [enc, dec, tts]
+
+    def _piper_meta(self) -> dict[str, str]:
+        """sherpa-onnx's Piper metadata for the tts graph, when this checkpoint is a Piper voice."""
+        if PIPER_CONFIG not in self.tokenizer_files:
+            return {}
+        from voxport.export.onnx.piper import piper_onnx_metadata
+
+        return piper_onnx_metadata(
+            self.piper_frontend().config, sample_rate=self.sample_rate, n_speakers=self.config.num_speakers
+        )
+
+    def piper_frontend(self) -> PiperFrontend:
+        """The Piper text frontend of a checkpoint that carries piper.json (BadInput otherwise).
+
+        Public for callers that want Piper's per-sentence ids (`sentence_ids`) rather than one utterance."""
+        if PIPER_CONFIG not in self.tokenizer_files:
+            raise BadInput(f"{self.source}: not a Piper voice (no {PIPER_CONFIG} in the checkpoint)")
+        if self._piper is None:
+            self._piper = PiperFrontend.from_bytes(
+                self.tokenizer_files[PIPER_CONFIG], source=f"{self.source}: {PIPER_CONFIG}"
+            )
+        return self._piper
 
     # --- synthesis ----------------------------------------------------------------------------------
     def text_to_ids(self, text: str) -> list[int]:
         if not text.strip():
             raise BadInput("empty text: give a sentence with at least one letter")
+        if PIPER_CONFIG in self.tokenizer_files:
+            # Piper's espeak-ng frontend; one utterance (see frontend.py for multi-sentence text)
+            return self.piper_frontend().text_to_ids(text)
         if "vocab.json" not in self.tokenizer_files:
             raise BadInput(
-                "this checkpoint has no text frontend (no vocab.json); give input ids instead "
+                "this checkpoint has no text frontend (no vocab.json or piper.json); give input ids instead "
                 "(recipe validate.ids, or --ids)"
             )
         ids = self._tokenizer_instance()(text)["input_ids"]
@@ -249,10 +277,7 @@ class VitsModelAdapter(FamilyModel):
             },
         )
         durations = enc["durations"] if forced_durations is None else forced_durations.astype(np.float32)
-        frames = max(int(round(float(durations.sum()))), 1)
-        # Frame noise is drawn from its own stream so that forcing durations keeps the shared prefix.
-        frame_rng = np.random.default_rng([settings.seed, 1])
-        noise = frame_rng.standard_normal((1, self.config.flow_size, frames)) * settings.noise_scale
+        noise = self._frame_noise(np.rint(durations[0]).astype(np.int64), settings)
         dec = runner.run(
             "decoder",
             {
@@ -269,6 +294,20 @@ class VitsModelAdapter(FamilyModel):
             durations=np.rint(enc["durations"][0]).astype(np.int64),
             graph_outputs={"encoder": enc, "decoder": dec},
         )
+
+    def _frame_noise(self, durations: np.ndarray, settings: SynthesisSettings) -> np.ndarray:
+        """Prior noise drawn per token, so a token whose duration changed shifts no other token's noise.
+
+        With one stream for the whole utterance, a single flipped duration would shift the noise under
+        every later frame and free-running parity would measure that shift instead of the model."""
+        channels = self.config.flow_size
+        blocks = [
+            np.random.default_rng([settings.seed, 1, i]).standard_normal((channels, int(d)))
+            for i, d in enumerate(durations)
+            if d > 0
+        ]
+        noise = np.concatenate(blocks, axis=1) if blocks else np.zeros((channels, 1))
+        return (noise[None] * settings.noise_scale).astype(np.float32)
 
     def synthesize_primary(
         self, runner: Runner, ids: Sequence[int], settings: SynthesisSettings
