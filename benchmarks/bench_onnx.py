@@ -29,7 +29,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,7 +49,6 @@ from voxport.validate.runners import OrtRunner
 REPO = Path(__file__).resolve().parents[1]
 PRECISIONS = ("fp32", "fp16", "int8", "int4")
 PARITY_COLUMNS = ("forced_snr_db", "logmel_dtw_db", "mcd_db", "duration_match", "length_ratio")
-TORCH = "torch"
 
 #: lowercase, inside the synthetic checkpoint's character vocabulary, 40–80 characters each
 TEXTS = (
@@ -136,47 +135,100 @@ def run_pipeline(recipe: Recipe, out: Path, log: Callable[[str], None]) -> tuple
 
 # -------------------------------------------------------------------------------------------- timing
 @dataclass
+class Sentence:
+    """One timed input, with the reference's durations for the equal-work (forced) timing."""
+
+    ids: list[int]
+    reference_durations: np.ndarray
+
+
+@dataclass
 class Target:
     """One thing to time: the torch reference or one artifact's ONNX Runtime sessions."""
 
-    name: str
+    label: str
+    precision: str | None
     runner: Runner
     load_ms: float | None = None
     split_ms: list[float] = field(default_factory=list)
+    forced_ms: list[float] = field(default_factory=list)
     tts_ms: list[float] = field(default_factory=list)
     audio_seconds: float = 0.0
 
 
-def load_targets(model: FamilyModel, manifest: Manifest, out: Path) -> list[Target]:
-    """Torch eager first, then one OrtRunner (1 intra-op thread) per artifact; session load timed."""
-    targets = [Target(TORCH, model.torch_runner())]
+class ConfiguredOrtRunner(OrtRunner):
+    """OrtRunner whose sessions also get ORT session config entries (e.g. session.disable_quant_qdq),
+    with ort_session's other settings: one intra-op thread, CPU provider."""
+
+    def __init__(self, files: Mapping[str, Path], entries: Mapping[str, str]) -> None:
+        import onnxruntime as ort
+
+        self.sessions = {}
+        for graph, path in files.items():
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = 1
+            options.inter_op_num_threads = 1
+            options.log_severity_level = 3
+            for key, value in entries.items():
+                options.add_session_config_entry(key, value)
+            self.sessions[graph] = ort.InferenceSession(str(path), options,
+                                                        providers=["CPUExecutionProvider"])
+
+
+#: ORT constant-folds weight DequantizeLinear only when QDQ handling is off (see --qdq-variants)
+NO_QDQ = {"session.disable_quant_qdq": "1"}
+
+
+def _timed_load(make: Callable[[], Runner]) -> tuple[Runner, float]:
+    started = time.perf_counter()
+    runner = make()
+    return runner, (time.perf_counter() - started) * 1e3
+
+
+def load_targets(model: FamilyModel, manifest: Manifest, out: Path, qdq_variants: bool) -> list[Target]:
+    """Torch eager first, then one OrtRunner (1 intra-op thread) per artifact; session load timed.
+
+    With `qdq_variants`, each int artifact also runs with session.disable_quant_qdq=1, which lets ORT
+    fold DequantizeLinear into float weights at load: speed of fp32, memory of fp32."""
+    targets = [Target("torch eager (fp32)", None, model.torch_runner())]
     for artifact in manifest.artifacts:
-        started = time.perf_counter()
-        runner = OrtRunner({f.graph: out / f.path for f in artifact.files}, threads=1)
-        targets.append(Target(artifact.precision, runner, load_ms=(time.perf_counter() - started) * 1e3))
+        files = {f.graph: out / f.path for f in artifact.files}
+        runner, load_ms = _timed_load(lambda files=files: OrtRunner(files, threads=1))
+        targets.append(Target(artifact.precision, artifact.precision, runner, load_ms))
+        if qdq_variants and artifact.precision.startswith("int"):
+            runner, load_ms = _timed_load(lambda files=files: ConfiguredOrtRunner(files, NO_QDQ))
+            targets.append(Target(f"{artifact.precision} no-qdq", artifact.precision, runner, load_ms))
     return targets
 
 
-def _time_split(model: FamilyModel, target: Target, inputs: Sequence[list[int]],
-                settings: SynthesisSettings) -> float:
-    """The full split loop (encoder, then decoder) over every sentence, as validate runs it."""
-    started = time.perf_counter()
-    samples = sum(model.synthesize(target.runner, ids, settings).audio.size for ids in inputs)
-    elapsed = (time.perf_counter() - started) * 1e3
-    target.audio_seconds = samples / model.sample_rate
-    return elapsed
-
-
-def _time_tts(model: FamilyModel, target: Target, inputs: Sequence[list[int]],
-              settings: SynthesisSettings) -> float:
-    """The primary one-graph form users load (Piper interface, noise off)."""
-    started = time.perf_counter()
-    for ids in inputs:
-        model.synthesize_primary(target.runner, ids, settings)
+def _elapsed_ms(started: float) -> float:
     return (time.perf_counter() - started) * 1e3
 
 
-def time_round_robin(model: FamilyModel, targets: list[Target], inputs: Sequence[list[int]],
+def time_target(model: FamilyModel, target: Target, sentences: Sequence[Sentence],
+                settings: SynthesisSettings) -> tuple[float, float, float]:
+    """Three timings over every sentence, in ms:
+
+    - split: the full split loop (encoder, then decoder) as validate runs it, with this artifact's own
+      durations: what a user of the split graphs waits for;
+    - forced: the same loop with the reference's durations, so every precision renders exactly the
+      same frames: the like-for-like compute comparison (int4 may change durations by 20%);
+    - tts: the primary one-graph file users load (Piper interface, noise off)."""
+    started = time.perf_counter()
+    samples = sum(model.synthesize(target.runner, s.ids, settings).audio.size for s in sentences)
+    split = _elapsed_ms(started)
+    target.audio_seconds = samples / model.sample_rate
+    started = time.perf_counter()
+    for s in sentences:
+        model.synthesize(target.runner, s.ids, settings, forced_durations=s.reference_durations)
+    forced = _elapsed_ms(started)
+    started = time.perf_counter()
+    for s in sentences:
+        model.synthesize_primary(target.runner, s.ids, settings)
+    return split, forced, _elapsed_ms(started)
+
+
+def time_round_robin(model: FamilyModel, targets: list[Target], sentences: Sequence[Sentence],
                      settings: SynthesisSettings, repeats: int, log: Callable[[str], None]) -> None:
     """One warm-up round, then `repeats` rounds; each round visits every target once, starting at a
     different target each time so no precision always runs right after the same neighbour."""
@@ -184,10 +236,10 @@ def time_round_robin(model: FamilyModel, targets: list[Target], inputs: Sequence
     for round_index in range(repeats + 1):
         shift = round_index % len(targets)
         for target in targets[shift:] + targets[:shift]:
-            split = _time_split(model, target, inputs, settings)
-            tts = _time_tts(model, target, inputs, settings)
+            split, forced, tts = time_target(model, target, sentences, settings)
             if round_index:  # round 0 is the warm-up
                 target.split_ms.append(split)
+                target.forced_ms.append(forced)
                 target.tts_ms.append(tts)
         log(f"timing: round {round_index}/{repeats}{' (warm-up)' if not round_index else ''} done")
 
@@ -235,7 +287,7 @@ def _first_error_line(text: str) -> str:
 # ------------------------------------------------------------------------------------------ report
 @dataclass
 class Row:
-    """One line of the table (and one object of --json)."""
+    """One line of the table (and one object of --json); ratios are of medians from this run."""
 
     target: str
     bytes_total: int | None
@@ -243,38 +295,50 @@ class Row:
     bits_per_weight: float | None
     load_ms: float | None
     split_ms: float
+    split_spread: float
     split_vs_fp32: float
     split_vs_torch: float
+    forced_ms: float
+    forced_vs_fp32: float
     tts_ms: float
     tts_vs_fp32: float
     tts_vs_torch: float
     audio_seconds: float
     real_time_factor: float
     split_ms_all: list[float]
+    forced_ms_all: list[float]
     tts_ms_all: list[float]
     parity: dict[str, float | None]
+
+
+def _spread(values: Sequence[float]) -> float:
+    """Half the range as a fraction of the median: how far apart repeats were on this machine."""
+    return (max(values) - min(values)) / 2 / statistics.median(values)
 
 
 def make_rows(targets: list[Target], manifest: Manifest) -> list[Row]:
     """Medians and same-run ratios, joined with the manifest's sizes and parity figures."""
     by_precision = {a.precision: a for a in manifest.artifacts}
-    median = {t.name: (statistics.median(t.split_ms), statistics.median(t.tts_ms)) for t in targets}
-    fp32_split, fp32_tts = median["fp32"]
-    torch_split, torch_tts = median[TORCH]
+    med = {t.label: {k: statistics.median(getattr(t, f"{k}_ms")) for k in ("split", "forced", "tts")}
+           for t in targets}
+    fp32 = med["fp32"]
+    ref = med[targets[0].label]
     rows = []
     for t in targets:
-        split, tts = median[t.name]
-        artifact = by_precision.get(t.name)
+        m = med[t.label]
+        artifact = by_precision.get(t.precision) if t.precision else None
         rows.append(Row(
-            target=t.name if artifact else "torch eager (fp32)",
+            target=t.label,
             bytes_total=sum(f.bytes for f in artifact.files) if artifact else None,
             bytes_primary=artifact.bytes if artifact else None,
             bits_per_weight=artifact.bits_per_weight if artifact else None,
             load_ms=t.load_ms,
-            split_ms=split, split_vs_fp32=split / fp32_split, split_vs_torch=split / torch_split,
-            tts_ms=tts, tts_vs_fp32=tts / fp32_tts, tts_vs_torch=tts / torch_tts,
-            audio_seconds=t.audio_seconds, real_time_factor=split / 1e3 / t.audio_seconds,
-            split_ms_all=t.split_ms, tts_ms_all=t.tts_ms,
+            split_ms=m["split"], split_spread=_spread(t.split_ms),
+            split_vs_fp32=m["split"] / fp32["split"], split_vs_torch=m["split"] / ref["split"],
+            forced_ms=m["forced"], forced_vs_fp32=m["forced"] / fp32["forced"],
+            tts_ms=m["tts"], tts_vs_fp32=m["tts"] / fp32["tts"], tts_vs_torch=m["tts"] / ref["tts"],
+            audio_seconds=t.audio_seconds, real_time_factor=m["split"] / 1e3 / t.audio_seconds,
+            split_ms_all=t.split_ms, forced_ms_all=t.forced_ms, tts_ms_all=t.tts_ms,
             parity=dict(artifact.parity.metrics) if artifact else {},
         ))
     return rows
@@ -295,14 +359,24 @@ COLUMNS: tuple[tuple[str, Callable[[Row], str]], ...] = (
     ("bits/w", lambda r: _num(r.bits_per_weight, ".2f")),
     ("load ms", lambda r: _num(r.load_ms, ".0f")),
     ("split ms", lambda r: f"{r.split_ms:.0f}"),
-    ("x fp32", lambda r: f"{r.split_vs_fp32:.2f}"),
-    ("x torch", lambda r: f"{r.split_vs_torch:.2f}"),
+    ("±", lambda r: f"{r.split_spread:.0%}"),
+    ("/fp32", lambda r: f"{r.split_vs_fp32:.2f}"),
+    ("/torch", lambda r: f"{r.split_vs_torch:.2f}"),
     ("RTF", lambda r: f"{r.real_time_factor:.3f}"),
+    ("forced ms", lambda r: f"{r.forced_ms:.0f}"),
+    ("/fp32", lambda r: f"{r.forced_vs_fp32:.2f}"),
     ("tts ms", lambda r: f"{r.tts_ms:.0f}"),
-    ("tts x fp32", lambda r: f"{r.tts_vs_fp32:.2f}"),
-    ("tts x torch", lambda r: f"{r.tts_vs_torch:.2f}"),
+    ("/fp32", lambda r: f"{r.tts_vs_fp32:.2f}"),
+    ("/torch", lambda r: f"{r.tts_vs_torch:.2f}"),
     *((name, lambda r, name=name: _num(r.parity.get(name), ".3f")) for name in PARITY_COLUMNS),
 )
+
+LEGEND = """\
+split = encoder + decoder graphs, validate's loop (noise on, the artifact's own durations); ± = half
+  the range of the repeats; RTF = split seconds per second of audio it produced
+forced = the same loop given the fp32 reference's durations: equal work for every row
+tts = the primary one-graph file (noise off); /fp32, /torch = ratio of medians from this run
+parity figures are the manifest's (worst sentence); no-qdq rows reuse their artifact's figures"""
 
 
 def format_table(rows: Sequence[Row]) -> str:
@@ -317,20 +391,27 @@ def format_table(rows: Sequence[Row]) -> str:
     return "\n".join(lines)
 
 
-def reference_sanity(model: FamilyModel, inputs: Sequence[list[int]],
-                     settings: SynthesisSettings) -> dict[str, float]:
-    """Reference audio level and speaking rate: saturated audio or 1-frame tokens would flatter parity."""
+def reference_sentences(model: FamilyModel, inputs: Sequence[list[int]], settings: SynthesisSettings,
+                        ) -> tuple[list[Sentence], dict[str, float]]:
+    """The torch reference once per sentence: its durations (for forced timing) and a sanity check
+    of its audio, since saturated audio or 1-frame tokens would flatter every figure."""
     torch.set_num_threads(1)
     runner = model.torch_runner()
     synths = [model.synthesize(runner, ids, settings) for ids in inputs]
+    sentences = []
+    for ids, synth in zip(inputs, synths, strict=True):
+        assert synth.durations is not None, "VITS reports durations"
+        sentences.append(Sentence(ids, synth.durations[None].astype(np.float32)))
     audio = np.concatenate([s.audio for s in synths])
-    frames = sum(int(s.durations.sum()) for s in synths if s.durations is not None)
-    return {
+    sanity = {
+        "audio_seconds": audio.size / model.sample_rate,
         "peak": float(np.abs(audio).max()),
         "rms": float(np.sqrt(np.mean(audio.astype(np.float64) ** 2))),
         "clipped_fraction": float(np.mean(np.abs(audio) > 0.99)),
-        "frames_per_token": frames / sum(len(ids) for ids in inputs),
+        "frames_per_token": sum(int(s.reference_durations.sum()) for s in sentences)
+        / sum(len(ids) for ids in inputs),
     }
+    return sentences, sanity
 
 
 # ---------------------------------------------------------------------------------------------- main
@@ -342,6 +423,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, help="also write the rows and run details as JSON here")
     parser.add_argument("--optimum-cli", help="an optimum-cli from another environment to compare against")
     parser.add_argument("--optimum-timeout", type=float, default=1200.0, help="seconds")
+    parser.add_argument("--qdq-variants", action="store_true",
+                        help="also time int8/int4 with ORT's session.disable_quant_qdq=1 "
+                             "(weights folded to fp32 at load)")
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
@@ -364,9 +448,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     model = load_model(pipeline.Layout(build).checkpoint)
     settings = pipeline.settings_for(recipe)
     inputs = [ids for _, ids in pipeline.validation_inputs(recipe, model)]
-    sanity = reference_sanity(model, inputs, settings)
-    targets = load_targets(model, manifest, build)
-    time_round_robin(model, targets, inputs, settings, args.repeats, log)
+    sentences, sanity = reference_sentences(model, inputs, settings)
+    targets = load_targets(model, manifest, build, args.qdq_variants)
+    time_round_robin(model, targets, sentences, settings, args.repeats, log)
     rows = make_rows(targets, manifest)
 
     log("optimum: exporting the same checkpoint")
@@ -375,14 +459,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"voxport ONNX benchmark: VITS size={args.size}, {model.parameters():,} inference parameters, "
           f"{len(inputs)} sentences ({sum(map(len, inputs))} tokens) per timing, median of {args.repeats} "
           f"after 1 warm-up, 1 intra-op thread (ORT and torch)")
-    print(f"reference audio: {rows[0].audio_seconds:.2f}s, peak {sanity['peak']:.3f}, "
+    print(f"reference audio: {sanity['audio_seconds']:.2f}s, peak {sanity['peak']:.3f}, "
           f"rms {sanity['rms']:.3f}, clipped {sanity['clipped_fraction']:.2%}, "
           f"{sanity['frames_per_token']:.2f} frames/token")
     print()
     print(format_table(rows))
     print()
-    print("split = encoder + decoder graphs (validate's loop, noise on); tts = primary one-graph file "
-          "(noise off); x fp32 / x torch = median ratio in this run; RTF = split seconds / audio seconds")
+    print(LEGEND)
     print(f"export stage wall time: {stage_seconds['export']:.1f}s for {len(PRECISIONS)} precisions "
           f"(convert {stage_seconds['convert']:.1f}s, quantize {stage_seconds['quantize']:.1f}s, "
           f"validate {stage_seconds['validate']:.1f}s)")

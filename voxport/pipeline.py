@@ -144,12 +144,14 @@ def export(recipe: Recipe, out: Path, log: Log = _quiet) -> list[dict[str, Any]]
             traced=traced,
         )
         primary = next(f for f in files if f.primary)
+        sidecars = model.write_sidecars(primary.path)
         index.append(
             {
                 "format": "onnx",
                 "precision": precision,
                 "path": primary.path.relative_to(out).as_posix(),
                 "files": {f.graph: f.path.relative_to(out).as_posix() for f in files},
+                "sidecars": {name: p.relative_to(out).as_posix() for name, p in sidecars.items()},
                 "bits_per_weight": qm.bits_per_weight(scale_bits=ONNX_SCALE_BITS),
                 "skipped_weights": qm.skipped_weights() + unplaced_quantized(qm.weights, files),
                 "export_seconds": time.perf_counter() - started,
@@ -239,7 +241,10 @@ def _artifact(out: Path, entry: dict[str, Any], parity: ArtifactParity) -> Artif
         bytes=primary.bytes,
         bits_per_weight=round(entry["bits_per_weight"], 4),
         skipped_weights=entry["skipped_weights"],
-        files=[ArtifactFile.from_path(out, rel, graph) for graph, rel in entry["files"].items()],
+        files=[
+            ArtifactFile.from_path(out, rel, graph)
+            for graph, rel in {**entry["files"], **entry.get("sidecars", {})}.items()
+        ],
         parity=Parity(passed=parity.passed, metrics=parity.metrics, failures=parity.failures),
     )
 

@@ -138,6 +138,10 @@ class FamilyModel(ABC):
     def describe(self) -> dict[str, Any]:
         """Hyperparameters for `inspect`, the manifest and format metadata."""
 
+    def write_sidecars(self, primary: Path) -> dict[str, Path]:
+        """Files a runtime needs beside the primary graph (e.g. a Piper voice config); none by default."""
+        return {}
+
     def torch_runner(self) -> Runner:
         """The fp32 reference runner over this model's own graph modules."""
         from voxport.validate.runners import TorchRunner

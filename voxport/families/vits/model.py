@@ -197,6 +197,20 @@ class VitsModelAdapter(FamilyModel):
             self.piper_frontend().config, sample_rate=self.sample_rate, n_speakers=self.config.num_speakers
         )
 
+    def write_sidecars(self, primary: Path) -> dict[str, Path]:
+        """A Piper voice's `.onnx.json` and sherpa-onnx's `tokens.txt`, so Piper and sherpa load it."""
+        if PIPER_CONFIG not in self.tokenizer_files:
+            return {}
+        from voxport.export.onnx.piper import write_piper_sidecars
+
+        config_path, tokens_path = write_piper_sidecars(
+            primary,
+            json.loads(self.tokenizer_files[PIPER_CONFIG]),
+            sample_rate=self.sample_rate,
+            n_speakers=self.config.num_speakers,
+        )
+        return {"piper-config": config_path, "tokens": tokens_path}
+
     def piper_frontend(self) -> PiperFrontend:
         """The Piper text frontend of a checkpoint that carries piper.json (BadInput otherwise).
 
