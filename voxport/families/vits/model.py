@@ -363,6 +363,8 @@ class VitsFamily(Family):
 
     @classmethod
     def recognizes(cls, path: Path) -> bool:
+        if path.suffix == ".onnx":  # a Piper voice: the .onnx with its .onnx.json beside it
+            return path.with_name(path.name + ".json").is_file()
         config = path / "config.json" if path.is_dir() else path.parent / "config.json"
         if not config.is_file():
             return False
@@ -374,6 +376,10 @@ class VitsFamily(Family):
 
     @classmethod
     def load(cls, path: Path, *, trust_pickle: bool = False) -> VitsModelAdapter:
+        if path.suffix == ".onnx":
+            from voxport.convert.piper import load_piper_onnx
+
+            return load_piper_onnx(path)
         directory = path if path.is_dir() else path.parent
         weights = find_weights_file(directory) if path.is_dir() else path
         try:
@@ -398,6 +404,12 @@ class VitsFamily(Family):
             n: (directory / n).read_bytes() for n in TOKENIZER_FILES if (directory / n).is_file()
         }
         return VitsModelAdapter(model, source=str(path), tokenizer_files=tokenizer_files)
+
+    @classmethod
+    def open_artifact(cls, path: Path) -> Any:
+        from voxport.families.vits.artifact import VitsArtifactVoice
+
+        return VitsArtifactVoice(path)
 
     @staticmethod
     def _load_strict(model: nn.Module, tensors: dict[str, torch.Tensor], weights: Path) -> None:
