@@ -286,7 +286,7 @@ BAD_CASES = [
           blok_size: 32
         """,
         6,
-        "quantize.blok_size: unknown key (allowed: method, block_size, overrides)",
+        "quantize.blok_size: unknown key (allowed: method, block_size, overrides, precision_overrides)",
         id="unknown-nested-key",
     ),
     pytest.param(
@@ -672,3 +672,24 @@ def test_precision_thresholds_merge_over_the_global_ones(tmp_path: Path) -> None
             {"name": "x", "model": "m", "validate": {"ids": [[1]], "precision_thresholds": {"int3": {}}}},
             tmp_path,
         )
+
+
+def test_overrides_keep_higher_everywhere_and_precision_overrides_set_one_mix(tmp_path: Path) -> None:
+    recipe = Recipe.from_mapping(
+        {
+            "name": "x",
+            "model": "m",
+            "quantize": {
+                "overrides": {"decoder.conv_post*": "fp16"},
+                "precision_overrides": {"int4": {"decoder.*": "int8"}},
+            },
+            "validate": {"ids": [[1]]},
+        },
+        tmp_path,
+    )
+    q = recipe.quantize
+    assert q.overrides_for("fp32") == {}  # fp16 would lower an fp32 artifact: not applied
+    assert q.overrides_for("fp16") == {"decoder.conv_post*": "fp16"}
+    assert q.overrides_for("int8") == {"decoder.conv_post*": "fp16"}
+    # the precision's own mix comes first, so it wins where globs overlap (first match wins)
+    assert list(q.overrides_for("int4").items()) == [("decoder.*", "int8"), ("decoder.conv_post*", "fp16")]

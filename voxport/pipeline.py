@@ -117,7 +117,9 @@ def quantize(recipe: Recipe, out: Path, log: Log = _quiet) -> None:
     q = recipe.quantize
     for precision in recipe.precisions:
         started = time.perf_counter()
-        qm = quantize_model(model, precision, method=q.method, block_size=q.block_size, overrides=q.overrides)
+        qm = quantize_model(
+            model, precision, method=q.method, block_size=q.block_size, overrides=q.overrides_for(precision)
+        )
         save_quantized(qm, layout.quantized(precision))
         log(
             f"quantize: {precision} ({q.method}) {qm.bits_per_weight(scale_bits=16):.2f} bits/weight, "

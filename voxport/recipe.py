@@ -279,12 +279,27 @@ def _convert_bare(thresholds: dict[Any, Any]) -> dict[Any, Any]:
     return converted
 
 
+_RANK = {p: i for i, p in enumerate(("int4", "int8", "fp16", "fp32"))}
+
+
 class QuantizeConfig(_Base):
-    """How weights are quantized; `overrides` maps weight-name globs to a precision."""
+    """How weights are quantized.
+
+    `overrides` (glob → precision) keep modules at a *higher* precision in every artifact: an entry
+    below an artifact's own precision does not apply to it (an fp32 artifact stays fp32).
+    `precision_overrides` set an exact mix for one precision's artifact (e.g. int4 with int8 decoder).
+    """
 
     method: Literal["rtn", "mse"] = "rtn"
     block_size: Annotated[Int, AfterValidator(_block_size)] = 32
     overrides: dict[NonEmptyStr, Precision] = Field(default_factory=dict)
+    precision_overrides: dict[Precision, dict[NonEmptyStr, Precision]] = Field(default_factory=dict)
+
+    def overrides_for(self, precision: str) -> dict[str, str]:
+        """Globs for one artifact: the shared keep-higher ones that apply, then its own, which win."""
+        shared = {g: p for g, p in self.overrides.items() if _RANK[p] >= _RANK[precision]}
+        own = self.precision_overrides.get(precision, {})  # type: ignore[call-overload]
+        return {**own, **{g: p for g, p in shared.items() if g not in own}}
 
 
 class PruneSpec(_Base):
