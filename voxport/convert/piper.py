@@ -36,6 +36,7 @@ from transformers import VitsConfig, VitsModel
 
 from voxport.convert.checkpoint import PICKLE_SUFFIXES, load_tensors
 from voxport.errors import BadInput
+from voxport.families.vits.architecture import listing as _listing
 from voxport.io import atomic_path, atomic_write_bytes
 
 #: Piper tensors that only training reads (present in a .ckpt, absent from an exported ONNX)
@@ -257,12 +258,6 @@ def piper_to_hf(tensors: Mapping[str, torch.Tensor], *, sdp: bool, source: Path)
     return out
 
 
-def _listing(names: list[str], limit: int = 6) -> str:
-    names = sorted(names)
-    more = f", ... ({len(names) - limit} more)" if len(names) > limit else ""
-    return ", ".join(names[:limit]) + more
-
-
 # ------------------------------------------------------------------------------------------------
 # Architecture facts and config inference
 # ------------------------------------------------------------------------------------------------
@@ -466,31 +461,14 @@ def _check_voice_counts(voice: Mapping[str, Any], vocab_size: int, num_speakers:
 
 def build_model(weights: PiperWeights, voice: Mapping[str, Any], source: Path) -> VitsModel:
     """A weight-norm-folded inference `VitsModel` holding exactly the Piper generator's weights."""
-    from voxport.families.vits.architecture import build_inference_model, fold_weight_norm
+    from voxport.families.vits.architecture import build_inference_model, fold_weight_norm, load_exact
 
     config = infer_config(weights, voice, source)
     config.resblock = _decoder_variant(weights)
     hf = piper_to_hf(weights.tensors, sdp=bool(config.use_stochastic_duration_prediction), source=source)
     model = build_inference_model(config)
     fold_weight_norm(model)
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(hf))
-    unexpected = sorted(set(hf) - set(expected))
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"missing {_listing(missing)}")
-        if unexpected:
-            parts.append(f"unexpected {_listing(unexpected)}")
-        raise BadInput(f"{source}: weights do not form a complete Piper VITS generator: {'; '.join(parts)}")
-    wrong = [
-        f"{k} {tuple(v.shape)} (expected {tuple(expected[k].shape)})"
-        for k, v in hf.items()
-        if tuple(v.shape) != tuple(expected[k].shape)
-    ]
-    if wrong:
-        raise BadInput(f"{source}: tensor shapes do not fit the inferred architecture: {_listing(wrong, 3)}")
-    model.load_state_dict(hf, strict=True)
+    load_exact(model, hf, str(source), "weights do not form a complete Piper VITS generator")
     return model.eval()
 
 

@@ -17,6 +17,8 @@ from torch import nn
 from torch.nn.utils import parametrize
 from transformers import VitsConfig, VitsModel
 
+from voxport.errors import BadInput
+
 #: parts of the stochastic duration predictor that only the training loss uses
 DP_TRAINING_ONLY = ("post_conv_pre", "post_conv_proj", "post_conv_dds", "post_flows")
 #: prefixes of checkpoint tensors that inference never reads
@@ -87,3 +89,31 @@ def build_inference_model(config: VitsConfig) -> VitsModel:
                 )
         decoder.resblocks = nn.ModuleList(blocks)
     return model.eval()
+
+
+def listing(names: list[str], limit: int = 6) -> str:
+    names = sorted(names)
+    more = f", ... ({len(names) - limit} more)" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
+def load_exact(model: nn.Module, tensors: dict[str, torch.Tensor], source: str, what: str) -> None:
+    """Load `tensors` into `model` only if names and shapes match exactly; else say what differs.
+
+    A partial load would export a half-random voice that still looks finished, so a missing or
+    unexpected tensor is an error that names them, never `strict=False`."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    if missing or unexpected:
+        parts = [f"missing {listing(missing)}"] if missing else []
+        parts += [f"unexpected {listing(unexpected)}"] if unexpected else []
+        raise BadInput(f"{source}: {what}: {'; '.join(parts)}")
+    wrong = [
+        f"{k} {tuple(v.shape)} (expected {tuple(expected[k].shape)})"
+        for k, v in tensors.items()
+        if tuple(v.shape) != tuple(expected[k].shape)
+    ]
+    if wrong:
+        raise BadInput(f"{source}: {what}: tensor shapes differ: {listing(wrong, 3)}")
+    model.load_state_dict({k: v.to(torch.float32) for k, v in tensors.items()}, strict=True)

@@ -29,6 +29,7 @@ from voxport.families.vits.architecture import (
     TRAINING_ONLY_PREFIXES,
     build_inference_model,
     fold_weight_norm,
+    load_exact,
     resblock_variant,
 )
 from voxport.families.vits.frontend import PIPER_CONFIG, PiperFrontend
@@ -396,9 +397,9 @@ class VitsFamily(Family):
         tensors = {k: v for k, v in tensors.items() if not k.startswith(TRAINING_ONLY_PREFIXES)}
         if (directory / MARKER).is_file():
             fold_weight_norm(model)  # voxport's own layout stores the folded weights
-            cls._load_strict(model, tensors, weights)
+            load_exact(model, tensors, str(weights), "weights do not match config.json")
         else:
-            cls._load_strict(model, _rename_weight_norm(tensors), weights)
+            load_exact(model, _rename_weight_norm(tensors), str(weights), "weights do not match config.json")
             fold_weight_norm(model)
         tokenizer_files = {
             n: (directory / n).read_bytes() for n in TOKENIZER_FILES if (directory / n).is_file()
@@ -410,27 +411,6 @@ class VitsFamily(Family):
         from voxport.families.vits.artifact import VitsArtifactVoice
 
         return VitsArtifactVoice(path)
-
-    @staticmethod
-    def _load_strict(model: nn.Module, tensors: dict[str, torch.Tensor], weights: Path) -> None:
-        expected = set(model.state_dict())
-        missing = sorted(expected - set(tensors))
-        unexpected = sorted(set(tensors) - expected)
-        if missing or unexpected:
-            detail = []
-            if missing:
-                detail.append(f"{len(missing)} missing (e.g. {missing[0]})")
-            if unexpected:
-                detail.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
-            raise BadInput(f"{weights}: weights do not match config.json: {', '.join(detail)}")
-        shapes = model.state_dict()
-        for name, tensor in tensors.items():
-            if tuple(tensor.shape) != tuple(shapes[name].shape):
-                raise BadInput(
-                    f"{weights}: tensor {name} has shape {tuple(tensor.shape)}, config.json implies "
-                    f"{tuple(shapes[name].shape)}"
-                )
-        model.load_state_dict({k: v.to(torch.float32) for k, v in tensors.items()}, strict=True)
 
 
 def _rename_weight_norm(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
