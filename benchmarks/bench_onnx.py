@@ -1,7 +1,7 @@
 """Benchmark voxport's ONNX artifacts: size, ONNX Runtime speed and parity per precision.
 
-    .venv/bin/python benchmarks/bench_onnx.py [--size tiny|mms] [--repeats N] [--out DIR] [--json FILE]
-        [--qdq-variants] [--optimum-cli PATH]
+    .venv/bin/python benchmarks/bench_onnx.py [--size tiny|mms | --recipe RECIPE.yaml] [--repeats N]
+        [--out DIR] [--json FILE] [--qdq-variants] [--optimum-cli PATH]
 
 It builds a random-weight VITS checkpoint, runs the real pipeline stages over it (convert, quantize,
 export, validate: what `pipeline.build` runs, called one by one so the export stage can be timed on
@@ -13,6 +13,14 @@ warm-up round, and targets interleaved round-robin so that a burst of machine lo
 alike. Ratios are only ever taken between numbers measured in this run. Quantization can change
 the predicted durations (int4 often by 10–20%), which changes how much audio there is to render, so
 the equal-work "forced" timing (reference durations for everyone) is the one to compare compute by.
+
+With `--recipe` it benchmarks a real recipe instead (its model must exist): the recipe's precisions,
+quantize settings, validate texts and synthesis settings, built into --out. It then also applies ONNX
+Runtime's own `onnxruntime.quantization.quantize_dynamic` (its defaults: int8 weights, QInt8) to the
+fp32 primary one-graph file and times it as an extra row, "ort-dynamic-int8", on the `tts` graph only
+(the same sentences and noise-off scales [0, length_scale, 0] as every other row's tts timing). Every
+ONNX row also gets in-run tts-graph parity against the fp32 torch reference's tts graph (log-mel DTW,
+MCD, audio length ratio; worst sentence), since the one-graph file reports no durations.
 
 Random weights need two fixes to look like a voice in the figures that matter here: the vocoder's
 last convolution is scaled down (`output_gain`) so the audio is not saturated at ±1, which would make
@@ -46,12 +54,19 @@ from voxport import pipeline
 from voxport.families.base import FamilyModel, Runner, SynthesisSettings, load_model
 from voxport.families.vits.synthetic import TINY_CONFIG, make_vits_checkpoint
 from voxport.manifest import Manifest
-from voxport.recipe import Recipe
+from voxport.recipe import Recipe, load_recipe
+from voxport.validate.metrics import logmel_dtw_db, mcd_db
 from voxport.validate.runners import OrtRunner
 
 REPO = Path(__file__).resolve().parents[1]
 PRECISIONS = ("fp32", "fp16", "int8", "int4")
 PARITY_COLUMNS = ("forced_snr_db", "logmel_dtw_db", "mcd_db", "duration_match", "length_ratio")
+#: in-run parity of each row's tts graph against the torch reference's tts graph (worst sentence)
+TTS_PARITY_COLUMNS = (("tts dtw", "logmel_dtw_db"), ("tts mcd", "mcd_db"), ("tts len", "length_ratio"))
+#: the extra row: ONNX Runtime's quantize_dynamic applied to the fp32 primary file
+ORT_DYNAMIC = "ort-dynamic-int8"
+#: node types counted in the quantize_dynamic output: what it quantized and what it left in float
+REPORTED_OPS = ("ConvInteger", "MatMulInteger", "DynamicQuantizeLinear", "Conv", "ConvTranspose", "MatMul")
 
 #: lowercase, inside the synthetic checkpoint's character vocabulary, 40–80 characters each
 TEXTS = (
@@ -143,6 +158,8 @@ class Sentence:
 
     ids: list[int]
     reference_durations: np.ndarray
+    #: the torch reference's primary (tts) graph audio, noise off, for in-run tts parity
+    reference_tts_audio: np.ndarray | None = None
 
 
 @dataclass
@@ -157,6 +174,11 @@ class Target:
     forced_ms: list[float] = field(default_factory=list)
     tts_ms: list[float] = field(default_factory=list)
     audio_seconds: float = 0.0
+    #: only the primary `tts` graph exists (the quantize_dynamic row): no split or forced timing
+    tts_only: bool = False
+    #: primary-file bytes for a target that is not one of the manifest's artifacts
+    primary_bytes: int | None = None
+    tts_parity: dict[str, float] = field(default_factory=dict)
 
 
 class ConfiguredOrtRunner(OrtRunner):
@@ -195,7 +217,8 @@ def load_targets(model: FamilyModel, manifest: Manifest, out: Path, qdq_variants
     fold DequantizeLinear into float weights at load: speed of fp32, memory of fp32."""
     targets = [Target("torch eager (fp32)", None, model.torch_runner())]
     for artifact in manifest.artifacts:
-        files = {f.graph: out / f.path for f in artifact.files}
+        # graphs only: a Piper voice also lists its .onnx.json sidecar among the files
+        files = {f.graph: out / f.path for f in artifact.files if f.path.endswith(".onnx")}
         runner, load_ms = _timed_load(lambda files=files: OrtRunner(files, threads=1))
         targets.append(Target(artifact.precision, artifact.precision, runner, load_ms))
         if qdq_variants and artifact.precision.startswith("int"):
@@ -209,14 +232,20 @@ def _elapsed_ms(started: float) -> float:
 
 
 def time_target(model: FamilyModel, target: Target, sentences: Sequence[Sentence],
-                settings: SynthesisSettings) -> tuple[float, float, float]:
+                settings: SynthesisSettings) -> tuple[float | None, float | None, float]:
     """Three timings over every sentence, in ms:
 
     - split: the full split loop (encoder, then decoder) as validate runs it, with this artifact's own
       durations: what a user of the split graphs waits for;
     - forced: the same loop with the reference's durations, so every precision renders exactly the
       same frames: the like-for-like compute comparison (int4 may change durations by 20%);
-    - tts: the primary one-graph file users load (Piper interface, noise off)."""
+    - tts: the primary one-graph file users load (Piper interface, noise off).
+    A tts-only target (no split graphs) gets only the tts timing."""
+    if target.tts_only:
+        started = time.perf_counter()
+        for s in sentences:
+            model.synthesize_primary(target.runner, s.ids, settings)
+        return None, None, _elapsed_ms(started)
     started = time.perf_counter()
     samples = sum(model.synthesize(target.runner, s.ids, settings).audio.size for s in sentences)
     split = _elapsed_ms(started)
@@ -241,10 +270,73 @@ def time_round_robin(model: FamilyModel, targets: list[Target], sentences: Seque
         for target in targets[shift:] + targets[:shift]:
             split, forced, tts = time_target(model, target, sentences, settings)
             if round_index:  # round 0 is the warm-up
-                target.split_ms.append(split)
-                target.forced_ms.append(forced)
+                if split is not None and forced is not None:
+                    target.split_ms.append(split)
+                    target.forced_ms.append(forced)
                 target.tts_ms.append(tts)
         log(f"timing: round {round_index}/{repeats}{' (warm-up)' if not round_index else ''} done")
+
+
+# ---------------------------------------------------------------------------- ORT quantize_dynamic
+def ort_dynamic_defaults() -> dict[str, str]:
+    """quantize_dynamic's keyword defaults as this onnxruntime has them (we pass none of them)."""
+    import inspect
+
+    from onnxruntime.quantization import quantize_dynamic
+
+    params = inspect.signature(quantize_dynamic).parameters
+    return {name: str(params[name].default) for name in ("weight_type", "per_channel", "reduce_range",
+                                                          "op_types_to_quantize") if name in params}
+
+
+def ort_dynamic_int8(fp32_primary: Path, out: Path, log: Callable[[str], None],
+                     ) -> tuple[Path, dict[str, Any]]:
+    """onnxruntime.quantization.quantize_dynamic with its defaults on the fp32 one-graph file."""
+    import logging
+
+    import onnx
+    from onnxruntime.quantization import quantize_dynamic
+
+    out.mkdir(parents=True, exist_ok=True)
+    target = out / fp32_primary.name.replace(".fp32.onnx", ".ort-dynamic-int8.onnx")
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # one shape-inference warning per int64 tensor otherwise
+    started = time.perf_counter()
+    try:
+        quantize_dynamic(fp32_primary, target)
+    finally:
+        root.setLevel(level)
+    seconds = time.perf_counter() - started
+    ops: dict[str, int] = {}
+    for node in onnx.load(str(target), load_external_data=False).graph.node:
+        ops[node.op_type] = ops.get(node.op_type, 0) + 1
+    info = {"seconds": seconds, "bytes": target.stat().st_size, "source_bytes": fp32_primary.stat().st_size,
+            "defaults": ort_dynamic_defaults(),
+            "ops": {k: v for k, v in ops.items() if k in REPORTED_OPS}}
+    log(f"ort quantize_dynamic: {_mb(info['source_bytes'])} → {_mb(info['bytes'])} MB in {seconds:.1f}s")
+    return target, info
+
+
+def measure_tts_parity(model: FamilyModel, target: Target, sentences: Sequence[Sentence],
+                       settings: SynthesisSettings) -> None:
+    """The target's tts graph against the torch reference's tts graph, worst sentence per figure;
+    length_ratio is audio samples (the one-graph file reports no durations), worst |ratio − 1|."""
+    dtw, mcd, ratios = [], [], []
+    samples = 0
+    for s in sentences:
+        assert s.reference_tts_audio is not None
+        audio = model.synthesize_primary(target.runner, s.ids, settings).audio
+        samples += audio.size
+        dtw.append(logmel_dtw_db(s.reference_tts_audio, audio, model.sample_rate))
+        mcd.append(mcd_db(s.reference_tts_audio, audio, model.sample_rate))
+        ratios.append(audio.size / s.reference_tts_audio.size)
+    total_ref = sum(s.reference_tts_audio.size for s in sentences if s.reference_tts_audio is not None)
+    target.tts_parity = {"logmel_dtw_db": max(dtw), "mcd_db": max(mcd),
+                         "length_ratio": max(ratios, key=lambda r: abs(r - 1.0)),
+                         "total_length_ratio": samples / total_ref}
+    if target.tts_only:
+        target.audio_seconds = samples / model.sample_rate
 
 
 # ----------------------------------------------------------------------------------------- optimum
@@ -297,21 +389,23 @@ class Row:
     bytes_primary: int | None
     bits_per_weight: float | None
     load_ms: float | None
-    split_ms: float
-    split_spread: float
-    split_vs_fp32: float
-    split_vs_torch: float
-    forced_ms: float
-    forced_vs_fp32: float
+    split_ms: float | None
+    split_spread: float | None
+    split_vs_fp32: float | None
+    split_vs_torch: float | None
+    forced_ms: float | None
+    forced_vs_fp32: float | None
     tts_ms: float
+    tts_spread: float
     tts_vs_fp32: float
     tts_vs_torch: float
     audio_seconds: float
-    real_time_factor: float
+    real_time_factor: float | None
     split_ms_all: list[float]
     forced_ms_all: list[float]
     tts_ms_all: list[float]
     parity: dict[str, float | None]
+    tts_parity: dict[str, float]
 
 
 def _spread(values: Sequence[float]) -> float:
@@ -322,27 +416,35 @@ def _spread(values: Sequence[float]) -> float:
 def make_rows(targets: list[Target], manifest: Manifest) -> list[Row]:
     """Medians and same-run ratios, joined with the manifest's sizes and parity figures."""
     by_precision = {a.precision: a for a in manifest.artifacts}
-    med = {t.label: {k: statistics.median(getattr(t, f"{k}_ms")) for k in ("split", "forced", "tts")}
-           for t in targets}
+    med = {t.label: {k: statistics.median(v) if (v := getattr(t, f"{k}_ms")) else None
+                     for k in ("split", "forced", "tts")} for t in targets}
     fp32 = med["fp32"]
     ref = med[targets[0].label]
+
+    def ratio(a: float | None, b: float | None) -> float | None:
+        return None if a is None or b is None else a / b
+
     rows = []
     for t in targets:
         m = med[t.label]
         artifact = by_precision.get(t.precision) if t.precision else None
         rows.append(Row(
             target=t.label,
-            bytes_total=sum(f.bytes for f in artifact.files) if artifact else None,
-            bytes_primary=artifact.bytes if artifact else None,
+            bytes_total=sum(f.bytes for f in artifact.files if f.path.endswith(".onnx"))
+            if artifact else t.primary_bytes,
+            bytes_primary=artifact.bytes if artifact else t.primary_bytes,
             bits_per_weight=artifact.bits_per_weight if artifact else None,
             load_ms=t.load_ms,
-            split_ms=m["split"], split_spread=_spread(t.split_ms),
-            split_vs_fp32=m["split"] / fp32["split"], split_vs_torch=m["split"] / ref["split"],
-            forced_ms=m["forced"], forced_vs_fp32=m["forced"] / fp32["forced"],
-            tts_ms=m["tts"], tts_vs_fp32=m["tts"] / fp32["tts"], tts_vs_torch=m["tts"] / ref["tts"],
-            audio_seconds=t.audio_seconds, real_time_factor=m["split"] / 1e3 / t.audio_seconds,
+            split_ms=m["split"], split_spread=_spread(t.split_ms) if t.split_ms else None,
+            split_vs_fp32=ratio(m["split"], fp32["split"]), split_vs_torch=ratio(m["split"], ref["split"]),
+            forced_ms=m["forced"], forced_vs_fp32=ratio(m["forced"], fp32["forced"]),
+            tts_ms=m["tts"], tts_spread=_spread(t.tts_ms),
+            tts_vs_fp32=m["tts"] / fp32["tts"], tts_vs_torch=m["tts"] / ref["tts"],
+            audio_seconds=t.audio_seconds,
+            real_time_factor=ratio(m["split"], t.audio_seconds * 1e3) if m["split"] is not None else None,
             split_ms_all=t.split_ms, forced_ms_all=t.forced_ms, tts_ms_all=t.tts_ms,
             parity=dict(artifact.parity.metrics) if artifact else {},
+            tts_parity=dict(t.tts_parity),
         ))
     return rows
 
@@ -361,31 +463,41 @@ COLUMNS: tuple[tuple[str, Callable[[Row], str]], ...] = (
     ("tts MB", lambda r: _mb(r.bytes_primary)),
     ("bits/w", lambda r: _num(r.bits_per_weight, ".2f")),
     ("load ms", lambda r: _num(r.load_ms, ".0f")),
-    ("split ms", lambda r: f"{r.split_ms:.0f}"),
-    ("±", lambda r: f"{r.split_spread:.0%}"),
-    ("/fp32", lambda r: f"{r.split_vs_fp32:.2f}"),
-    ("/torch", lambda r: f"{r.split_vs_torch:.2f}"),
-    ("RTF", lambda r: f"{r.real_time_factor:.3f}"),
-    ("forced ms", lambda r: f"{r.forced_ms:.0f}"),
-    ("/fp32", lambda r: f"{r.forced_vs_fp32:.2f}"),
+    ("split ms", lambda r: _num(r.split_ms, ".0f")),
+    ("±", lambda r: _num(r.split_spread, ".0%")),
+    ("/fp32", lambda r: _num(r.split_vs_fp32, ".2f")),
+    ("/torch", lambda r: _num(r.split_vs_torch, ".2f")),
+    ("RTF", lambda r: _num(r.real_time_factor, ".3f")),
+    ("forced ms", lambda r: _num(r.forced_ms, ".0f")),
+    ("/fp32", lambda r: _num(r.forced_vs_fp32, ".2f")),
     ("tts ms", lambda r: f"{r.tts_ms:.0f}"),
+    ("±", lambda r: f"{r.tts_spread:.0%}"),
     ("/fp32", lambda r: f"{r.tts_vs_fp32:.2f}"),
     ("/torch", lambda r: f"{r.tts_vs_torch:.2f}"),
     *((name, lambda r, name=name: _num(r.parity.get(name), ".3f")) for name in PARITY_COLUMNS),
 )
+#: appended when tts parity was measured in-run (--recipe)
+TTS_COLUMNS: tuple[tuple[str, Callable[[Row], str]], ...] = tuple(
+    (title, lambda r, key=key: _num(r.tts_parity.get(key), ".3f")) for title, key in TTS_PARITY_COLUMNS
+)
 
 LEGEND = """\
-split = encoder + decoder graphs, validate's loop (noise on, the artifact's own durations); ± = half
+split = encoder + decoder graphs, validate's loop (its noise settings, the artifact's own durations); ± = half
   the range of the repeats; RTF = split seconds per second of audio it produced
 forced = the same loop given the fp32 reference's durations: equal work for every row
 tts = the primary one-graph file (noise off); /fp32, /torch = ratio of medians from this run
 parity figures are the manifest's (worst sentence); no-qdq rows reuse their artifact's figures"""
 
+TTS_LEGEND = """\
+tts dtw / tts mcd / tts len = this run's parity of the row's tts graph against the torch reference's
+  tts graph (same ids, noise off), worst sentence; tts len = audio samples ratio (no durations there)
+ort-dynamic-int8 = onnxruntime.quantization.quantize_dynamic (defaults) of the fp32 tts file: tts only"""
 
-def format_table(rows: Sequence[Row]) -> str:
+
+def format_table(rows: Sequence[Row], columns: Sequence[tuple[str, Callable[[Row], str]]] = COLUMNS) -> str:
     """Plain aligned text: first column left, numbers right."""
-    cells = [[name for name, _ in COLUMNS]] + [[cell(r) for _, cell in COLUMNS] for r in rows]
-    widths = [max(len(line[i]) for line in cells) for i in range(len(COLUMNS))]
+    cells = [[name for name, _ in columns]] + [[cell(r) for _, cell in columns] for r in rows]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
     lines = []
     for line in cells:
         parts = [line[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(line[1:], widths[1:], strict=True)]
@@ -404,7 +516,8 @@ def reference_sentences(model: FamilyModel, inputs: Sequence[list[int]], setting
     sentences = []
     for ids, synth in zip(inputs, synths, strict=True):
         assert synth.durations is not None, "VITS reports durations"
-        sentences.append(Sentence(ids, synth.durations[None].astype(np.float32)))
+        tts_audio = model.synthesize_primary(runner, ids, settings).audio
+        sentences.append(Sentence(ids, synth.durations[None].astype(np.float32), tts_audio))
     audio = np.concatenate([s.audio for s in synths])
     sanity = {
         "audio_seconds": audio.size / model.sample_rate,
@@ -421,8 +534,12 @@ def reference_sentences(model: FamilyModel, inputs: Sequence[list[int]], setting
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", choices=sorted(SIZES), default="mms")
+    parser.add_argument("--recipe", type=Path,
+                        help="benchmark this recipe (its model must exist) instead of a random checkpoint; "
+                             "adds the ort-dynamic-int8 row")
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds after one warm-up round")
-    parser.add_argument("--out", type=Path, help="work directory (default scratch/bench/<size>)")
+    parser.add_argument("--out", type=Path,
+                        help="work directory (default scratch/bench/<size>, or scratch/bench/<recipe name>)")
     parser.add_argument("--json", type=Path, help="also write the rows and run details as JSON here")
     parser.add_argument("--optimum-cli", help="an optimum-cli from another environment to compare against")
     parser.add_argument("--optimum-timeout", type=float, default=1200.0, help="seconds")
@@ -437,14 +554,25 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    out: Path = (args.out or REPO / "scratch" / "bench" / args.size).resolve()
-    out.mkdir(parents=True, exist_ok=True)
 
     def log(message: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
-    checkpoint = build_checkpoint(args.size, out / "checkpoint")
-    recipe = make_recipe(checkpoint, f"bench-{args.size}")
+    if args.recipe is not None:
+        recipe = load_recipe(args.recipe)
+        if not Path(recipe.model).exists():
+            raise SystemExit(f"{args.recipe}: model {recipe.model} does not exist (build or import it first)")
+        label = f"recipe {recipe.name}"
+        out: Path = (args.out or REPO / "scratch" / "bench" / recipe.name).resolve()
+        checkpoint = None
+    else:
+        label = f"VITS size={args.size}"
+        out = (args.out or REPO / "scratch" / "bench" / args.size).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+
+    if args.recipe is None:
+        checkpoint = build_checkpoint(args.size, out / "checkpoint")
+        recipe = make_recipe(checkpoint, f"bench-{args.size}")
     build = out / "build"
     manifest, stage_seconds = run_pipeline(recipe, build, log)
 
@@ -453,23 +581,48 @@ def main(argv: Sequence[str] | None = None) -> int:
     inputs = [ids for _, ids in pipeline.validation_inputs(recipe, model)]
     sentences, sanity = reference_sentences(model, inputs, settings)
     targets = load_targets(model, manifest, build, args.qdq_variants)
+    columns = COLUMNS
+    dynamic: dict[str, Any] | None = None
+    if args.recipe is not None:
+        fp32 = next(a for a in manifest.artifacts if a.precision == "fp32")
+        dynamic_path, dynamic = ort_dynamic_int8(build / fp32.path, out / "ort-dynamic", log)
+        runner, load_ms = _timed_load(lambda: OrtRunner({"tts": dynamic_path}, threads=1))
+        targets.append(Target(ORT_DYNAMIC, None, runner, load_ms, tts_only=True,
+                              primary_bytes=dynamic["bytes"]))
+        for target in targets[1:]:
+            measure_tts_parity(model, target, sentences, settings)
+        columns = (*COLUMNS, *TTS_COLUMNS)
+        log("tts parity measured for every ONNX row")
     time_round_robin(model, targets, sentences, settings, args.repeats, log)
     rows = make_rows(targets, manifest)
 
-    log("optimum: exporting the same checkpoint")
-    optimum = optimum_status(checkpoint, out / "optimum", args.optimum_cli, args.optimum_timeout)
+    if checkpoint is not None:
+        log("optimum: exporting the same checkpoint")
+        optimum = optimum_status(checkpoint, out / "optimum", args.optimum_cli, args.optimum_timeout)
+    else:
+        optimum = {"status": "skipped", "line": "optimum-cli export: skipped (--recipe)"}
 
-    print(f"voxport ONNX benchmark: VITS size={args.size}, {model.parameters():,} inference parameters, "
+    texts = recipe.validation.texts if recipe.validation else list(TEXTS)
+    print(f"voxport ONNX benchmark: {label}, {model.parameters():,} inference parameters, "
           f"{len(inputs)} sentences ({sum(map(len, inputs))} tokens) per timing, median of {args.repeats} "
           f"after 1 warm-up, 1 intra-op thread (ORT and torch)")
+    print(f"synthesis settings: noise_scale {settings.noise_scale}, noise_scale_duration "
+          f"{settings.noise_scale_duration}, length_scale {settings.length_scale} "
+          f"(tts graph: scales [0, {settings.length_scale}, 0] for every row)")
     print(f"reference audio: {sanity['audio_seconds']:.2f}s, peak {sanity['peak']:.3f}, "
           f"rms {sanity['rms']:.3f}, clipped {sanity['clipped_fraction']:.2%}, "
           f"{sanity['frames_per_token']:.2f} frames/token")
     print()
-    print(format_table(rows))
+    print(format_table(rows, columns))
     print()
     print(LEGEND)
-    print(f"export stage wall time: {stage_seconds['export']:.1f}s for {len(PRECISIONS)} precisions "
+    if dynamic is not None:
+        print(TTS_LEGEND)
+        total = next(r for r in rows if r.target == ORT_DYNAMIC).tts_parity["total_length_ratio"]
+        print(f"ort quantize_dynamic: {_mb(dynamic['source_bytes'])} → {_mb(dynamic['bytes'])} MB in "
+              f"{dynamic['seconds']:.1f}s, defaults {dynamic['defaults']}; nodes {dynamic['ops']}; "
+              f"total audio length ratio {total:.4f}")
+    print(f"export stage wall time: {stage_seconds['export']:.1f}s for {len(recipe.precisions)} precisions "
           f"(convert {stage_seconds['convert']:.1f}s, quantize {stage_seconds['quantize']:.1f}s, "
           f"validate {stage_seconds['validate']:.1f}s)")
     print(optimum["line"])
@@ -477,8 +630,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({
-            "size": args.size, "repeats": args.repeats, "parameters": model.parameters(),
-            "texts": list(TEXTS), "tokens": [len(ids) for ids in inputs], "reference": sanity,
+            "size": None if args.recipe else args.size, "recipe": str(args.recipe) if args.recipe else None,
+            "repeats": args.repeats, "parameters": model.parameters(),
+            "texts": list(texts), "tokens": [len(ids) for ids in inputs], "reference": sanity,
+            "settings": asdict(settings), "ort_dynamic": dynamic,
             "stage_seconds": stage_seconds, "optimum": optimum, "rows": [asdict(r) for r in rows],
             "versions": {**manifest.tool_versions, "python": platform.python_version()},
         }, indent=2))
