@@ -143,7 +143,20 @@ def test_pruning_costs_parity_against_the_unpruned_reference(tiny_vits_dir: Path
 
 
 def test_unsupported_format_fails_before_any_work(tiny_vits_dir: Path, tmp_path: Path) -> None:
-    recipe = make_recipe(tiny_vits_dir, formats=["onnx", "gguf"])
-    with pytest.raises(BadInput, match="gguf cannot be produced"):
+    recipe = make_recipe(tiny_vits_dir, formats=["onnx", "coreml"])
+    with pytest.raises(BadInput, match="coreml cannot be produced"):
         pipeline.build(recipe, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_recipe_opset_is_honoured_and_int4_needs_21(tiny_vits_dir: Path, tmp_path: Path) -> None:
+    recipe = make_recipe(
+        tiny_vits_dir, precisions=["int8"], export={"onnx": {"opset": 17}}, validate={"texts": TEXTS[:1]}
+    )
+    manifest = pipeline.build(recipe, tmp_path / "a")
+    proto = onnx.load(str(tmp_path / "a" / manifest.artifacts[0].path))
+    assert [o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")] == [17]
+    assert manifest.artifacts[0].parity.metrics["forced_snr_db"] > 15  # and it runs in ORT
+    recipe = make_recipe(tiny_vits_dir, precisions=["int4"], export={"onnx": {"opset": 17}})
+    with pytest.raises(BadInput, match="opset >= 21"):
+        pipeline.build(recipe, tmp_path / "b")

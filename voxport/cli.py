@@ -194,7 +194,7 @@ def validate(
 
 @app.command()
 def inspect(
-    path: Annotated[Path, typer.Argument(help="Checkpoint dir/file, .onnx artifact, or build directory.")],
+    path: Annotated[Path, typer.Argument(help="Checkpoint dir/file, .onnx or .gguf artifact, or build dir.")],
     as_json: JsonOpt = False,
     trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="Allow pickled checkpoints.")] = False,
 ) -> None:

@@ -30,6 +30,10 @@ def inspect_path(path: Path, *, trust_pickle: bool = False) -> dict[str, Any]:
         return _inspect_build(path)
     if path.suffix == ".onnx":
         return _inspect_onnx(path)
+    if path.suffix == ".gguf":
+        from voxport.export.gguf.reader import describe_gguf
+
+        return {"kind": "gguf", "path": str(path), **describe_gguf(path)}
     return _inspect_checkpoint(path, trust_pickle=trust_pickle)
 
 

@@ -22,7 +22,7 @@ from typing import Any
 from voxport import __version__
 from voxport.errors import BadInput
 from voxport.export.onnx.exporter import export_onnx, trace_all, unplaced_quantized
-from voxport.families.base import FamilyModel, SynthesisSettings, load_model
+from voxport.families.base import FamilyModel, Runner, SynthesisSettings, load_model
 from voxport.io import atomic_write_json, ensure_writable_dir
 from voxport.manifest import (
     Artifact,
@@ -33,13 +33,13 @@ from voxport.manifest import (
     tool_versions,
     write_manifest,
 )
-from voxport.quantize.stage import load_quantized, quantize_model, save_quantized
+from voxport.quantize.stage import QuantizedModel, load_quantized, quantize_model, save_quantized
 from voxport.recipe import Recipe
 from voxport.validate.parity import ArtifactParity, Reference, measure_artifact
 from voxport.validate.runners import OrtRunner
 
 #: formats this version can produce; a recipe asking for another fails before any work is done
-SUPPORTED_FORMATS = ("onnx",)
+SUPPORTED_FORMATS = ("onnx", "gguf")
 #: bits ONNX spends per scale (float32 holding fp16-exact values, see export/onnx/weights.py)
 ONNX_SCALE_BITS = 32
 
@@ -127,44 +127,93 @@ def quantize(recipe: Recipe, out: Path, log: Log = _quiet) -> None:
         )
 
 
+def _export_onnx(
+    recipe: Recipe, model: FamilyModel, qm: QuantizedModel, out: Path, traced: dict[str, Any]
+) -> dict[str, Any]:
+    files = export_onnx(
+        model,
+        qm.weights,
+        out / "onnx",
+        stem=recipe.name,
+        precision=qm.precision,
+        metadata={"recipe": recipe.name, "sample_rate": str(model.sample_rate)},
+        traced=traced,
+        opset=recipe.export.onnx.opset,
+    )
+    primary = next(f for f in files if f.primary)
+    sidecars = model.write_sidecars(primary.path)
+    return {
+        "path": primary.path.relative_to(out).as_posix(),
+        "files": {f.graph: f.path.relative_to(out).as_posix() for f in files},
+        "sidecars": {name: p.relative_to(out).as_posix() for name, p in sidecars.items()},
+        "bits_per_weight": qm.bits_per_weight(scale_bits=ONNX_SCALE_BITS),
+        "skipped_weights": qm.skipped_weights() + unplaced_quantized(qm.weights, files),
+    }
+
+
+def _export_gguf(recipe: Recipe, model: FamilyModel, qm: QuantizedModel, out: Path) -> dict[str, Any]:
+    from voxport.export.gguf.writer import write_gguf
+
+    options = recipe.export.gguf
+    path = out / "gguf" / f"{recipe.name}.{qm.precision}.gguf"
+    written = write_gguf(
+        model,
+        qm,
+        path,
+        name=recipe.name,
+        types=options.types.get(qm.precision),  # type: ignore[call-overload]
+        metadata={"recipe": recipe.name},
+        fallback_type=options.fallback,
+    )
+    rel = path.relative_to(out).as_posix()
+    return {
+        "path": rel,
+        "files": {"gguf": rel},
+        "bits_per_weight": written["bits_per_weight"],
+        "skipped_weights": qm.skipped_weights() + written["fallbacks"],
+        "tensor_types": dict(written["tensor_types"]),
+    }
+
+
 def export(recipe: Recipe, out: Path, log: Log = _quiet) -> list[dict[str, Any]]:
     check_supported(recipe)
     layout = Layout(out)
     model = _load_converted(layout)
-    traced = trace_all(model)
+    traced = trace_all(model, recipe.export.onnx.opset) if "onnx" in recipe.formats else {}
     index = []
     for precision in recipe.precisions:
         qm = load_quantized(layout.quantized(precision))
-        started = time.perf_counter()
-        files = export_onnx(
-            model,
-            qm.weights,
-            out / "onnx",
-            stem=recipe.name,
-            precision=precision,
-            metadata={"recipe": recipe.name, "sample_rate": str(model.sample_rate)},
-            traced=traced,
-        )
-        primary = next(f for f in files if f.primary)
-        sidecars = model.write_sidecars(primary.path)
-        index.append(
-            {
-                "format": "onnx",
-                "precision": precision,
-                "path": primary.path.relative_to(out).as_posix(),
-                "files": {f.graph: f.path.relative_to(out).as_posix() for f in files},
-                "sidecars": {name: p.relative_to(out).as_posix() for name, p in sidecars.items()},
-                "bits_per_weight": qm.bits_per_weight(scale_bits=ONNX_SCALE_BITS),
-                "skipped_weights": qm.skipped_weights() + unplaced_quantized(qm.weights, files),
-                "export_seconds": time.perf_counter() - started,
-            }
-        )
-        log(
-            f"export: onnx {precision} → {primary.path.relative_to(out)} "
-            f"({sum(f.path.stat().st_size for f in files) / 1e6:.2f} MB in {len(files)} graphs)"
-        )
+        for fmt in recipe.formats:
+            started = time.perf_counter()
+            if fmt == "onnx":
+                entry = _export_onnx(recipe, model, qm, out, traced)
+            else:
+                entry = _export_gguf(recipe, model, qm, out)
+            size = sum((out / rel).stat().st_size for rel in entry["files"].values())
+            index.append(
+                {
+                    "format": fmt,
+                    "precision": precision,
+                    **entry,
+                    "export_seconds": time.perf_counter() - started,
+                }
+            )
+            log(
+                f"export: {fmt} {precision} → {entry['path']} "
+                f"({size / 1e6:.2f} MB in {len(entry['files'])} files)"
+            )
     atomic_write_json(layout.export_index, index)
     return index
+
+
+def _runner(model: FamilyModel, entry: dict[str, Any], out: Path) -> Runner:
+    """The runtime users run each format in: ONNX Runtime for ONNX; for GGUF (no VITS runtime
+    exists in the llama.cpp world) the file's dequantized weights in the family's torch graphs."""
+    if entry["format"] == "gguf":
+        from voxport.export.gguf.reader import GgufRunner
+
+        return GgufRunner(model, out / entry["path"])
+    return OrtRunner({graph: out / rel for graph, rel in entry["files"].items()})
 
 
 def validation_inputs(recipe: Recipe, model: FamilyModel) -> list[tuple[str, list[int]]]:
@@ -202,7 +251,7 @@ def validate(recipe: Recipe, out: Path, log: Log = _quiet) -> Manifest:
     artifacts, report = [], []
     for entry in index:
         started = time.perf_counter()
-        runner = OrtRunner({graph: out / rel for graph, rel in entry["files"].items()})
+        runner = _runner(model, entry, out)
         thresholds = recipe.validation.thresholds_for(entry["precision"]) if recipe.validation else {}
         parity = measure_artifact(model, runner, reference, inputs, thresholds)
         log(

@@ -320,8 +320,22 @@ class OnnxExportConfig(_Base):
     opset: Annotated[Int, Field(ge=17, le=23)] = 21
 
 
+GgmlType = Literal["F32", "F16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K"]
+
+
+class GgufExportConfig(_Base):
+    """GGUF options. By default each precision maps to its natural type (fp32→F32, fp16→F16,
+    int8→Q8_0, int4→Q4_0 exactly); `types` gives one precision's artifact a llama.cpp-style mix
+    (weight-name glob → GGML type, the last matching glob wins), e.g. {"*": Q4_K, "decoder.*": Q6_K}."""
+
+    types: dict[Precision, dict[NonEmptyStr, GgmlType]] = Field(default_factory=dict)
+    #: type for rows that do not fit a quantized type's block (e.g. 24 columns for blocks of 32)
+    fallback: Literal["F16", "F32"] = "F16"
+
+
 class ExportConfig(_Base):
     onnx: OnnxExportConfig = Field(default_factory=OnnxExportConfig)
+    gguf: GgufExportConfig = Field(default_factory=GgufExportConfig)
 
 
 class Recipe(_Base):

@@ -15,6 +15,9 @@ from voxport.families.base import FamilyModel
 from voxport.io import atomic_path
 from voxport.quantize.tensor import QuantizedTensor
 
+#: the recipe default (export.onnx.opset): blocked int4 DequantizeLinear needs 21
+DEFAULT_OPSET = 21
+
 
 @dataclass(frozen=True)
 class ExportedFile:
@@ -25,9 +28,11 @@ class ExportedFile:
     stored: frozenset[str] = frozenset()
 
 
-def trace_all(model: FamilyModel) -> dict[str, tuple[onnx.ModelProto, bool, dict[str, str]]]:
+def trace_all(
+    model: FamilyModel, opset: int = DEFAULT_OPSET
+) -> dict[str, tuple[onnx.ModelProto, bool, dict[str, str]]]:
     """Trace every graph once in fp32; precisions are applied to copies of these."""
-    return {spec.name: (trace_graph(spec), spec.primary, spec.metadata) for spec in model.graphs()}
+    return {spec.name: (trace_graph(spec, opset), spec.primary, spec.metadata) for spec in model.graphs()}
 
 
 def _file_name(stem: str, precision: str, graph: str, primary: bool) -> str:
@@ -43,15 +48,16 @@ def export_onnx(
     precision: str,
     metadata: Mapping[str, str],
     traced: dict[str, tuple[onnx.ModelProto, bool, dict[str, str]]] | None = None,
+    opset: int = DEFAULT_OPSET,
 ) -> list[ExportedFile]:
     """Export all graphs of `model` with `weights` stored in their chosen encodings."""
-    traced = traced if traced is not None else trace_all(model)
+    traced = traced if traced is not None else trace_all(model, opset)
     out_dir.mkdir(parents=True, exist_ok=True)
     files = []
     for graph, (proto, primary, graph_meta) in traced.items():
         copy = onnx.ModelProto()
         copy.CopyFrom(proto)
-        stored = apply_stored_weights(copy, weights)
+        stored = apply_stored_weights(copy, weights, opset=opset)
         props = {
             "family": model.family,
             "graph": graph,

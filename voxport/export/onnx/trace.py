@@ -17,14 +17,15 @@ import torch
 from voxport.errors import VoxportError
 from voxport.families.base import GraphSpec
 
-TRACE_OPSET = 18
+#: the newest opset the TorchScript exporter emits; the file is stamped later with the recipe's opset
+MAX_TRACE_OPSET = 18
 
 
 class ExportFailed(VoxportError):
     """The torch graph could not be traced into ONNX (an unsupported op or shape)."""
 
 
-def trace_graph(spec: GraphSpec) -> onnx.ModelProto:
+def trace_graph(spec: GraphSpec, opset: int = MAX_TRACE_OPSET) -> onnx.ModelProto:
     buffer = io.BytesIO()
     # The exporter restores the *root* module's training flag recursively afterwards; a graph wrapper
     # built around the family's model is a fresh nn.Module (training=True), so without this the shared
@@ -40,7 +41,7 @@ def trace_graph(spec: GraphSpec) -> onnx.ModelProto:
                 input_names=spec.input_names,
                 output_names=spec.output_names,
                 dynamic_axes=spec.dynamic_axes,
-                opset_version=TRACE_OPSET,
+                opset_version=min(opset, MAX_TRACE_OPSET),
                 dynamo=False,
                 do_constant_folding=False,
             )

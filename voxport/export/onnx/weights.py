@@ -20,9 +20,11 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from voxport.errors import BadInput
 from voxport.quantize.tensor import QuantizedTensor
 
-DQ_OPSET = 21
+#: blocked DequantizeLinear (int4 blocks) exists from opset 21; per-axis int8 DQ and Cast need less
+BLOCKED_DQ_OPSET = 21
 
 Stored = np.ndarray | QuantizedTensor
 
@@ -141,9 +143,17 @@ class _Rewriter:
 
 
 def apply_stored_weights(
-    model: onnx.ModelProto, weights: Mapping[str, Stored], *, prefix: str = "model."
+    model: onnx.ModelProto, weights: Mapping[str, Stored], *, opset: int, prefix: str = "model."
 ) -> set[str]:
-    """Replace initializers named ``prefix + weight name``; returns the weight names stored."""
+    """Replace initializers named ``prefix + weight name``; returns the weight names stored.
+
+    The model is stamped with `opset` (at least the traced one); blocked int4 needs 21 or later."""
+    blocked = [k for k, v in weights.items() if isinstance(v, QuantizedTensor) and v.block_size < v.cols]
+    if blocked and opset < BLOCKED_DQ_OPSET:
+        raise BadInput(
+            f"int4 blocks need ONNX opset >= {BLOCKED_DQ_OPSET} (blocked DequantizeLinear), "
+            f"the recipe asks for {opset}: set export.onnx.opset: {BLOCKED_DQ_OPSET}"
+        )
     rewriter = _Rewriter(model)
     replaced: set[str] = set()
     for init in list(model.graph.initializer):
@@ -155,7 +165,7 @@ def apply_stored_weights(
         rewriter.store(init, weights[key])
         replaced.add(init.name)
     rewriter.finish(replaced)
-    for opset in model.opset_import:
-        if opset.domain in ("", "ai.onnx"):
-            opset.version = max(opset.version, DQ_OPSET)
+    for entry in model.opset_import:
+        if entry.domain in ("", "ai.onnx"):
+            entry.version = max(entry.version, opset)
     return {name[len(prefix) :] for name in replaced}
