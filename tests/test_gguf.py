@@ -262,8 +262,6 @@ class _BigModel:
 
     family = "vits"
     sample_rate = 16000
-    tokenizer_files: dict[str, bytes] = {}
-
     def __init__(self, n: int, rows: int, cols: int) -> None:
         gen = torch.Generator().manual_seed(0)
         self._state = {
@@ -278,6 +276,9 @@ class _BigModel:
 
     def describe(self) -> dict[str, Any]:
         return {"family": "vits", "sample_rate": 16000}
+
+    def embedded_metadata(self) -> dict[str, Any]:
+        return {}
 
 
 def test_writer_streams_one_tensor_at_a_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -138,6 +138,12 @@ class FamilyModel(ABC):
     def describe(self) -> dict[str, Any]:
         """Hyperparameters for `inspect`, the manifest and format metadata."""
 
+    def embedded_metadata(self) -> dict[str, Any]:
+        """Key/values a single-file format (GGUF) embeds so the model can be rebuilt and driven from
+        the file alone: config, text-frontend files, license. Keys under `general.` are kept as is;
+        others are namespaced by the family."""
+        return {}
+
     def write_sidecars(self, primary: Path) -> dict[str, Path]:
         """Files a runtime needs beside the primary graph (e.g. a Piper voice config); none by default."""
         return {}

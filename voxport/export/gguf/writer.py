@@ -299,18 +299,6 @@ def _file_type(plans: list[TensorPlan]) -> int:
     return int(_FILE_TYPES.get(dominant, LlamaFileType.ALL_F32))
 
 
-def _config_json(model: FamilyModel) -> str | None:
-    config = getattr(model, "config", None)
-    if config is None:
-        return None
-    if hasattr(config, "to_dict"):
-        return json.dumps(config.to_dict(), sort_keys=True, default=str)
-    try:
-        return json.dumps(config, sort_keys=True, default=str)
-    except TypeError:
-        return None
-
-
 def _add_value(writer: GGUFWriter, key: str, value: Any) -> None:
     if isinstance(value, bool):
         writer.add_bool(key, value)
@@ -349,27 +337,13 @@ def build_metadata(
         "general.quantization_version": 2,
         "general.quantized_by": f"voxport {__version__}",
     }
-    tokenizer_files: Mapping[str, bytes] = getattr(model, "tokenizer_files", {}) or {}
-    piper = tokenizer_files.get("piper.json")
-    if piper is not None:
-        try:
-            piper_cfg = json.loads(piper)
-        except ValueError:
-            piper_cfg = {}
-        if isinstance(piper_cfg, dict) and isinstance(piper_cfg.get("license"), str):
-            kv["general.license"] = piper_cfg["license"]
     for key, value in model.describe().items():
         if key != "family":
             kv[f"{arch}.{key}"] = value
     kv[f"{arch}.sample_rate"] = int(model.sample_rate)
-    config = _config_json(model)
-    if config is not None:
-        kv[f"{arch}.config_json"] = config
-    for file_name, data in tokenizer_files.items():
-        try:
-            kv[f"{arch}.tokenizer.{file_name}"] = bytes(data).decode("utf-8")
-        except UnicodeDecodeError:
-            kv[f"{arch}.tokenizer.{file_name}"] = bytes(data)
+    # What the family needs to rebuild the model and drive synthesis (config, phoneme map, license).
+    for key, value in model.embedded_metadata().items():
+        kv[key if key.startswith("general.") else f"{arch}.{key}"] = value
     kv["voxport.version"] = __version__
     kv["voxport.precision"] = qm.precision
     kv["voxport.method"] = qm.method

@@ -198,6 +198,16 @@ class VitsModelAdapter(FamilyModel):
             self.piper_frontend().config, sample_rate=self.sample_rate, n_speakers=self.config.num_speakers
         )
 
+    def embedded_metadata(self) -> dict[str, Any]:
+        meta: dict[str, Any] = {"config_json": json.dumps(self.config.to_dict(), sort_keys=True, default=str)}
+        for name, data in self.tokenizer_files.items():
+            meta[f"tokenizer.{name}"] = data.decode("utf-8")
+        if PIPER_CONFIG in self.tokenizer_files:
+            license_ = json.loads(self.tokenizer_files[PIPER_CONFIG]).get("license")
+            if isinstance(license_, str):
+                meta["general.license"] = license_
+        return meta
+
     def write_sidecars(self, primary: Path) -> dict[str, Path]:
         """A Piper voice's `.onnx.json` and sherpa-onnx's `tokens.txt`, so Piper and sherpa load it."""
         if PIPER_CONFIG not in self.tokenizer_files:
