@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 from voxport.families import FamilyModel, load_model
 from voxport.families.vits.synthetic import make_vits_checkpoint
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread() -> Iterator[None]:
+    """One intra-op thread for the whole run: on the 2-core CI machine two threads made the torch
+    reference several times slower and erratic under load (ONNX Runtime sessions use one as well)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

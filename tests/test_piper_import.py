@@ -59,15 +59,6 @@ NOISE_OFF = SynthesisSettings(noise_scale=0.0, noise_scale_duration=0.0, length_
 # --------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One intra-op thread: on this 2-core shared machine two were slower and erratic under load."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def voice_files() -> tuple[Path, Path]:
     return Path(joe.model_path()), Path(joe.config_path())

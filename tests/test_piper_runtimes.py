@@ -30,7 +30,6 @@ from typing import Any
 import numpy as np
 import onnx
 import pytest
-import torch
 
 from voxport.errors import BadInput
 from voxport.export.onnx.exporter import export_onnx
@@ -54,15 +53,6 @@ TEXTS = [
     "It's 42 degrees; isn't it?",
     "First sentence. Second one! And a third?",
 ]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """Two torch threads on this shared 2-core machine made the torch reference ~20x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @dataclass
