@@ -92,44 +92,34 @@ class _Rewriter:
         else:
             axis = 1
         if q.bits == 8:
-            if transpose is None:
-                codes = codes.reshape(q.shape)
-            per_channel_axis = 1 if transpose is not None else 0
-            self.new_inits.append(numpy_helper.from_array(codes.astype(np.int8), f"{name}__q"))
-            self.new_inits.append(numpy_helper.from_array(scales.reshape(-1), f"{name}__scale"))
-            self.new_nodes.append(
-                helper.make_node(
-                    "DequantizeLinear",
-                    [f"{name}__q", f"{name}__scale"],
-                    [out],
-                    axis=per_channel_axis,
-                    name=f"{name}__dq",
-                )
-            )
+            # per output channel: the original kernel shape (or [in, out] for MatMul), one scale per row
+            stored = codes if transpose is not None else codes.reshape(q.shape)
+            q8 = numpy_helper.from_array(stored.astype(np.int8), f"{name}__q")
+            self._dequantize(name, q8, scales.reshape(-1), out, axis=1 if transpose is not None else 0)
             return
         if q.bits != 4:
             raise ValueError(f"{name}: unsupported bit width {q.bits}")
         if q.offsets is not None:
             raise ValueError(f"{name}: asymmetric int4 is not exported to ONNX yet")
-        self.new_inits.append(_int4_tensor(f"{name}__q", codes))
-        self.new_inits.append(numpy_helper.from_array(np.ascontiguousarray(scales), f"{name}__scale"))
         needs_reshape = transpose is None and tuple(codes.shape) != tuple(q.shape)
         dq_out = f"{name}__dq2d" if needs_reshape else out
-        self.new_nodes.append(
-            helper.make_node(
-                "DequantizeLinear",
-                [f"{name}__q", f"{name}__scale"],
-                [dq_out],
-                axis=axis,
-                block_size=q.block_size,
-                name=f"{name}__dq",
-            )
-        )
+        q4 = _int4_tensor(f"{name}__q", codes)
+        self._dequantize(name, q4, np.ascontiguousarray(scales), dq_out, axis=axis, block_size=q.block_size)
         if needs_reshape:
             self.new_inits.append(numpy_helper.from_array(np.asarray(q.shape, np.int64), f"{name}__shape"))
             self.new_nodes.append(
                 helper.make_node("Reshape", [dq_out, f"{name}__shape"], [out], name=f"{name}__reshape")
             )
+
+    def _dequantize(self, name: str, codes: TensorProto, scales: np.ndarray, out: str, **attrs: int) -> None:
+        """Codes + scales initializers and the DequantizeLinear that produces the float weight `out`."""
+        self.new_inits.append(codes)
+        self.new_inits.append(numpy_helper.from_array(scales, f"{name}__scale"))
+        self.new_nodes.append(
+            helper.make_node(
+                "DequantizeLinear", [codes.name, f"{name}__scale"], [out], name=f"{name}__dq", **attrs
+            )
+        )
 
     def finish(self, replaced: set[str]) -> None:
         graph = self.model.graph
