@@ -297,7 +297,7 @@ BAD_CASES = [
         """,
         3,
         "fromats: unknown key (allowed: name, model, family, trust_pickle, formats, precisions, quantize, "
-        "prune, export, validate)",
+        "prune, export, validate, phrases, extends)",
         id="unknown-top-key",
     ),
     pytest.param(

@@ -4,25 +4,32 @@
     OUT/stages/quantized/P.safetensors   quantize: stored encodings per precision P
     OUT/<format>/...                export: the artifacts
     OUT/stages/export.json          export: which files make up which artifact
-    OUT/report.json, manifest.json  validate: per-sentence figures and the verdict
+    OUT/phrases/                    phrases: pre-rendered audio + index.json (if the recipe lists any)
+    OUT/report/audio/               validate: reference and exported audio per sentence
+    OUT/report.json, report.html, manifest.json   validate: figures, the page people read, the verdict
 
-Each stage is a plain function over those files, so it can be re-run on its own (the CLI exposes
-each one) and writes atomically, so a killed build never leaves a finished-looking artifact.
+Every unit of work (convert; quantize per precision; export per format × precision; the reference;
+validate per artifact; phrases) goes through the content-addressed stage cache (voxport/cache.py): its
+key chains the input file hashes, the unit's own recipe options and the voxport version, so an unchanged
+rebuild restores files instead of computing them, a changed export option re-runs only export and
+validate, and a build killed at any point resumes with the units that finished. Each stage command runs
+the units it depends on first (cached ones cost a copy), like `make`.
 """
 
 from __future__ import annotations
 
-import json
+import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from voxport import __version__
+from voxport.cache import StageCache, default_cache_dir, hash_inputs, stage_key
 from voxport.errors import BadInput
-from voxport.export.onnx.exporter import export_onnx, trace_all, unplaced_quantized
-from voxport.families.base import FamilyModel, Runner, SynthesisSettings, load_model
+from voxport.export.formats import FORMATS, Format, get_format
+from voxport.families.base import FamilyModel, SynthesisSettings, load_model
 from voxport.io import atomic_write_json, ensure_writable_dir
 from voxport.manifest import (
     Artifact,
@@ -33,26 +40,19 @@ from voxport.manifest import (
     tool_versions,
     write_manifest,
 )
-from voxport.quantize.stage import QuantizedModel, load_quantized, quantize_model, save_quantized
+from voxport.progress import CallbackProgress, NullProgress, Progress
+from voxport.quantize.stage import load_quantized, quantize_model, save_quantized
 from voxport.recipe import Recipe
-from voxport.validate.parity import ArtifactParity, Reference, measure_artifact
-from voxport.validate.runners import OrtRunner
+from voxport.validate.parity import Reference, aggregate, check, measure_sentence
 
 #: formats this version can produce; a recipe asking for another fails before any work is done
-SUPPORTED_FORMATS = ("onnx", "gguf")
-#: bits ONNX spends per scale (float32 holding fp16-exact values, see export/onnx/weights.py)
-ONNX_SCALE_BITS = 32
-
-Log = Callable[[str], None]
+SUPPORTED_FORMATS = tuple(FORMATS)
+MARKER = "voxport.json"
 
 
-def _quiet(_: str) -> None:
-    pass
-
-
-@dataclass(frozen=True)
 class Layout:
-    out: Path
+    def __init__(self, out: Path) -> None:
+        self.out = out
 
     @property
     def checkpoint(self) -> Path:
@@ -69,6 +69,13 @@ class Layout:
     def report(self) -> Path:
         return self.out / "report.json"
 
+    def audio(self, group: str, index: int) -> Path:
+        return self.out / "report" / "audio" / group / f"{index}.wav"
+
+    @property
+    def phrases(self) -> Path:
+        return self.out / "phrases"
+
 
 def check_supported(recipe: Recipe) -> None:
     unsupported = [f for f in recipe.formats if f not in SUPPORTED_FORMATS]
@@ -79,141 +86,424 @@ def check_supported(recipe: Recipe) -> None:
         )
 
 
-def _load_source(recipe: Recipe) -> FamilyModel:
-    return load_model(recipe.model, family=recipe.family, trust_pickle=recipe.trust_pickle)
+def _as_progress(progress: Progress | Callable[[str], None] | None) -> Progress:
+    if progress is None:
+        return NullProgress()
+    if hasattr(progress, "task"):
+        return progress  # type: ignore[return-value]
+    return CallbackProgress(progress)  # a plain `log(message)` callable
 
 
-def _load_converted(layout: Layout) -> FamilyModel:
-    if not (layout.checkpoint / "voxport.json").is_file():
-        raise BadInput(f"{layout.checkpoint}: no converted checkpoint; run `voxport convert` first")
-    return load_model(layout.checkpoint)
+def _source_files(model: Path) -> Path | list[Path]:
+    """What a source checkpoint is made of, for its cache key: a directory whole; a file with the
+    sidecars that share its name (Piper's VOICE.onnx + VOICE.onnx.json)."""
+    if model.is_dir():
+        return model
+    return sorted(p for p in model.parent.glob(model.name + "*") if p.is_file())
 
 
-# --- stages ---------------------------------------------------------------------------------------------
-def convert(recipe: Recipe, out: Path, log: Log = _quiet) -> FamilyModel:
-    """Load the user's checkpoint, apply pruning, and save the full-precision model we export."""
-    layout = Layout(ensure_writable_dir(out))
-    model = _load_source(recipe)
-    log(f"convert: {model.family}, {model.parameters():,} parameters from {recipe.raw_model}")
-    for spec in recipe.prune:
-        stacks = {s.name: s for s in model.prunable_stacks()}
-        if spec.stack not in stacks:
-            raise BadInput(
-                f"prune: {model.family} has no prunable stack '{spec.stack}' "
-                f"(prunable: {', '.join(stacks) or 'none'})"
-            )
-        drop = spec.layers if spec.layers is not None else list(range(1, stacks[spec.stack].num_layers, 2))
-        model = model.pruned(spec.stack, drop)
-        log(f"prune: dropped {spec.stack} layers {drop} → {model.parameters():,} parameters")
-    marker = layout.checkpoint / "voxport.json"
-    marker.unlink(missing_ok=True)  # the marker is written last: present means complete
-    model.save(layout.checkpoint)
-    return model
+def _slug(text: str, index: int) -> str:
+    words = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40].rstrip("-")
+    return f"{index:02d}-{words or 'phrase'}"
 
 
-def quantize(recipe: Recipe, out: Path, log: Log = _quiet) -> None:
-    layout = Layout(out)
-    model = _load_converted(layout)
-    q = recipe.quantize
-    for precision in recipe.precisions:
-        started = time.perf_counter()
-        qm = quantize_model(
-            model, precision, method=q.method, block_size=q.block_size, overrides=q.overrides_for(precision)
+class Build:
+    """One build directory for one recipe: the cache keys of every unit and the units themselves."""
+
+    def __init__(
+        self,
+        recipe: Recipe,
+        out: Path,
+        progress: Progress | Callable[[str], None] | None = None,
+        *,
+        force: bool = False,
+        cache_dir: Path | None = None,
+    ) -> None:
+        check_supported(recipe)
+        self.recipe = recipe
+        self.layout = Layout(ensure_writable_dir(out))
+        self.out = self.layout.out
+        self.progress = _as_progress(progress)
+        self.force = force
+        self.cache = StageCache(default_cache_dir(self.out, cache_dir))
+        self.formats: dict[str, Format] = {name: get_format(name) for name in recipe.formats}
+        self._prepared: dict[str, Any] = {}
+        self._converted: dict[str, Any] | None = None
+
+    # --- keys: everything that shapes a unit's output, and nothing else -------------------------------
+    @cached_property
+    def source_hash(self) -> str:
+        files = _source_files(self.recipe.model)
+        if isinstance(files, Path):
+            return hash_inputs(files)
+        if not files:
+            raise BadInput(f"model: {self.recipe.raw_model} not found")
+        return stage_key("source", [f.name for f in files], [hash_inputs(f) for f in files])
+
+    @cached_property
+    def key_convert(self) -> str:
+        r = self.recipe
+        config = {
+            "family": r.family,
+            "trust_pickle": r.trust_pickle,
+            "prune": [p.model_dump() for p in r.prune],
+        }
+        return stage_key("convert", config, [self.source_hash])
+
+    def key_quantize(self, precision: str) -> str:
+        q = self.recipe.quantize
+        config = {
+            "precision": precision,
+            "method": q.method,
+            "block_size": q.block_size,
+            "overrides": q.overrides_for(precision),
+        }
+        return stage_key("quantize", config, [self.key_convert])
+
+    def key_export(self, fmt: str, precision: str) -> str:
+        config = {
+            "format": fmt,
+            "precision": precision,
+            "name": self.recipe.name,
+            "options": self.formats[fmt].options(self.recipe),
+        }
+        return stage_key("export", config, [self.key_convert, self.key_quantize(precision)])
+
+    def _measure_config(self) -> dict[str, Any]:
+        """Validate options that change the figures (thresholds only change the verdict)."""
+        v = self.recipe.validation
+        if v is None:
+            return {}
+        return v.model_dump(mode="json", exclude={"thresholds", "precision_thresholds"})
+
+    @cached_property
+    def key_reference(self) -> str:
+        return stage_key("reference", self._measure_config(), [self.source_hash, self.key_convert])
+
+    def key_validate(self, fmt: str, precision: str) -> str:
+        inputs = [self.key_export(fmt, precision), self.key_reference]
+        return stage_key("validate", self._measure_config(), inputs)
+
+    @cached_property
+    def key_phrases(self) -> str:
+        phrases = self.recipe.phrases
+        return stage_key("phrases", phrases.model_dump(mode="json") if phrases else None, [self.source_hash])
+
+    # --- models, loaded only when a unit has to compute ------------------------------------------------
+    @cached_property
+    def model(self) -> FamilyModel:
+        """The converted (maybe pruned) model the artifacts are exported from."""
+        self.convert()
+        return load_model(self.layout.checkpoint)
+
+    @cached_property
+    def source(self) -> FamilyModel:
+        """The user's model before pruning: the reference every figure is measured against."""
+        if not self.recipe.prune:
+            return self.model
+        return load_model(self.recipe.model, family=self.recipe.family, trust_pickle=self.recipe.trust_pickle)
+
+    def _unit(self, stage: str, label: str, key: str, run: Callable[[], tuple[list[str], Any]]) -> Any:
+        """Restore `key` from the cache, or run it and store its files and result."""
+        if not self.force and self.cache.get(key) is not None:
+            result = self.cache.restore(key, self.out)
+            self.progress.log(f"{label}: cached")
+            return result
+        files, result = run()
+        self.cache.put(key, stage, self.out, files, result, replace=self.force)
+        return result
+
+    # --- units -------------------------------------------------------------------------------------
+    def convert(self) -> dict[str, Any]:
+        """Load the user's checkpoint, apply pruning, and save the full-precision model we export."""
+        if self._converted is None:
+            self._converted = self._unit("convert", "convert", self.key_convert, self._run_convert)
+        return self._converted
+
+    def _run_convert(self) -> tuple[list[str], Any]:
+        recipe, layout = self.recipe, self.layout
+        with self.progress.task("convert: loading the checkpoint") as advance:
+            model = load_model(recipe.model, family=recipe.family, trust_pickle=recipe.trust_pickle)
+            advance(1)
+        self.progress.log(
+            f"convert: {model.family}, {model.parameters():,} parameters from {recipe.raw_model}"
         )
-        save_quantized(qm, layout.quantized(precision))
-        log(
+        for spec in recipe.prune:
+            stacks = {s.name: s for s in model.prunable_stacks()}
+            if spec.stack not in stacks:
+                raise BadInput(
+                    f"prune: {model.family} has no prunable stack '{spec.stack}' "
+                    f"(prunable: {', '.join(stacks) or 'none'})"
+                )
+            drop = (
+                spec.layers if spec.layers is not None else list(range(1, stacks[spec.stack].num_layers, 2))
+            )
+            model = model.pruned(spec.stack, drop)
+            self.progress.log(
+                f"prune: dropped {spec.stack} layers {drop} → {model.parameters():,} parameters"
+            )
+        marker = layout.checkpoint / MARKER
+        marker.unlink(missing_ok=True)  # the marker is written last: present means complete
+        model.save(layout.checkpoint)
+        files = sorted(p for p in layout.checkpoint.rglob("*") if p.is_file() and p.name != MARKER)
+        rels = [p.relative_to(self.out).as_posix() for p in files] + [marker.relative_to(self.out).as_posix()]
+        return rels, {"family": model.family, "parameters": model.parameters()}
+
+    def quantize(self) -> None:
+        for precision in self.recipe.precisions:
+            self._unit(
+                "quantize",
+                f"quantize {precision}",
+                self.key_quantize(precision),
+                lambda p=precision: self._run_quantize(p),
+            )
+
+    def _run_quantize(self, precision: str) -> tuple[list[str], Any]:
+        q = self.recipe.quantize
+        started = time.perf_counter()
+        with self.progress.task(f"quantize: {precision} ({q.method})"):
+            qm = quantize_model(
+                self.model,
+                precision,
+                method=q.method,
+                block_size=q.block_size,
+                overrides=q.overrides_for(precision),
+            )
+            save_quantized(qm, self.layout.quantized(precision))
+        self.progress.log(
             f"quantize: {precision} ({q.method}) {qm.bits_per_weight(scale_bits=16):.2f} bits/weight, "
             f"{len(qm.skipped_weights())} kept at higher precision, {time.perf_counter() - started:.1f}s"
         )
+        return [self.layout.quantized(precision).relative_to(self.out).as_posix()], None
 
+    def export(self) -> list[dict[str, Any]]:
+        self.convert()
+        self.quantize()
+        index = []
+        units = [(p, f) for p in self.recipe.precisions for f in self.recipe.formats]
+        with self.progress.task("export", total=len(units)) as advance:
+            for precision, fmt in units:
+                entry = self._unit(
+                    "export",
+                    f"export {fmt} {precision}",
+                    self.key_export(fmt, precision),
+                    lambda p=precision, f=fmt: self._run_export(f, p),
+                )
+                index.append(entry)
+                advance(1)
+        atomic_write_json(self.layout.export_index, index)
+        return index
 
-def _export_onnx(
-    recipe: Recipe, model: FamilyModel, qm: QuantizedModel, out: Path, traced: dict[str, Any]
-) -> dict[str, Any]:
-    files = export_onnx(
-        model,
-        qm.weights,
-        out / "onnx",
-        stem=recipe.name,
-        precision=qm.precision,
-        metadata={"recipe": recipe.name, "sample_rate": str(model.sample_rate)},
-        traced=traced,
-        opset=recipe.export.onnx.opset,
-    )
-    primary = next(f for f in files if f.primary)
-    sidecars = model.write_sidecars(primary.path)
-    return {
-        "path": primary.path.relative_to(out).as_posix(),
-        "files": {f.graph: f.path.relative_to(out).as_posix() for f in files},
-        "sidecars": {name: p.relative_to(out).as_posix() for name, p in sidecars.items()},
-        "bits_per_weight": qm.bits_per_weight(scale_bits=ONNX_SCALE_BITS),
-        "skipped_weights": qm.skipped_weights() + unplaced_quantized(qm.weights, files),
-    }
+    def _run_export(self, fmt: str, precision: str) -> tuple[list[str], Any]:
+        adapter = self.formats[fmt]
+        if fmt not in self._prepared:
+            self._prepared[fmt] = adapter.prepare(self.recipe, self.model)
+        started = time.perf_counter()
+        qm = load_quantized(self.layout.quantized(precision))
+        entry = adapter.export(self.recipe, self.model, qm, self.out, self._prepared[fmt])
+        files = [*entry["files"].values(), *entry.get("sidecars", {}).values()]
+        size = sum(ArtifactFile.from_path(self.out, rel, "x").bytes for rel in entry["files"].values())
+        entry = {
+            "format": fmt,
+            "precision": precision,
+            **entry,
+            "export_seconds": time.perf_counter() - started,
+        }
+        count = len(entry["files"])
+        self.progress.log(
+            f"export: {fmt} {precision} → {entry['path']} ({size / 1e6:.2f} MB in {count} files)"
+        )
+        return list(dict.fromkeys(files)), entry
 
+    # --- reference, validate, phrases --------------------------------------------------------------
+    @cached_property
+    def inputs(self) -> list[tuple[str, list[int]]]:
+        return validation_inputs(self.recipe, self.source)
 
-def _export_gguf(recipe: Recipe, model: FamilyModel, qm: QuantizedModel, out: Path) -> dict[str, Any]:
-    from voxport.export.gguf.writer import write_gguf
+    @cached_property
+    def reference(self) -> Reference:
+        return Reference(self.source, settings_for(self.recipe))
 
-    options = recipe.export.gguf
-    path = out / "gguf" / f"{recipe.name}.{qm.precision}.gguf"
-    written = write_gguf(
-        model,
-        qm,
-        path,
-        name=recipe.name,
-        types=options.types.get(qm.precision),  # type: ignore[call-overload]
-        metadata={"recipe": recipe.name},
-        fallback_type=options.fallback,
-    )
-    rel = path.relative_to(out).as_posix()
-    return {
-        "path": rel,
-        "files": {"gguf": rel},
-        "bits_per_weight": written["bits_per_weight"],
-        "skipped_weights": qm.skipped_weights() + written["fallbacks"],
-        "tensor_types": dict(written["tensor_types"]),
-    }
+    def reference_audio(self) -> list[dict[str, Any]]:
+        return self._unit("reference", "reference audio", self.key_reference, self._run_reference)
 
+    def _run_reference(self) -> tuple[list[str], Any]:
+        from voxport.say import write_wav
 
-def export(recipe: Recipe, out: Path, log: Log = _quiet) -> list[dict[str, Any]]:
-    check_supported(recipe)
-    layout = Layout(out)
-    model = _load_converted(layout)
-    traced = trace_all(model, recipe.export.onnx.opset) if "onnx" in recipe.formats else {}
-    index = []
-    for precision in recipe.precisions:
-        qm = load_quantized(layout.quantized(precision))
-        for fmt in recipe.formats:
-            started = time.perf_counter()
-            if fmt == "onnx":
-                entry = _export_onnx(recipe, model, qm, out, traced)
-            else:
-                entry = _export_gguf(recipe, model, qm, out)
-            size = sum((out / rel).stat().st_size for rel in entry["files"].values())
-            index.append(
+        listing, files = [], []
+        with self.progress.task("validate: reference audio", total=len(self.inputs)) as advance:
+            for i, (label, ids) in enumerate(self.inputs):
+                ref = self.reference.split(ids)
+                path = self.layout.audio("reference", i)
+                write_wav(path, ref.audio, ref.sample_rate)
+                rel = path.relative_to(self.out).as_posix()
+                listing.append({"input": label, "tokens": len(ids), "audio": rel})
+                files.append(rel)
+                advance(1)
+        return files, listing
+
+    def measure(self, entry: dict[str, Any]) -> dict[str, Any]:
+        fmt, precision = entry["format"], entry["precision"]
+        return self._unit(
+            "validate",
+            f"validate {fmt} {precision}",
+            self.key_validate(fmt, precision),
+            lambda: self._run_measure(entry),
+        )
+
+    def _run_measure(self, entry: dict[str, Any]) -> tuple[list[str], Any]:
+        from voxport.say import write_wav
+
+        fmt, precision = entry["format"], entry["precision"]
+        started = time.perf_counter()
+        runner = self.formats[fmt].runner(self.model, entry, self.out)
+        sentences, files = [], []
+        with self.progress.task(f"validate: {fmt} {precision}", total=len(self.inputs)) as advance:
+            for i, (label, ids) in enumerate(self.inputs):
+                s = measure_sentence(self.model, runner, self.reference, ids, label)
+                path = self.layout.audio(f"{fmt}-{precision}", i)
+                write_wav(path, s.audio["test"], self.model.sample_rate)
+                rel = path.relative_to(self.out).as_posix()
+                files.append(rel)
+                sentences.append(
+                    {
+                        "input": s.label,
+                        "tokens": s.tokens,
+                        "metrics": s.metrics,
+                        "graphs": s.graphs,
+                        "audio": rel,
+                    }
+                )
+                advance(1)
+        result = {"sentences": sentences, "validate_seconds": time.perf_counter() - started}
+        return files, result
+
+    def phrases(self) -> list[dict[str, Any]]:
+        if self.recipe.phrases is None:
+            return []
+        return self._unit("phrases", "phrases", self.key_phrases, self._run_phrases)
+
+    def _run_phrases(self) -> tuple[list[str], Any]:
+        """Render with the full-precision source model: the best audio the device could ever play."""
+        from voxport.say import write_wav
+
+        config = self.recipe.phrases
+        assert config is not None
+        settings = SynthesisSettings(
+            seed=config.seed,
+            noise_scale=config.noise_scale,
+            noise_scale_duration=config.noise_scale_duration,
+            length_scale=config.length_scale,
+            speaker_id=config.speaker_id,
+        )
+        runner = self.source.torch_runner()
+        listing, files = [], []
+        with self.progress.task("phrases", total=len(config.texts)) as advance:
+            for i, text in enumerate(config.texts):
+                audio = self.source.synthesize(runner, self.source.text_to_ids(text), settings).audio
+                path = self.layout.phrases / f"{_slug(text, i)}.wav"
+                write_wav(path, audio, self.source.sample_rate)
+                listing.append(
+                    {
+                        "text": text,
+                        "file": path.name,
+                        "seconds": round(audio.size / self.source.sample_rate, 3),
+                    }
+                )
+                files.append(path.relative_to(self.out).as_posix())
+                advance(1)
+        index = self.layout.phrases / "index.json"
+        atomic_write_json(
+            index,
+            {
+                "sample_rate": self.source.sample_rate,
+                "settings": config.model_dump(mode="json", exclude={"texts"}),
+                "phrases": listing,
+            },
+        )
+        return [*files, index.relative_to(self.out).as_posix()], listing
+
+    def validate(self) -> Manifest:
+        """Parity of every exported artifact against the unpruned fp32 source, then report + manifest."""
+        if self.recipe.validation is None:
+            raise BadInput(
+                "the recipe has no validate: section (texts: or ids:), so parity cannot be measured"
+            )
+        index = self.export()
+        reference = self.reference_audio()
+        phrases = self.phrases()
+        info = self.convert()
+        artifacts, report = [], []
+        for entry in index:
+            measured = self.measure(entry)
+            sentences = measured["sentences"]
+            metrics = aggregate([_Sentence(s["metrics"]) for s in sentences])
+            thresholds = self.recipe.validation.thresholds_for(entry["precision"])
+            failures = check(metrics, thresholds)
+            verdict = "pass" if not failures else "FAIL: " + "; ".join(failures)
+            self.progress.log(f"validate: {entry['format']} {entry['precision']}: {verdict}")
+            artifact = _artifact(
+                self.out, entry, Parity(passed=not failures, metrics=metrics, failures=failures)
+            )
+            artifacts.append(artifact)
+            report.append(
                 {
-                    "format": fmt,
-                    "precision": precision,
-                    **entry,
-                    "export_seconds": time.perf_counter() - started,
+                    "format": entry["format"],
+                    "precision": entry["precision"],
+                    "path": entry["path"],
+                    "bytes": sum(f.bytes for f in artifact.files if f.graph in entry["files"]),
+                    "bits_per_weight": entry["bits_per_weight"],
+                    "export_seconds": entry.get("export_seconds"),
+                    "validate_seconds": measured["validate_seconds"],
+                    "passed": not failures,
+                    "failures": failures,
+                    "metrics": metrics,
+                    "thresholds": {k: v.describe() for k, v in thresholds.items()},
+                    "sentences": sentences,
                 }
             )
-            log(
-                f"export: {fmt} {precision} → {entry['path']} "
-                f"({size / 1e6:.2f} MB in {len(entry['files'])} files)"
-            )
-    atomic_write_json(layout.export_index, index)
-    return index
+        passed = all(a.parity.passed for a in artifacts)
+        atomic_write_json(
+            self.layout.report,
+            {
+                "voxport_version": __version__,
+                "recipe": self.recipe.name,
+                "family": info["family"],
+                "sample_rate": self.model.sample_rate,
+                "passed": passed,
+                "reference": reference,
+                "artifacts": report,
+                "phrases": [{"text": p["text"], "audio": f"phrases/{p['file']}"} for p in phrases],
+            },
+        )
+        self._render_report()
+        manifest = Manifest(
+            voxport_version=__version__,
+            recipe=self.recipe.resolved(),
+            model=ModelInfo(
+                family=info["family"], source=str(self.recipe.model), parameters=info["parameters"]
+            ),
+            artifacts=artifacts,
+            passed=passed,
+            tool_versions=tool_versions(),
+        )
+        write_manifest(self.out, manifest)
+        return manifest
+
+    def _render_report(self) -> None:
+        try:
+            from voxport.validate.report_html import render_report
+        except ImportError:  # pragma: no cover - the renderer is part of the package
+            return
+        with self.progress.task("report.html"):
+            render_report(self.out)
 
 
-def _runner(model: FamilyModel, entry: dict[str, Any], out: Path) -> Runner:
-    """The runtime users run each format in: ONNX Runtime for ONNX; for GGUF (no VITS runtime
-    exists in the llama.cpp world) the file's dequantized weights in the family's torch graphs."""
-    if entry["format"] == "gguf":
-        from voxport.export.gguf.reader import GgufRunner
+class _Sentence:
+    """The shape `aggregate` reads (cached units come back as plain dicts)."""
 
-        return GgufRunner(model, out / entry["path"])
-    return OrtRunner({graph: out / rel for graph, rel in entry["files"].items()})
+    def __init__(self, metrics: dict[str, float | None]) -> None:
+        self.metrics = metrics
 
 
 def validation_inputs(recipe: Recipe, model: FamilyModel) -> list[tuple[str, list[int]]]:
@@ -237,51 +527,7 @@ def settings_for(recipe: Recipe) -> SynthesisSettings:
     )
 
 
-def validate(recipe: Recipe, out: Path, log: Log = _quiet) -> Manifest:
-    """Parity of every exported artifact against the unpruned fp32 source, then report + manifest."""
-    layout = Layout(out)
-    model = _load_converted(layout)
-    if not layout.export_index.is_file():
-        raise BadInput(f"{layout.export_index}: nothing exported yet; run `voxport export` first")
-    index = json.loads(layout.export_index.read_text())
-    # The reference is the user's model before pruning, so pruning's cost shows in every figure.
-    source = _load_source(recipe) if recipe.prune else model
-    inputs = validation_inputs(recipe, source)
-    reference = Reference(source, settings_for(recipe))
-    artifacts, report = [], []
-    for entry in index:
-        started = time.perf_counter()
-        runner = _runner(model, entry, out)
-        thresholds = recipe.validation.thresholds_for(entry["precision"]) if recipe.validation else {}
-        parity = measure_artifact(model, runner, reference, inputs, thresholds)
-        log(
-            f"validate: {entry['format']} {entry['precision']}: "
-            f"{'pass' if parity.passed else 'FAIL: ' + '; '.join(parity.failures)} "
-            f"({time.perf_counter() - started:.1f}s)"
-        )
-        artifacts.append(_artifact(out, entry, parity))
-        report.append(_report_entry(entry, parity, thresholds))
-    atomic_write_json(
-        layout.report,
-        {
-            "voxport_version": __version__,
-            "recipe": recipe.name,
-            "artifacts": report,
-        },
-    )
-    manifest = Manifest(
-        voxport_version=__version__,
-        recipe=recipe.resolved(),
-        model=ModelInfo(family=source.family, source=str(recipe.model), parameters=model.parameters()),
-        artifacts=artifacts,
-        passed=all(a.parity.passed for a in artifacts),
-        tool_versions=tool_versions(),
-    )
-    write_manifest(out, manifest)
-    return manifest
-
-
-def _artifact(out: Path, entry: dict[str, Any], parity: ArtifactParity) -> Artifact:
+def _artifact(out: Path, entry: dict[str, Any], parity: Parity) -> Artifact:
     primary = ArtifactFile.from_path(out, entry["path"], "primary")
     return Artifact(
         format=entry["format"],
@@ -295,34 +541,72 @@ def _artifact(out: Path, entry: dict[str, Any], parity: ArtifactParity) -> Artif
             ArtifactFile.from_path(out, rel, graph)
             for graph, rel in {**entry["files"], **entry.get("sidecars", {})}.items()
         ],
-        parity=Parity(passed=parity.passed, metrics=parity.metrics, failures=parity.failures),
+        parity=parity,
     )
 
 
-def _report_entry(
-    entry: dict[str, Any], parity: ArtifactParity, thresholds: dict[str, Any]
-) -> dict[str, Any]:
-    return {
-        "thresholds": {k: v.describe() for k, v in thresholds.items()},
-        "format": entry["format"],
-        "precision": entry["precision"],
-        "path": entry["path"],
-        "passed": parity.passed,
-        "failures": parity.failures,
-        "metrics": parity.metrics,
-        "sentences": [
-            {"input": s.label, "tokens": s.tokens, "metrics": s.metrics, "graphs": s.graphs}
-            for s in parity.sentences
-        ],
-    }
+# --- the stage functions the CLI calls ------------------------------------------------------------------
+ProgressArg = Progress | Callable[[str], None] | None
 
 
-def build(recipe: Recipe, out: Path, log: Log = _quiet) -> Manifest:
-    """All stages in order. Format support is checked before any work, so a bad recipe fails fast."""
+def convert(
+    recipe: Recipe,
+    out: Path,
+    progress: ProgressArg = None,
+    *,
+    force: bool = False,
+    cache_dir: Path | None = None,
+) -> FamilyModel:
+    build_ = Build(recipe, out, progress, force=force, cache_dir=cache_dir)
+    build_.convert()
+    return build_.model
+
+
+def quantize(
+    recipe: Recipe,
+    out: Path,
+    progress: ProgressArg = None,
+    *,
+    force: bool = False,
+    cache_dir: Path | None = None,
+) -> None:
+    build_ = Build(recipe, out, progress, force=force, cache_dir=cache_dir)
+    build_.convert()
+    build_.quantize()
+
+
+def export(
+    recipe: Recipe,
+    out: Path,
+    progress: ProgressArg = None,
+    *,
+    force: bool = False,
+    cache_dir: Path | None = None,
+) -> list[dict[str, Any]]:
+    return Build(recipe, out, progress, force=force, cache_dir=cache_dir).export()
+
+
+def validate(
+    recipe: Recipe,
+    out: Path,
+    progress: ProgressArg = None,
+    *,
+    force: bool = False,
+    cache_dir: Path | None = None,
+) -> Manifest:
+    return Build(recipe, out, progress, force=force, cache_dir=cache_dir).validate()
+
+
+def build(
+    recipe: Recipe,
+    out: Path,
+    progress: ProgressArg = None,
+    *,
+    force: bool = False,
+    cache_dir: Path | None = None,
+) -> Manifest:
+    """All stages in order. Format support and the validate section are checked before any work."""
     check_supported(recipe)
     if recipe.validation is None:
         raise BadInput("the recipe has no validate: section; add validate.texts or validate.ids")
-    convert(recipe, out, log)
-    quantize(recipe, out, log)
-    export(recipe, out, log)
-    return validate(recipe, out, log)
+    return Build(recipe, out, progress, force=force, cache_dir=cache_dir).validate()

@@ -333,9 +333,49 @@ class GgufExportConfig(_Base):
     fallback: Literal["F16", "F32"] = "F16"
 
 
+CoremlTarget = Literal["iOS17", "iOS18", "macOS14", "macOS15", "watchOS10", "watchOS11"]
+
+
+class PalettizeConfig(_Base):
+    """Lookup-table weights (k-means palettes) instead of linear codes: a different encoding, so these
+    weights are not bit-identical to the ONNX/GGUF ones; parity measures what they cost."""
+
+    nbits: Literal[4, 8] = 4
+
+
+class CoremlExportConfig(_Base):
+    """Core ML options. Blockwise int4 (`constexpr_blockwise_shift_scale`) needs iOS18 / macOS15 /
+    watchOS11; `compute_precision` is what the Neural Engine computes in (fp16 is its native type)."""
+
+    target: CoremlTarget = "iOS18"
+    compute_precision: Literal["fp16", "fp32"] = "fp16"
+    #: precision -> palettize weights of that artifact instead of using its linear int codes
+    palettize: dict[Precision, PalettizeConfig] = Field(default_factory=dict)
+    #: the largest token count (and, for graphs with a frame axis, frame count) a model accepts
+    max_tokens: Annotated[Int, Field(ge=8, le=4096)] = 512
+    max_frames: Annotated[Int, Field(ge=64, le=65536)] = 8192
+
+
 class ExportConfig(_Base):
     onnx: OnnxExportConfig = Field(default_factory=OnnxExportConfig)
     gguf: GgufExportConfig = Field(default_factory=GgufExportConfig)
+    coreml: CoremlExportConfig = Field(default_factory=CoremlExportConfig)
+
+
+class PhrasesConfig(_Base):
+    """Phrases pre-rendered by the full-precision model and shipped as audio beside the artifacts, so a
+    watch never computes "Battery low". Sampling is seeded: the same recipe renders the same bytes."""
+
+    texts: Annotated[
+        list[Annotated[str, AfterValidator(_non_blank_text)]],
+        Field(min_length=1),
+        AfterValidator(_no_duplicates),
+    ]
+    seed: NonNegInt = 0
+    noise_scale: Annotated[Float, Field(ge=0)] = 0.667
+    noise_scale_duration: Annotated[Float, Field(ge=0)] = 0.8
+    length_scale: Annotated[Float, Field(gt=0)] = 1.0
+    speaker_id: NonNegInt | None = None
 
 
 class Recipe(_Base):
@@ -360,6 +400,9 @@ class Recipe(_Base):
     prune: list[PruneSpec] = Field(default_factory=list)
     export: ExportConfig = Field(default_factory=ExportConfig)
     validation: ValidateConfig | None = Field(default=None, alias="validate")
+    phrases: PhrasesConfig | None = None
+    #: the recipe file this one builds on (resolved by `load_recipe`; kept for the record)
+    extends: str | None = None
 
     _raw_model: str | None = PrivateAttr(default=None)
     _source_path: Path | None = PrivateAttr(default=None)
@@ -428,7 +471,7 @@ class Recipe(_Base):
     ) -> "Recipe":
         """Build a recipe without a file (tests, CLI flags); errors are BadInput without line numbers."""
         label = str(source_path) if source_path is not None else "recipe"
-        recipe = _validate(dict(data), Path(base_dir), label, None)
+        recipe = _validate(dict(data), Path(base_dir), label)
         if source_path is not None:
             recipe._source_path = Path(source_path).absolute()
         return recipe
@@ -438,9 +481,62 @@ class Recipe(_Base):
 
 
 def load_recipe(path: str | os.PathLike[str]) -> Recipe:
-    """Read and validate a recipe file; every problem is a one-line BadInput naming file:line: field."""
-    label = str(path)
+    """Read and validate a recipe file; every problem is a one-line BadInput naming file:line: field.
+
+    `extends: base.yaml` (relative to the recipe) merges this file over the base: mappings merge key by
+    key, anything else (lists, scalars) is replaced. Paths such as `model:` stay relative to the file
+    that wrote them, and an error in an inherited key names the base file's line."""
     file = Path(path)
+    data, layers = _load_layers(file, str(path), ())
+    recipe = _validate(data, file.absolute().parent, layers)
+    recipe._source_path = file.absolute()
+    return recipe
+
+
+_Layer = tuple[str, yaml.Node]
+
+
+def _load_layers(file: Path, label: str, chain: tuple[Path, ...]) -> tuple[dict[str, Any], list[_Layer]]:
+    """This file's mapping merged over its `extends:` chain, and the (label, YAML tree) of each file,
+    the file itself first."""
+    data, root = _read_mapping(file, label)
+    me = file.resolve()
+    if me in chain:
+        cycle = " → ".join(p.name for p in (*chain, me))
+        raise BadInput(f"{label}: extends: forms a cycle ({cycle})")
+    base = data.get("extends")
+    if base is None:
+        return data, [(label, root)]
+    if not isinstance(base, str) or not base.strip():
+        line = _line_for(root, ("extends",))
+        raise BadInput(f"{label}:{line}: extends: expected a recipe file path, got {_kind(base)}")
+    base_file = Path(base).expanduser()
+    if not base_file.is_absolute():
+        base_file = file.absolute().parent / base_file
+    if not base_file.is_file():
+        line = _line_for(root, ("extends",))
+        raise BadInput(f"{label}:{line}: extends: {base} not found (looked at {base_file})")
+    parent, parent_layers = _load_layers(base_file, str(base_file), (*chain, me))
+    parent = dict(parent)
+    parent.pop("extends", None)
+    model = parent.get("model")
+    if isinstance(model, str) and model.strip() and not Path(model).expanduser().is_absolute():
+        # relative to the base recipe's own directory, as it would be if built on its own
+        parent["model"] = os.path.abspath(base_file.absolute().parent / model)
+    return _merge(parent, data), [(label, root), *parent_layers]
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _read_mapping(file: Path, label: str) -> tuple[dict[str, Any], yaml.Node]:
     try:
         raw = file.read_bytes()
     except FileNotFoundError:
@@ -472,9 +568,7 @@ def load_recipe(path: str | os.PathLike[str]) -> Recipe:
             f"got {_kind(data)}"
         )
     _check_duplicate_keys(root, (), label, set())
-    recipe = _validate(data, file.absolute().parent, label, root)
-    recipe._source_path = file.absolute()
-    return recipe
+    return data, root
 
 
 def recipe_json_schema() -> dict[str, Any]:
@@ -515,22 +609,28 @@ def _check_duplicate_keys(node: yaml.Node, loc: tuple[Any, ...], label: str, vis
             _check_duplicate_keys(item, (*loc, index), label, visited)
 
 
-def _validate(data: dict[str, Any], base_dir: Path, label: str, root: yaml.Node | None) -> Recipe:
+def _validate(data: dict[str, Any], base_dir: Path, layers: list[_Layer] | str) -> Recipe:
     try:
         return Recipe.model_validate(data, context={"base_dir": base_dir})
     except ValidationError as exc:
-        raise BadInput(_one_line(exc, label, root)) from None
+        raise BadInput(_one_line(exc, layers)) from None
 
 
-def _one_line(exc: ValidationError, label: str, root: yaml.Node | None) -> str:
-    """The first problem in file order, plus a count of the rest: one line the CLI can print."""
+def _one_line(exc: ValidationError, layers: list[_Layer] | str) -> str:
+    """The first problem in file order, plus a count of the rest: one line the CLI can print.
+
+    `layers` is the recipe file and the files it extends (first wins where a key is found), or just a
+    label when the recipe came from a mapping."""
     located = []
     for order, err in enumerate(exc.errors(include_url=False)):
-        line = _line_for(root, err["loc"]) if root is not None else None
-        located.append((line if line is not None else 0, order, err))
-    located.sort(key=lambda item: (item[0], item[1]))
-    line, _, err = located[0]
-    where = f"{label}:{line}" if root is not None else label
+        if isinstance(layers, str):
+            located.append((0, 0, order, err, layers))
+            continue
+        label, line = _locate(layers, err["loc"])
+        # errors in the recipe itself come first, then those inherited from a base file
+        located.append(([lbl for lbl, _ in layers].index(label), line, order, err, f"{label}:{line}"))
+    located.sort(key=lambda item: item[:3])
+    *_, err, where = located[0]
     message = f"{where}: {_format_loc(err['loc'])}: {_message(err)}"
     if len(located) > 1:
         rest = len(located) - 1
@@ -552,10 +652,25 @@ def _format_loc(loc: tuple[Any, ...]) -> str:
     return out or "(top level)"
 
 
+def _locate(layers: list[_Layer], loc: tuple[Any, ...]) -> tuple[str, int]:
+    """The file and line for an error: the file whose tree follows `loc` deepest (the recipe on ties)."""
+    best = max(layers, key=lambda layer: _depth_along(layer[1], loc))
+    return best[0], _line_for(best[1], loc)
+
+
+def _depth_along(root: yaml.Node, loc: tuple[Any, ...]) -> int:
+    return _walk(root, loc)[1]
+
+
 def _line_for(root: yaml.Node, loc: tuple[Any, ...]) -> int:
     """1-based line of the deepest node along `loc`: a mapping entry's key, a list item, or the parent."""
+    return _walk(root, loc)[0]
+
+
+def _walk(root: yaml.Node, loc: tuple[Any, ...]) -> tuple[int, int]:
     node = root
     line = root.start_mark.line + 1
+    depth = 0
     for part in loc:
         if part == "[key]":
             continue  # `line` already points at the key
@@ -571,7 +686,8 @@ def _line_for(root: yaml.Node, loc: tuple[Any, ...]) -> int:
             line = node.start_mark.line + 1
         else:
             break
-    return line
+        depth += 1
+    return line, depth
 
 
 def _kind(value: Any) -> str:
