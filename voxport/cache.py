@@ -16,11 +16,13 @@ too, so a half-restored artifact never looks finished.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import secrets
 import shutil
+import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -51,8 +53,21 @@ def hash_inputs(path: Path) -> str:
 class StageCache:
     """Entries under one directory; safe to share between builds and to keep between CI runs."""
 
+    #: a temporary entry older than this was left by a killed build (a live one is minutes old at most)
+    STALE_SECONDS = 3600.0
+
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
+        self._sweep()
+
+    def _sweep(self) -> None:
+        if not self.root.is_dir():
+            return
+        now = time.time()
+        for tmp in self.root.glob("*/.*.tmp-*"):
+            with contextlib.suppress(OSError):
+                if now - tmp.stat().st_mtime > self.STALE_SECONDS:
+                    shutil.rmtree(tmp, ignore_errors=True)
 
     def _dir(self, key: str) -> Path:
         return self.root / key[:2] / key

@@ -13,6 +13,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import secrets
 import shutil
 import sys
@@ -28,6 +29,27 @@ _CHUNK = 1 << 20
 def _temp_sibling(path: Path, keep_suffix: bool) -> Path:
     suffix = path.suffix if keep_suffix else ""
     return path.with_name(f".{path.name}.tmp-{secrets.token_hex(6)}{suffix}")
+
+
+_TEMP_RE = re.compile(r"^\..+\.(tmp|old)-[0-9a-f]{12}(\.[A-Za-z0-9]+)?$")
+
+
+def sweep_temporaries(root: str | os.PathLike[str], *, skip: Path | None = None) -> list[Path]:
+    """Delete temporaries that a killed process left under `root` (SIGKILL runs no cleanup).
+
+    Only names `atomic_path` makes are touched. A second process writing into the same directory at
+    the same time would lose its temporaries: builds into one output directory are not concurrent."""
+    removed = []
+    base = Path(root)
+    if not base.is_dir():
+        return removed
+    for path in sorted(base.rglob(".*"), key=lambda p: len(p.parts)):
+        if skip is not None and (path == skip or skip in path.parents):
+            continue
+        if _TEMP_RE.match(path.name) and path.exists():
+            _remove(path)
+            removed.append(path)
+    return removed
 
 
 def _fsync_file(path: Path) -> None:

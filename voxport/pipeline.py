@@ -30,7 +30,7 @@ from voxport.cache import StageCache, default_cache_dir, hash_inputs, stage_key
 from voxport.errors import BadInput
 from voxport.export.formats import FORMATS, Format, get_format
 from voxport.families.base import FamilyModel, SynthesisSettings, load_model
-from voxport.io import atomic_write_json, ensure_writable_dir
+from voxport.io import atomic_write_json, ensure_writable_dir, sweep_temporaries
 from voxport.manifest import (
     Artifact,
     ArtifactFile,
@@ -127,6 +127,11 @@ class Build:
         self.force = force
         self.cache = StageCache(default_cache_dir(self.out, cache_dir))
         self.formats: dict[str, Format] = {name: get_format(name) for name in recipe.formats}
+        # manifest.json present means "this directory holds a finished, validated build"; whatever
+        # this run changes, that stops being true until validate writes a new one.
+        (self.out / "manifest.json").unlink(missing_ok=True)
+        for path in sweep_temporaries(self.out, skip=self.cache.root):
+            self.progress.log(f"removed {path.relative_to(self.out)} left by an interrupted build")
         self._prepared: dict[str, Any] = {}
         self._converted: dict[str, Any] | None = None
 
@@ -165,7 +170,7 @@ class Build:
             "format": fmt,
             "precision": precision,
             "name": self.recipe.name,
-            "options": self.formats[fmt].options(self.recipe),
+            "options": self.formats[fmt].options(self.recipe, precision),
         }
         return stage_key("export", config, [self.key_convert, self.key_quantize(precision)])
 

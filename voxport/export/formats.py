@@ -31,8 +31,8 @@ class Format(Protocol):
 
     def runner(self, model: FamilyModel, entry: dict[str, Any], out: Path) -> Runner: ...
 
-    def options(self, recipe: Recipe) -> Any:
-        """The recipe options that shape this format's bytes (part of the export stage's cache key)."""
+    def options(self, recipe: Recipe, precision: str) -> Any:
+        """The recipe options that shape one precision's artifact bytes (part of its export cache key)."""
         ...
 
 
@@ -43,7 +43,7 @@ def _rel(path: Path, out: Path) -> str:
 class OnnxFormat:
     name = "onnx"
 
-    def options(self, recipe: Recipe) -> Any:
+    def options(self, recipe: Recipe, precision: str) -> Any:
         return recipe.export.onnx.model_dump(mode="json")
 
     def prepare(self, recipe: Recipe, model: FamilyModel) -> Any:
@@ -85,8 +85,9 @@ class OnnxFormat:
 class GgufFormat:
     name = "gguf"
 
-    def options(self, recipe: Recipe) -> Any:
-        return recipe.export.gguf.model_dump(mode="json")
+    def options(self, recipe: Recipe, precision: str) -> Any:
+        gguf = recipe.export.gguf
+        return {"types": gguf.types.get(precision), "fallback": gguf.fallback}  # type: ignore[call-overload]
 
     def prepare(self, recipe: Recipe, model: FamilyModel) -> Any:
         return None

@@ -1,0 +1,210 @@
+"""The stage cache: unchanged rebuilds compute nothing, a changed option re-runs only what depends on it,
+`--force` recomputes, and a build killed with SIGKILL at any point resumes to the same bytes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from voxport import pipeline
+from voxport.cache import StageCache, stage_key
+from voxport.manifest import read_manifest, verify_files
+from voxport.recipe import Recipe
+
+TEXTS = ["hello world, this is voxport."]
+
+
+def make_recipe(model_dir: Path, **overrides: object) -> Recipe:
+    data: dict[str, object] = {
+        "name": "tiny",
+        "model": str(model_dir),
+        "formats": ["onnx", "gguf"],
+        "precisions": ["fp32", "int4"],
+        "validate": {"texts": TEXTS, "thresholds": {"logmel_dtw_db": 15}},
+    }
+    data.update(overrides)
+    return Recipe.from_mapping(data, model_dir)
+
+
+def run(recipe: Recipe, out: Path, **kwargs: object) -> tuple[list[str], object]:
+    lines: list[str] = []
+    manifest = pipeline.build(recipe, out, lines.append, **kwargs)  # type: ignore[arg-type]
+    return lines, manifest
+
+
+def cached_units(lines: list[str]) -> set[str]:
+    return {line.removesuffix(": cached") for line in lines if line.endswith(": cached")}
+
+
+@pytest.fixture(scope="module")
+def first(tiny_vits_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str], object]:
+    out = tmp_path_factory.mktemp("cache") / "out"
+    lines, manifest = run(make_recipe(tiny_vits_dir), out)
+    return out, lines, manifest
+
+
+ALL_UNITS = {
+    "convert",
+    "quantize fp32",
+    "quantize int4",
+    "export onnx fp32",
+    "export gguf fp32",
+    "export onnx int4",
+    "export gguf int4",
+    "reference audio",
+    "validate onnx fp32",
+    "validate gguf fp32",
+    "validate onnx int4",
+    "validate gguf int4",
+}
+
+
+def test_unchanged_rebuild_does_no_work(first: tuple[Path, list[str], object], tiny_vits_dir: Path) -> None:
+    out, lines, manifest = first
+    assert cached_units(lines) == set()
+    mtimes = {p: p.stat().st_mtime_ns for p in (out / "onnx").iterdir()}
+    again, manifest2 = run(make_recipe(tiny_vits_dir), out)
+    assert cached_units(again) == ALL_UNITS
+    # no unit ran: no conversion, quantization, export or synthesis line, only restores and verdicts
+    work = ("convert:", "prune:", "quantize:", "export: ", "validate: reference", "phrases")
+    assert not [line for line in again if line.startswith(work) and not line.endswith(": cached")], again
+    assert {p: p.stat().st_mtime_ns for p in (out / "onnx").iterdir()} == mtimes  # not even rewritten
+    assert [a.sha256 for a in manifest2.artifacts] == [a.sha256 for a in manifest.artifacts]  # type: ignore[attr-defined]
+    assert read_manifest(out).artifacts[0].parity.metrics == manifest.artifacts[0].parity.metrics  # type: ignore[attr-defined]
+
+
+def test_export_option_change_reruns_only_export_and_validate(
+    first: tuple[Path, list[str], object], tiny_vits_dir: Path, tmp_path: Path
+) -> None:
+    out, _, _ = first
+    work = tmp_path / "out"
+    shutil.copytree(out, work)
+    recipe = make_recipe(tiny_vits_dir, export={"gguf": {"types": {"int4": {"*": "Q4_K"}}}})
+    lines, manifest = run(recipe, work)
+    recomputed = ALL_UNITS - cached_units(lines)
+    assert recomputed == {"export gguf int4", "validate gguf int4"}
+    gguf_int4 = next(a for a in manifest.artifacts if a.format == "gguf" and a.precision == "int4")  # type: ignore[attr-defined]
+    assert gguf_int4.bits_per_weight > 4.5  # Q4_K, not Q4_0: the change took effect
+
+
+def test_threshold_change_reruns_nothing_but_changes_the_verdict(
+    first: tuple[Path, list[str], object], tiny_vits_dir: Path, tmp_path: Path
+) -> None:
+    out, _, _ = first
+    work = tmp_path / "out"
+    shutil.copytree(out, work)
+    recipe = make_recipe(tiny_vits_dir, validate={"texts": TEXTS, "thresholds": {"logmel_dtw_db": 0.001}})
+    lines, manifest = run(recipe, work)
+    assert cached_units(lines) == ALL_UNITS
+    assert not manifest.passed  # type: ignore[attr-defined]
+    assert manifest.artifacts[0].parity.passed  # type: ignore[attr-defined] # fp32 ONNX is exact
+
+
+def test_force_recomputes_everything(
+    first: tuple[Path, list[str], object], tiny_vits_dir: Path, tmp_path: Path
+) -> None:
+    out, _, manifest = first
+    work = tmp_path / "out"
+    shutil.copytree(out, work)
+    lines, forced = run(make_recipe(tiny_vits_dir, precisions=["fp32"], formats=["gguf"]), work, force=True)
+    assert cached_units(lines) == set()
+    assert forced.artifacts[0].sha256 == next(  # type: ignore[attr-defined]
+        a.sha256
+        for a in manifest.artifacts
+        if a.format == "gguf" and a.precision == "fp32"  # type: ignore[attr-defined]
+    )
+
+
+def test_shared_cache_dir_serves_another_output_dir(
+    first: tuple[Path, list[str], object], tiny_vits_dir: Path, tmp_path: Path
+) -> None:
+    out, _, manifest = first
+    lines, other = run(make_recipe(tiny_vits_dir), tmp_path / "elsewhere", cache_dir=out / "stages" / "cache")
+    assert cached_units(lines) == ALL_UNITS
+    assert verify_files(tmp_path / "elsewhere", other) == []  # type: ignore[arg-type]
+    assert [a.sha256 for a in other.artifacts] == [a.sha256 for a in manifest.artifacts]  # type: ignore[attr-defined]
+
+
+def test_incomplete_cache_entry_is_ignored(tmp_path: Path) -> None:
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "a.bin").write_bytes(b"abc")
+    cache = StageCache(tmp_path / "cache")
+    key = stage_key("t", {"x": 1})
+    cache.put(key, "t", tmp_path / "out", ["a.bin"], {"ok": True})
+    assert cache.get(key) is not None
+    (cache.root / key[:2] / key / "files" / "a.bin").unlink()  # e.g. a half-pruned CI cache
+    assert cache.get(key) is None
+    assert stage_key("t", {"x": 1}) != stage_key("t", {"x": 2}) != stage_key("t", {"x": 1}, ["in"])
+
+
+# --- SIGKILL ------------------------------------------------------------------------------------------
+def _cli_build(recipe_path: Path, out: Path) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "voxport", "build", str(recipe_path), "--out", str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+
+
+def _kill_when(proc: subprocess.Popen[str], marker: str, delay: float) -> list[str]:
+    """SIGKILL the build `delay` s after a progress line containing `marker` (i.e. mid-unit)."""
+    seen: list[str] = []
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        seen.append(line.rstrip())
+        if marker in line:
+            time.sleep(delay)
+            break
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    return seen
+
+
+def _no_finished_looking_broken_artifact(out: Path) -> None:
+    """After a kill: no manifest (the build did not finish), and every file under its final name is whole."""
+    assert not (out / "manifest.json").exists()
+    import onnx
+
+    from voxport.export.gguf.reader import read_gguf
+
+    for path in out.rglob("*.onnx"):
+        if ".tmp-" not in path.name:
+            onnx.checker.check_model(str(path))
+    for path in out.rglob("*.gguf"):
+        if ".tmp-" not in path.name:
+            read_gguf(path)
+
+
+def test_sigkilled_builds_resume_to_identical_artifacts(
+    first: tuple[Path, list[str], object], tiny_vits_dir: Path, tmp_path: Path
+) -> None:
+    _, _, clean = first
+    recipe_path = tmp_path / "tiny.yaml"
+    recipe_path.write_text(
+        json.dumps(make_recipe(tiny_vits_dir).model_dump(mode="json", by_alias=True, exclude_none=True))
+    )
+    out = tmp_path / "out"
+    # kill in convert's aftermath, mid-export, mid-validate: each resumed run picks up from there
+    for marker, delay in (("convert:", 0.3), ("export: onnx fp32", 0.5), ("validate: onnx int4", 0.2)):
+        seen = _kill_when(_cli_build(recipe_path, out), marker, delay)
+        assert any(marker in line for line in seen), seen
+        _no_finished_looking_broken_artifact(out)
+    final = _cli_build(recipe_path, out)
+    _, err = final.communicate(timeout=600)
+    assert final.returncode == 0, err
+    assert "convert: cached" in err and "export onnx fp32: cached" in err
+    resumed = read_manifest(out)
+    assert verify_files(out, resumed) == []
+    assert [a.sha256 for a in resumed.artifacts] == [a.sha256 for a in clean.artifacts]  # type: ignore[attr-defined]
+    assert not [p for p in out.rglob("*") if ".tmp-" in p.name and "cache" not in p.parts]
