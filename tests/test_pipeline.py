@@ -85,6 +85,14 @@ def test_report_has_per_sentence_and_per_graph_figures(built: tuple[Path, Recipe
     assert set(graphs) == {"encoder", "decoder"}
     assert "durations" not in graphs["encoder"]  # discrete: reported as duration agreement instead
     assert graphs["decoder"]["waveform"]["snr_db"] == pytest.approx(sentences[0]["metrics"]["forced_snr_db"])
+    # the audio behind every figure is kept for people: reference and exported, one wav per sentence
+    assert [r["audio"] for r in report["reference"]] == [
+        "report/audio/reference/0.wav",
+        "report/audio/reference/1.wav",
+    ]
+    assert sentences[1]["audio"] == "report/audio/onnx-int8/1.wav" and (out / sentences[1]["audio"]).is_file()
+    html = (out / "report.html").read_text()
+    assert html.count('<section class="artifact"') == 3 and html.count("<audio") == 12
 
 
 def test_artifacts_speak_in_onnx_runtime_with_metadata(

@@ -115,6 +115,8 @@ class Manifest(_Base):
     recipe: dict[str, Any]
     model: ModelInfo
     artifacts: list[Artifact] = Field(default_factory=list)
+    #: pre-rendered phrase audio and its index (`graph` holds the phrase text, or "index")
+    phrases: list[ArtifactFile] = Field(default_factory=list)
     passed: bool
     tool_versions: dict[str, str] = Field(default_factory=dict)
 
@@ -173,24 +175,26 @@ def verify_files(out_dir: str | os.PathLike[str], manifest: Manifest) -> list[st
     out = Path(out_dir)
     problems: list[str] = []
     checked: set[tuple[str, str, int]] = set()
+    entries = []
     for artifact in manifest.artifacts:
-        entries = [(artifact.path, artifact.sha256, artifact.bytes)]
+        entries.append((artifact.path, artifact.sha256, artifact.bytes))
         entries += [(f.path, f.sha256, f.bytes) for f in artifact.files]
-        for rel, sha, size in entries:
-            if (rel, sha, size) in checked:
-                continue
-            checked.add((rel, sha, size))
-            full = out / rel
-            if not full.exists():
-                problems.append(f"{rel}: missing")
-                continue
-            actual_size = path_size(full)
-            if actual_size != size:
-                problems.append(f"{rel}: {actual_size} bytes on disk, manifest says {size}")
-                continue
-            actual_sha = sha256_path(full)
-            if actual_sha != sha:
-                problems.append(f"{rel}: sha256 {actual_sha[:12]}… does not match the manifest's {sha[:12]}…")
+    entries += [(f.path, f.sha256, f.bytes) for f in manifest.phrases]
+    for rel, sha, size in entries:
+        if (rel, sha, size) in checked:
+            continue
+        checked.add((rel, sha, size))
+        full = out / rel
+        if not full.exists():
+            problems.append(f"{rel}: missing")
+            continue
+        actual_size = path_size(full)
+        if actual_size != size:
+            problems.append(f"{rel}: {actual_size} bytes on disk, manifest says {size}")
+            continue
+        actual_sha = sha256_path(full)
+        if actual_sha != sha:
+            problems.append(f"{rel}: sha256 {actual_sha[:12]}… does not match the manifest's {sha[:12]}…")
     return problems
 
 

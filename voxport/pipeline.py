@@ -489,6 +489,8 @@ class Build:
                 family=info["family"], source=str(self.recipe.model), parameters=info["parameters"]
             ),
             artifacts=artifacts,
+            phrases=[ArtifactFile.from_path(self.out, f"phrases/{p['file']}", p["text"]) for p in phrases]
+            + ([ArtifactFile.from_path(self.out, "phrases/index.json", "index")] if phrases else []),
             passed=passed,
             tool_versions=tool_versions(),
         )
