@@ -33,8 +33,12 @@ def test_every_command_has_help_with_an_example() -> None:
         ["validate"],
         ["inspect"],
         ["demo"],
+        ["import", "piper"],
+        ["say"],
         ["recipes", "check"],
         ["recipes", "schema"],
+        ["plan"],
+        ["verify"],
     ):
         result = runner.invoke(app, [*command, "--help"])
         assert result.exit_code == 0, command

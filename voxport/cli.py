@@ -1,23 +1,29 @@
 """The `voxport` command: parse, call a stage, print a table (or JSON). Nothing else lives here.
 
-Exit codes: 0 ok, 1 a parity threshold was missed, 2 bad input or usage.
+Exit codes: 0 ok, 1 a parity threshold was missed (or `verify` found a mismatch), 2 bad input or usage.
+Every command takes `--json` (exactly one JSON document on stdout, nothing else there; on an error
+`{"error": ..., "exit_code": N}`) and `--quiet` (no progress or info lines on stderr; errors still go
+there). Progress is rendered by a `voxport.progress.Progress` picked once per command: bars on a
+terminal, timed lines in a CI log, nothing with `--quiet`.
 """
 
 from __future__ import annotations
 
 import json
 import sys
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from voxport import __version__
 from voxport.errors import VoxportError
+from voxport.progress import LineProgress, NullProgress, Progress, RichProgress
 
 app = typer.Typer(
     name="voxport",
@@ -41,33 +47,87 @@ RecipeArg = Annotated[Path, typer.Argument(help="Recipe YAML file.", show_defaul
 OutOpt = Annotated[
     Path | None, typer.Option("--out", "-o", help="Output directory [default: build/<recipe name>].")
 ]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress lines on stderr.")]
+JsonOpt = Annotated[
+    bool, typer.Option("--json", help="Print one JSON document on stdout (errors too) instead of a table.")
+]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or info lines on stderr.")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Ignore the stage cache: recompute every stage.")]
+CacheDirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--cache-dir",
+        envvar="VOXPORT_CACHE_DIR",
+        help="Stage cache directory, shareable between builds [default: OUT/stages/cache].",
+        show_default=False,
+    ),
+]
 
 
-def _fail(exc: VoxportError) -> None:
-    err.print(f"[red]error:[/red] {exc}", soft_wrap=True)
+# --- output helpers -------------------------------------------------------------------------------------
+#: set once a command printed its JSON document; `main` adds an error document only if none was printed
+_emitted = False
+
+
+def _emit_json(data: Any, *, indent: int | None = 2) -> None:
+    """The one JSON document of a --json run; strict JSON (no NaN), so jq and `fromJSON` accept it."""
+    from voxport.io import to_jsonable
+
+    global _emitted
+    _emitted = True
+    sys.stdout.write(json.dumps(to_jsonable(data), indent=indent, allow_nan=False) + "\n")
+    sys.stdout.flush()
+
+
+def _info(message: str, quiet: bool) -> None:
+    """A human note on stderr ("wrote X"); stdout is kept for the result."""
+    if not quiet:
+        err.print(escape(message), soft_wrap=True)
+
+
+def _fail(exc: VoxportError, as_json: bool = False) -> None:
+    err.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
+    if as_json:
+        _emit_json({"error": str(exc), "exit_code": exc.exit_code})
     raise typer.Exit(exc.exit_code)
 
 
-def _run(fn: Callable[[], Any]) -> Any:
+def _run(fn: Callable[[], Any], as_json: bool = False) -> Any:
     try:
         return fn()
     except VoxportError as exc:
-        _fail(exc)
+        _fail(exc, as_json)
     except KeyboardInterrupt:
         err.print("interrupted")
+        if as_json:
+            _emit_json({"error": "interrupted", "exit_code": 130})
         raise typer.Exit(130) from None
 
 
-def _log(quiet: bool) -> Callable[[str], None]:
-    started = time.perf_counter()
+def _progress(quiet: bool) -> AbstractContextManager[Progress]:
+    """Bars only when a person watches stderr; a CI log gets timed lines; --quiet gets nothing."""
+    if quiet:
+        return nullcontext(NullProgress())
+    if sys.stderr.isatty():
+        return RichProgress(err)
+    return nullcontext(LineProgress(sys.stderr))
 
-    def log(message: str) -> None:
-        if not quiet:
-            err.print(f"[dim]{time.perf_counter() - started:6.1f}s[/dim] {message}", soft_wrap=True)
 
-    return log
+@contextmanager
+def _silenced(quiet: bool) -> Iterator[None]:
+    """--quiet also means no library bars: transformers draws tqdm bars on stderr when it saves a
+    checkpoint (convert, demo, import). Restored afterwards, for callers that invoke the app in-process."""
+    if not quiet:
+        yield
+        return
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
 
 
 def _recipe_and_out(recipe_path: Path, out_dir: Path | None):  # noqa: ANN202
@@ -119,76 +179,139 @@ def _print_manifest(manifest: Any, out_dir: Path) -> None:
             a.path,
         )
     out.print(table)
+
+
+def _print_parity_failures(manifest: Any) -> None:
     for a in manifest.artifacts:
         for failure in a.parity.failures:
-            err.print(f"[red]parity failed[/red] {a.format} {a.precision}: {failure}", soft_wrap=True)
+            err.print(f"[red]parity failed[/red] {a.format} {a.precision}: {escape(failure)}", soft_wrap=True)
 
 
-def _stage(stage: str, recipe: Path, out_dir: Path | None, quiet: bool) -> tuple[Any, Path]:
-    """Load the recipe and run one pipeline function by name; every stage command is this call."""
+# --- stages ---------------------------------------------------------------------------------------------
+def _stage(
+    stage: str, recipe: Path, out_dir: Path | None, quiet: bool, as_json: bool, **options: Any
+) -> tuple[Any, Any, Path]:
+    """Load the recipe and run one pipeline function by name; every stage command is this call.
+
+    Returns (recipe, what the stage returned, output dir)."""
     from voxport import pipeline
 
-    r, o = _run(lambda: _recipe_and_out(recipe, out_dir))
-    return _run(lambda: getattr(pipeline, stage)(r, o, _log(quiet))), o
+    r, o = _run(lambda: _recipe_and_out(recipe, out_dir), as_json)
+    with _silenced(quiet), _progress(quiet) as progress:
+        result = _run(lambda: getattr(pipeline, stage)(r, o, progress, **options), as_json)
+    return r, result, o
 
 
 def _finish(manifest: Any, out_dir: Path, as_json: bool) -> None:
     if as_json:
-        out.print_json(manifest.model_dump_json())
+        _emit_json(json.loads(manifest.model_dump_json()))
     else:
         _print_manifest(manifest, out_dir)
+    _print_parity_failures(manifest)
     if not manifest.passed:
         raise typer.Exit(1)
 
 
 @app.command()
 def build(
-    recipe: RecipeArg, out_dir: OutOpt = None, as_json: JsonOpt = False, quiet: QuietOpt = False
+    recipe: RecipeArg,
+    out_dir: OutOpt = None,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+    force: ForceOpt = False,
+    cache_dir: CacheDirOpt = None,
 ) -> None:
-    """Run every stage of RECIPE: convert → quantize → export → validate.
+    """Run every stage of RECIPE: convert → quantize → export → validate. Exit 1 if parity fails.
 
-    Example: voxport build recipes/demo-tiny-vits.yaml --out build/demo
+    Stages whose inputs did not change are restored from the stage cache instead of recomputed.
+
+    Example: voxport build recipes/demo-tiny-vits.yaml --out build/demo --cache-dir .voxport-cache
     """
-    manifest, o = _stage("build", recipe, out_dir, quiet)
+    _, manifest, o = _stage("build", recipe, out_dir, quiet, as_json, force=force, cache_dir=cache_dir)
     _finish(manifest, o, as_json)
 
 
 @app.command()
-def convert(recipe: RecipeArg, out_dir: OutOpt = None, quiet: QuietOpt = False) -> None:
+def convert(
+    recipe: RecipeArg,
+    out_dir: OutOpt = None,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+    force: ForceOpt = False,
+    cache_dir: CacheDirOpt = None,
+) -> None:
     """Load the recipe's checkpoint (and prune it) into OUT/stages/checkpoint.
 
     Example: voxport convert recipes/demo-tiny-vits.yaml --out build/demo
     """
-    _stage("convert", recipe, out_dir, quiet)
+    _, model, o = _stage("convert", recipe, out_dir, quiet, as_json, force=force, cache_dir=cache_dir)
+    if as_json:
+        from voxport.pipeline import Layout
+
+        _emit_json(
+            {
+                "stage": "convert",
+                "out": o,
+                "checkpoint": Layout(o).checkpoint,
+                "family": model.family,
+                "parameters": model.parameters(),
+            }
+        )
 
 
 @app.command()
-def quantize(recipe: RecipeArg, out_dir: OutOpt = None, quiet: QuietOpt = False) -> None:
+def quantize(
+    recipe: RecipeArg,
+    out_dir: OutOpt = None,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+    force: ForceOpt = False,
+    cache_dir: CacheDirOpt = None,
+) -> None:
     """Quantize the converted checkpoint once per precision into OUT/stages/quantized.
 
     Example: voxport quantize recipes/demo-tiny-vits.yaml --out build/demo
     """
-    _stage("quantize", recipe, out_dir, quiet)
+    r, _, o = _stage("quantize", recipe, out_dir, quiet, as_json, force=force, cache_dir=cache_dir)
+    if as_json:
+        from voxport.pipeline import Layout
+
+        files = {p: Layout(o).quantized(p) for p in r.precisions}
+        _emit_json({"stage": "quantize", "out": o, "precisions": list(r.precisions), "files": files})
 
 
 @app.command("export")
-def export_cmd(recipe: RecipeArg, out_dir: OutOpt = None, quiet: QuietOpt = False) -> None:
+def export_cmd(
+    recipe: RecipeArg,
+    out_dir: OutOpt = None,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+    force: ForceOpt = False,
+    cache_dir: CacheDirOpt = None,
+) -> None:
     """Export every format × precision of the recipe from the quantized weights.
 
     Example: voxport export recipes/demo-tiny-vits.yaml --out build/demo
     """
-    _stage("export", recipe, out_dir, quiet)
+    _, index, o = _stage("export", recipe, out_dir, quiet, as_json, force=force, cache_dir=cache_dir)
+    if as_json:
+        _emit_json({"stage": "export", "out": o, "artifacts": index})
 
 
 @app.command()
 def validate(
-    recipe: RecipeArg, out_dir: OutOpt = None, as_json: JsonOpt = False, quiet: QuietOpt = False
+    recipe: RecipeArg,
+    out_dir: OutOpt = None,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+    force: ForceOpt = False,
+    cache_dir: CacheDirOpt = None,
 ) -> None:
     """Measure parity of the exported artifacts; write report.json and manifest.json. Exit 1 on a miss.
 
     Example: voxport validate recipes/demo-tiny-vits.yaml --out build/demo
     """
-    manifest, o = _stage("validate", recipe, out_dir, quiet)
+    _, manifest, o = _stage("validate", recipe, out_dir, quiet, as_json, force=force, cache_dir=cache_dir)
     _finish(manifest, o, as_json)
 
 
@@ -196,6 +319,7 @@ def validate(
 def inspect(
     path: Annotated[Path, typer.Argument(help="Checkpoint dir/file, .onnx or .gguf artifact, or build dir.")],
     as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
     trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="Allow pickled checkpoints.")] = False,
 ) -> None:
     """Describe a checkpoint or artifact: family, parameters, tensors by precision, bytes, bits per weight.
@@ -204,9 +328,9 @@ def inspect(
     """
     from voxport.inspect import inspect_path
 
-    info = _run(lambda: inspect_path(path, trust_pickle=trust_pickle))
+    info = _run(lambda: inspect_path(path, trust_pickle=trust_pickle), as_json)
     if as_json:
-        out.print_json(json.dumps(info))
+        _emit_json(info)
         return
     table = Table(show_header=False, title=str(path), title_justify="left")
     table.add_column("key", style="bold")
@@ -216,7 +340,7 @@ def inspect(
             value = (
                 json.dumps(value) if len(json.dumps(value)) < 200 else f"({len(value)} entries; see --json)"
             )
-        table.add_row(key, str(value))
+        table.add_row(key, escape(str(value)))
     out.print(table)
 
 
@@ -226,6 +350,8 @@ def demo(
         "build/demo-checkpoint"
     ),
     seed: Annotated[int, typer.Option(help="Random seed of the weights.")] = 0,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Write the small random-weight VITS checkpoint the demo recipe uses (deterministic, no download).
 
@@ -234,8 +360,11 @@ def demo(
     from voxport.families.vits.synthetic import make_vits_checkpoint
     from voxport.io import ensure_writable_dir
 
-    _run(lambda: make_vits_checkpoint(ensure_writable_dir(out_dir), seed=seed))
-    err.print(f"wrote {out_dir}")
+    with _silenced(quiet):
+        _run(lambda: make_vits_checkpoint(ensure_writable_dir(out_dir), seed=seed), as_json)
+    if as_json:
+        _emit_json({"checkpoint": out_dir, "seed": seed})
+    _info(f"wrote {out_dir}", quiet)
 
 
 @import_app.command("piper")
@@ -246,6 +375,8 @@ def import_piper(
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Checkpoint directory to write.")],
     config: Annotated[Path | None, typer.Option(help="The voice's JSON [default: VOICE.onnx.json].")] = None,
     trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="Allow a pickled .ckpt.")] = False,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Recover a full-precision checkpoint from a Piper voice (ONNX + JSON) or training checkpoint.
 
@@ -266,8 +397,11 @@ def import_piper(
         onnx_path, json_path = piper.resolve_voice_package(voice)
         return piper.import_piper_onnx(onnx_path, config or json_path, out_dir)
 
-    written = _run(run)
-    err.print(f"wrote {written}")
+    with _silenced(quiet):
+        written = _run(run, as_json)
+    if as_json:
+        _emit_json({"checkpoint": written, "source": voice})
+    _info(f"wrote {written}", quiet)
 
 
 @app.command()
@@ -283,6 +417,8 @@ def say(
     noise_w: Annotated[float, typer.Option(help="Duration noise.")] = 0.8,
     length_scale: Annotated[float, typer.Option(help="> 1 speaks slower.")] = 1.0,
     speaker: Annotated[int | None, typer.Option(help="Speaker id of a multi-speaker voice.")] = None,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Synthesise TEXT with a checkpoint or an exported artifact and write a WAV file.
 
@@ -313,39 +449,123 @@ def say(
         write_wav(output, audio, voice.sample_rate)
         return voice.sample_rate, audio.size / voice.sample_rate
 
-    rate, seconds = _run(run)
-    err.print(f"wrote {output} ({seconds:.2f} s at {rate} Hz)")
+    with _silenced(quiet):
+        rate, seconds = _run(run, as_json)
+    if as_json:
+        _emit_json({"output": output, "sample_rate": rate, "seconds": round(seconds, 4)})
+    _info(f"wrote {output} ({seconds:.2f} s at {rate} Hz)", quiet)
+
+
+@app.command()
+def plan(
+    files: Annotated[list[Path], typer.Argument(help="Recipe YAML files.", show_default=False)],
+    out_root: Annotated[
+        str, typer.Option("--out-root", help="Each job builds into OUT_ROOT/<recipe name>.")
+    ] = "build",
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Validate RECIPEs and print the CI build matrix: one job per recipe. Exit 2 on a bad recipe.
+
+    With --json the matrix is one line, `{"include": [...]}`, for GitHub Actions'
+    `strategy.matrix: ${{ fromJSON(needs.plan.outputs.matrix) }}`.
+
+    Example: voxport plan recipes/*.yaml --json
+    """
+    from voxport.plan import matrix
+    from voxport.plan import plan as plan_jobs
+
+    entries = _run(lambda: plan_jobs(files, out_root=out_root), as_json)
+    if as_json:
+        _emit_json(matrix(entries), indent=None)  # one line: `echo "matrix=..." >> $GITHUB_OUTPUT`
+        return
+    table = Table(title=f"{len(entries)} build jobs", title_justify="left")
+    for col in ("recipe", "name", "out", "formats", "precisions", "artifacts"):
+        table.add_column(col, justify="right" if col == "artifacts" else "left")
+    for e in entries:
+        table.add_row(e.recipe, e.name, e.out, e.formats, e.precisions, str(e.artifacts))
+    out.print(table)
+
+
+def _mark(value: bool | None) -> str:
+    return "—" if value is None else ("[green]ok[/green]" if value else "[red]FAIL[/red]")
+
+
+@app.command()
+def verify(
+    out_dir: Annotated[Path, typer.Argument(help="Build directory holding manifest.json.")],
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Re-check a build dir against its manifest: files present, size and sha256, loads in its runtime.
+
+    Exit 0 all match, 1 a file is missing, altered or does not load (named on stderr), 2 no valid manifest.
+
+    Example: voxport verify build/demo
+    """
+    from voxport.verify import verify_dir
+
+    with _progress(quiet) as progress:
+        result = _run(lambda: verify_dir(out_dir, progress), as_json)
+    if as_json:
+        _emit_json(result.to_json())
+    else:
+        table = Table(title=f"{out_dir}/manifest.json", title_justify="left")
+        for col in ("file", "format", "bytes ok", "sha ok", "loads ok"):
+            table.add_column(col, no_wrap=col == "file")
+        for f in result.files:
+            table.add_row(f.path, f.format, _mark(f.bytes_ok), _mark(f.sha_ok), _mark(f.loads_ok))
+        out.print(table)
+    for problem in result.problems():
+        err.print(f"[red]verify failed[/red] {escape(problem)}", soft_wrap=True)
+    if not result.ok:
+        raise typer.Exit(1)
 
 
 @recipes_app.command("check")
-def recipes_check(files: Annotated[list[Path], typer.Argument(help="Recipe YAML files.")]) -> None:
+def recipes_check(
+    files: Annotated[list[Path], typer.Argument(help="Recipe YAML files.")],
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
     """Validate recipes; prints one line per file, exit 2 if any is invalid.
 
     Example: voxport recipes check recipes/*.yaml
     """
     from voxport.recipe import load_recipe
 
-    bad = 0
+    results: list[dict[str, Any]] = []
     for file in files:
         try:
             r = load_recipe(file)
-            out.print(f"ok  {file}: {r.name} ({', '.join(r.formats)} × {', '.join(r.precisions)})")
         except VoxportError as exc:
-            bad += 1
-            err.print(f"[red]error:[/red] {exc}", soft_wrap=True)
+            results.append({"file": str(file), "ok": False, "error": str(exc)})
+            err.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
+            continue
+        results.append(
+            {"file": str(file), "ok": True, "name": r.name, "formats": r.formats, "precisions": r.precisions}
+        )
+        if not as_json:
+            out.print(f"ok  {file}: {r.name} ({', '.join(r.formats)} × {', '.join(r.precisions)})")
+    bad = [x for x in results if not x["ok"]]
+    if as_json:
+        document: dict[str, Any] = {"passed": not bad, "recipes": results}
+        if bad:
+            document |= {"error": f"{len(bad)} of {len(results)} recipes are invalid", "exit_code": 2}
+        _emit_json(document)
     if bad:
         raise typer.Exit(2)
 
 
 @recipes_app.command("schema")
-def recipes_schema() -> None:
-    """Print the recipe's JSON Schema (for editors).
+def recipes_schema(as_json: JsonOpt = False, quiet: QuietOpt = False) -> None:
+    """Print the recipe's JSON Schema (for editors). The output is JSON with or without --json.
 
     Example: voxport recipes schema > recipe.schema.json
     """
     from voxport.recipe import recipe_json_schema
 
-    sys.stdout.write(json.dumps(recipe_json_schema(), indent=2) + "\n")
+    _emit_json(recipe_json_schema())
 
 
 def _version(value: bool) -> None:
@@ -364,4 +584,18 @@ def main_options(
 
 
 def main() -> None:
-    app()
+    """The console script. With --json, a failure that printed no JSON document (a usage error, which
+    the argument parser reports before any command runs) still prints `{"error": ..., "exit_code": N}`
+    on stdout, so a script reading stdout always gets JSON."""
+    global _emitted
+    _emitted = False
+    try:
+        app()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        if code and not _emitted and "--json" in sys.argv[1:]:
+            # sys.exit is called while the parser's exception is handled: it is the exit's __context__
+            cause = exc.__context__
+            message = cause.format_message() if hasattr(cause, "format_message") else "usage error"
+            _emit_json({"error": message, "exit_code": code})
+        raise

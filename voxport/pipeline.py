@@ -120,6 +120,8 @@ class Build:
         cache_dir: Path | None = None,
     ) -> None:
         check_supported(recipe)
+        if not recipe.model.exists():  # before the output directory is created
+            raise BadInput(f"checkpoint not found: {recipe.raw_model} (model: in the recipe)")
         self.recipe = recipe
         self.layout = Layout(ensure_writable_dir(out))
         self.out = self.layout.out
@@ -142,7 +144,7 @@ class Build:
         if isinstance(files, Path):
             return hash_inputs(files)
         if not files:
-            raise BadInput(f"model: {self.recipe.raw_model} not found")
+            raise BadInput(f"checkpoint not found: {self.recipe.raw_model} (model: in the recipe)")
         return stage_key("source", [f.name for f in files], [hash_inputs(f) for f in files])
 
     @cached_property
