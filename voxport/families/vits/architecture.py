@@ -18,6 +18,7 @@ from torch.nn.utils import parametrize
 from transformers import VitsConfig, VitsModel
 
 from voxport.errors import BadInput
+from voxport.families.vits.attention import install as install_windowed_attention
 
 #: parts of the stochastic duration predictor that only the training loss uses
 DP_TRAINING_ONLY = ("post_conv_pre", "post_conv_proj", "post_conv_dds", "post_flows")
@@ -88,6 +89,7 @@ def build_inference_model(config: VitsConfig) -> VitsModel:
                     HifiGanResidualBlock2(channels, kernel, tuple(dilation), config.leaky_relu_slope)
                 )
         decoder.resblocks = nn.ModuleList(blocks)
+    install_windowed_attention(model)  # exact rewrite without length-dependent pads (CoreML export)
     return model.eval()
 
 
