@@ -247,6 +247,9 @@ def test_k_quant_mix_when_available(tiny_vits: FamilyModel, tmp_path: Path) -> N
     report = write_gguf(tiny_vits, qm, tmp_path / "k.gguf", name="k", types={"*": "Q4_K", "dec.*": "Q6_K"})
     assert report["tensor_types"]["Q4_K"] >= 1 or report["tensor_types"]["Q6_K"] >= 1
     assert all("256" in f["reason"] for f in report["fallbacks"])
+    # rows that are whole 32-blocks fall back to the nearest 32-block type (as llama.cpp does), not F16
+    by_request = {(f["requested"], f["stored"]) for f in report["fallbacks"]}
+    assert ("Q4_K", "Q5_0") in by_request and ("Q6_K", "Q8_0") in by_request
     _, tensors = read_gguf(report["path"], tiny_vits)
     reader = GGUFReader(report["path"])
     state = tiny_vits.state_dict()

@@ -150,11 +150,10 @@ def test_pruning_costs_parity_against_the_unpruned_reference(tiny_vits_dir: Path
     assert manifest.model.parameters < load_model(tiny_vits_dir).parameters()
 
 
-def test_unsupported_format_fails_before_any_work(tiny_vits_dir: Path, tmp_path: Path) -> None:
-    recipe = make_recipe(tiny_vits_dir, formats=["onnx", "coreml"])
-    with pytest.raises(BadInput, match="coreml cannot be produced"):
-        pipeline.build(recipe, tmp_path / "out")
-    assert not (tmp_path / "out").exists()
+def test_every_recipe_format_has_an_exporter() -> None:
+    from voxport.recipe import FORMATS
+
+    assert set(FORMATS) == set(pipeline.SUPPORTED_FORMATS) == {"onnx", "gguf", "coreml"}
 
 
 def test_recipe_opset_is_honoured_and_int4_needs_21(tiny_vits_dir: Path, tmp_path: Path) -> None:

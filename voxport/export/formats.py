@@ -124,9 +124,111 @@ class GgufFormat:
         return GgufRunner(model, out / entry["path"])
 
 
+class CoremlFormat:
+    """One `.mlpackage` per graph whose output shapes follow from input shapes (for VITS: encoder and
+    decoder; Piper's one-graph form sizes its output by predicted durations, which Core ML cannot
+    express). Weights come from the same QuantizedTensors as ONNX and GGUF (constexpr ops, see
+    export/coreml/weights.py), or from coremltools' palettizer when the recipe asks for palettes."""
+
+    name = "coreml"
+
+    def options(self, recipe: Recipe, precision: str) -> Any:
+        c = recipe.export.coreml
+        palette = c.palettize.get(precision)  # type: ignore[call-overload]
+        return {
+            "target": c.target,
+            "compute_precision": c.compute_precision,
+            "palettize": palette.model_dump() if palette else None,
+            "max_tokens": c.max_tokens,
+            "max_frames": c.max_frames,
+        }
+
+    def prepare(self, recipe: Recipe, model: FamilyModel) -> Any:
+        return None
+
+    def export(
+        self, recipe: Recipe, model: FamilyModel, qm: QuantizedModel, out: Path, prepared: Any
+    ) -> dict[str, Any]:
+        from voxport.export.coreml import apply_metadata, program_to_mlmodel, save_mlpackage, to_program
+        from voxport.export.coreml.palettize import palettize_model
+        from voxport.export.coreml.weights import compress_program, unplaced_across
+
+        c = recipe.export.coreml
+        palette = c.palettize.get(qm.precision)  # type: ignore[call-overload]
+        state = model.state_dict()
+        files: dict[str, str] = {}
+        results, stored_bits, elements = [], 0.0, 0
+        for spec in model.graphs():
+            if spec.value_dependent_shapes:
+                continue
+            bounds = {"tokens": (1, c.max_tokens), "frames": (1, c.max_frames)}
+            axes = {a for n in spec.input_names for a in spec.dynamic_axes.get(n, {}).values()}
+            program = to_program(
+                spec,
+                target=c.target,
+                compute_precision=c.compute_precision,
+                flexible={a: bounds[a] for a in axes if a in bounds},
+            )
+            if palette is None:
+                # fp16 compute rounds weights to fp16 on device anyway; fp16 scales keep int8 weights
+                # a pure constexpr (Neural Engine friendly) instead of fp32 scales + a runtime cast
+                result = compress_program(
+                    program,
+                    qm.weights,
+                    state,
+                    fp16_scales="round" if c.compute_precision == "fp16" else "exact",
+                )
+                results.append(result)
+                rows = [*result.placed.values(), *result.kept.values(), *result.dense.values()]
+                stored_bits += sum(r.stored_bits for r in rows)
+                elements += sum(r.elements for r in rows)
+            mlmodel = program_to_mlmodel(program, target=c.target, graph=spec.name)
+            apply_metadata(
+                mlmodel,
+                graph=spec.name,
+                license=model.embedded_metadata().get("general.license"),
+                short_description=f"{recipe.name} {spec.name} ({model.family}, {qm.precision})",
+                user_metadata={
+                    **spec.metadata,
+                    "family": model.family,
+                    "precision": qm.precision,
+                    "compute_precision": c.compute_precision,
+                    "recipe": recipe.name,
+                },
+            )
+            if palette is not None:
+                palettized = palettize_model(mlmodel, qm.weights, state, nbits=palette.nbits)
+                mlmodel = palettized.model
+                results.append(palettized)
+            path = out / "coreml" / f"{recipe.name}.{qm.precision}.{spec.name}.mlpackage"
+            save_mlpackage(mlmodel, path)
+            files[spec.name] = _rel(path, out)
+        if palette is not None:
+            bits = sum(r.bits_per_weight for r in results) / max(len(results), 1)
+            skipped = qm.skipped_weights() + [u for r in results for u in r.unplaced]
+        else:
+            bits = stored_bits / max(elements, 1)
+            skipped = qm.skipped_weights() + unplaced_across(qm.weights, results)
+        return {
+            "path": next(iter(files.values())),
+            "files": files,
+            "bits_per_weight": bits,
+            "skipped_weights": skipped,
+            "target": c.target,
+            "compute_precision": c.compute_precision,
+        }
+
+    def runner(self, model: FamilyModel, entry: dict[str, Any], out: Path) -> Runner:
+        """MLModel.predict exists only on macOS; elsewhere a numpy MIL interpreter runs the package."""
+        from voxport.validate.coreml_runner import CoremlRunner
+
+        return CoremlRunner({graph: out / rel for graph, rel in entry["files"].items()})
+
+
 FORMATS: dict[str, Callable[[], Format]] = {
     "onnx": OnnxFormat,
     "gguf": GgufFormat,
+    "coreml": CoremlFormat,
 }
 
 

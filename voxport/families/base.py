@@ -45,6 +45,9 @@ class GraphSpec:
     #: outputs holding decisions (rounded durations, token ids) rather than values: parity reports
     #: their agreement separately, so they are left out of the max-abs-error figure
     discrete_outputs: frozenset[str] = frozenset()
+    #: output shapes depend on input *values* (Piper's one graph sizes its audio by the durations it
+    #: predicts): formats that need static shape functions (Core ML) export the other graphs only
+    value_dependent_shapes: bool = False
 
 
 @dataclass

@@ -44,6 +44,7 @@ class CoremlRunner:
         self.interpreters = {
             graph: MilInterpreter(load_mlpackage(path), threads=threads) for graph, path in files.items()
         }
+        self.graph_names = frozenset(self.interpreters)
 
     def run(self, graph: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         if graph not in self.interpreters:
@@ -72,6 +73,7 @@ class CoremlPredictRunner:
         import coremltools as ct
 
         self.models = {graph: ct.models.MLModel(str(path)) for graph, path in files.items()}
+        self.graph_names = frozenset(self.models)
 
     def run(self, graph: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         model = self.models[graph]

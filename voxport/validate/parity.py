@@ -51,7 +51,9 @@ class Reference:
         self.runner = model.torch_runner()
         self._split: dict[tuple[int, ...], Synthesis] = {}
         self._primary: dict[tuple[int, ...], Synthesis] = {}
-        self.discrete = {g.name: g.discrete_outputs for g in model.graphs()}
+        graphs = model.graphs()
+        self.discrete = {g.name: g.discrete_outputs for g in graphs}
+        self.primary_graph = next((g.name for g in graphs if g.primary), None)
 
     def split(self, ids: Sequence[int]) -> Synthesis:
         key = tuple(ids)
@@ -84,6 +86,13 @@ def _graph_figures(
     return out
 
 
+def runs_graph(runner: Runner, graph: str) -> bool:
+    """Whether the artifact has `graph` (a Core ML artifact has no one-graph Piper form, for one);
+    runners over a subset of graphs say which via `graph_names`."""
+    names = getattr(runner, "graph_names", None)
+    return names is None or graph in names
+
+
 def measure_sentence(
     model: FamilyModel, runner: Runner, reference: Reference, ids: Sequence[int], label: str
 ) -> SentenceParity:
@@ -93,14 +102,17 @@ def measure_sentence(
     forced = model.synthesize(runner, ids, settings, forced_durations=ref.durations[None].astype(np.float32))
     audio = m.compare_audio(ref.audio, test.audio, ref.sample_rate)
     match, ratio = m.duration_agreement(ref.durations, test.durations)
-    ref_primary = reference.primary(ids)
-    test_primary = model.synthesize_primary(runner, ids, settings)
+    tts_snr: float | None = None
+    if reference.primary_graph is not None and runs_graph(runner, reference.primary_graph):
+        ref_primary = reference.primary(ids)
+        test_primary = model.synthesize_primary(runner, ids, settings)
+        tts_snr = m.waveform_snr_db(ref_primary.audio, test_primary.audio)
     graphs = _graph_figures(ref, forced, reference.discrete)
     errors = [fig["max_abs_error"] for outs in graphs.values() for fig in outs.values()]
     metrics: dict[str, float | None] = {
         "snr_db": audio.snr_db,
         "forced_snr_db": m.waveform_snr_db(ref.audio, forced.audio),
-        "tts_snr_db": m.waveform_snr_db(ref_primary.audio, test_primary.audio),
+        "tts_snr_db": tts_snr,
         "logmel_dtw_db": audio.logmel_dtw_db,
         "mcd_db": audio.mcd_db,
         "duration_match": match,

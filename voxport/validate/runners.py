@@ -56,6 +56,7 @@ class OrtRunner:
 
     def __init__(self, files: Mapping[str, Path], *, threads: int = 1) -> None:
         self.sessions = {graph: ort_session(path, threads=threads) for graph, path in files.items()}
+        self.graph_names = frozenset(self.sessions)
 
     def run(self, graph: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         session = self.sessions[graph]

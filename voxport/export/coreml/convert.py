@@ -34,8 +34,10 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import logging
 import re
+import uuid
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -355,7 +357,25 @@ def save_mlpackage(mlmodel: Any, path: str | Path) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(target, keep_suffix=True) as tmp:
         mlmodel.save(str(tmp))
+        _stable_item_ids(tmp)
     return target
+
+
+def _stable_item_ids(package: Path) -> None:
+    """Replace the random UUIDs coremltools writes into `Manifest.json` with ones derived from each
+    item's path, so that the same model gives a byte-identical package (same sha256 in the manifest).
+    Core ML only uses them as keys linking `rootModelIdentifier` to an item."""
+    manifest_path = package / "Manifest.json"
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    renamed = {
+        old: str(uuid.uuid5(uuid.NAMESPACE_URL, f"voxport:{item['path']}"))
+        for old, item in manifest.get("itemInfoEntries", {}).items()
+    }
+    manifest["itemInfoEntries"] = {renamed[old]: item for old, item in manifest["itemInfoEntries"].items()}
+    manifest["rootModelIdentifier"] = renamed.get(manifest.get("rootModelIdentifier"), "")
+    # sorted keys, indent 4, final newline: exactly how Core ML's own package code rewrites this file
+    # whenever coremltools opens a package (ct.utils.load_spec), so reading it leaves its hash alone
+    manifest_path.write_text(json.dumps(manifest, indent=4, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def weight_consts(program: Any, weights: Mapping[str, torch.Tensor]) -> dict[str, WeightConst]:

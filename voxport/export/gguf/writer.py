@@ -137,6 +137,12 @@ def _fits(stored_shape: tuple[int, ...], ggml_type: GGMLQuantizationType) -> boo
     return stored_shape[-1] % GGML_QUANT_SIZES[ggml_type][0] == 0
 
 
+#: a K-quant's 256-wide super-block does not fit many speech-model rows (192, 384, 80·k): store
+#: those in the nearest 32-block type of at least the same quality, as llama.cpp's quantizer does,
+#: rather than in F16 (which made a "Q4_K" joe larger than its Q8_0 one)
+KQUANT_FALLBACKS: dict[str, str] = {"Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0"}
+
+
 def plan_tensors(
     model: FamilyModel,
     qm: QuantizedModel,
@@ -195,10 +201,22 @@ def plan_tensors(
                 plans.append(TensorPlan(name, gguf_name, ggml_type, shape, stored, source))
             else:
                 block = GGML_QUANT_SIZES[ggml_type][0]
-                fallback(
-                    requested, f"row length {stored[-1]} is not a multiple of the {requested} block {block}"
-                )
-                plans.append(TensorPlan(name, gguf_name, fb_type, shape, stored, "fp32"))
+                reason = f"row length {stored[-1]} is not a multiple of the {requested} block {block}"
+                near = KQUANT_FALLBACKS.get(requested)
+                if near is not None and _fits(stored, OVERRIDE_TYPES[near]):
+                    fallbacks.append(
+                        {
+                            "name": name,
+                            "gguf_name": gguf_name,
+                            "requested": requested,
+                            "stored": near,
+                            "reason": reason,
+                        }
+                    )
+                    plans.append(TensorPlan(name, gguf_name, OVERRIDE_TYPES[near], shape, stored, "fp32"))
+                else:
+                    fallback(requested, reason)
+                    plans.append(TensorPlan(name, gguf_name, fb_type, shape, stored, "fp32"))
             continue
         if isinstance(value, QuantizedTensor):
             if value.bits == 4 and _q4_0_exact(value):

@@ -185,6 +185,7 @@ class VitsModelAdapter(FamilyModel):
             dynamic_axes={"input": {1: "phonemes"}, "output": {3: "time"}},
             metadata={**meta, "model_type": "vits", "n_speakers": str(c.num_speakers), **self._piper_meta()},
             primary=True,
+            value_dependent_shapes=True,
         )
         return [enc, dec, tts]
 
