@@ -100,7 +100,7 @@ def _one_error_line(result) -> str:  # noqa: ANN001
         ("unwritable-out", "not writable"),
         ("empty-text", "validate.texts[0]"),
         ("pickle", "--trust-pickle"),
-        ("format-not-yet", "cannot be produced"),
+        ("coreml-int4-ios17", "int4 blockwise needs iOS18/macOS15/watchOS11"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_no_artifact(
@@ -133,8 +133,10 @@ def test_bad_input_is_one_line_exit_2_and_no_artifact(
 
         torch.save(load_file(str(model / "model.safetensors")), model / "pytorch_model.bin")
         (model / "model.safetensors").unlink()
-    elif case == "format-not-yet":
-        recipe.write_text(recipe.read_text().replace("formats: [onnx]", "formats: [onnx, coreml]"))
+    elif case == "coreml-int4-ios17":
+        text = recipe.read_text().replace("formats: [onnx]", "formats: [onnx, coreml]")
+        text = text.replace("precisions: [fp32, int8]", "precisions: [fp32, int4]")
+        recipe.write_text(text + "export:\n  coreml: {target: iOS17}\n")
     result = runner.invoke(app, ["build", str(recipe), "--out", str(out)])
     assert result.exit_code == 2, result.output
     assert expect in _one_error_line(result)

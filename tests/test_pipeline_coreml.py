@@ -110,11 +110,19 @@ def test_verify_loads_every_package(built: Path) -> None:
 
 
 def test_blockwise_int4_needs_ios18(tiny_vits_dir: Path, tmp_path: Path) -> None:
-    recipe = make_recipe(
-        tiny_vits_dir, precisions=["int4"], formats=["coreml"], export={"coreml": {"target": "iOS17"}}
-    )
+    """A recipe error (before any work), and the exporter's own guard for library callers."""
     with pytest.raises(BadInput, match="int4 blockwise needs iOS18/macOS15/watchOS11"):
-        pipeline.build(recipe, tmp_path)
+        make_recipe(tiny_vits_dir, precisions=["int4"], export={"coreml": {"target": "iOS17"}})
+    from voxport.export.coreml import to_program
+    from voxport.export.coreml.weights import compress_program
+    from voxport.families import load_model
+    from voxport.quantize.stage import quantize_model
+
+    model = load_model(tiny_vits_dir)
+    spec = next(g for g in model.graphs() if g.name == "encoder")
+    program = to_program(spec, target="iOS17", compute_precision="fp32", flexible={})
+    with pytest.raises(BadInput, match="int4 blockwise needs iOS18/macOS15/watchOS11"):
+        compress_program(program, quantize_model(model, "int4").weights, model.state_dict())
 
 
 def test_rebuild_gives_byte_identical_artifacts(built: Path, tiny_vits_dir: Path, tmp_path: Path) -> None:

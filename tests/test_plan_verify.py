@@ -188,7 +188,7 @@ def steps(job: dict[str, Any]) -> list[dict[str, Any]]:
 def voxport_commands(run: str) -> list[list[str]]:
     """Every `voxport ...` invocation in a step's shell script, as argument lists (up to a pipe/`)`)."""
     found = []
-    for match in re.finditer(r"(?<![\w/.=-])voxport((?:\s+[^\s|;&)]+)+)", run):
+    for match in re.finditer(r"(?<![\w/.=-])voxport((?:[ \t]+[^\s|;&)]+)+)", run):
         found.append(shlex.split(match.group(1).replace("${{", "X").replace("}}", "X")))
     return found
 
@@ -248,7 +248,7 @@ def test_build_recipes_workflow_shape() -> None:
     )
     uses = {s.get("uses", "").split("@")[0]: s for s in steps(build_job)}
     assert uses["actions/cache/restore"]["with"]["path"] == ".voxport-cache"
-    assert "hashFiles(matrix.recipe)" in uses["actions/cache/restore"]["with"]["key"]
+    assert "hashFiles('recipes/**')" in uses["actions/cache/restore"]["with"]["key"]  # bases too
     assert "steps.version.outputs.voxport" in uses["actions/cache/restore"]["with"]["key"]
     upload = uses["actions/upload-artifact"]
     assert upload["if"] == "always()" and "${{ matrix.out }}" in upload["with"]["path"]

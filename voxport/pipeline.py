@@ -382,7 +382,11 @@ class Build:
                     }
                 )
                 advance(1)
-        result = {"sentences": sentences, "validate_seconds": time.perf_counter() - started}
+        result = {
+            "sentences": sentences,
+            "runner": runner.name,
+            "validate_seconds": time.perf_counter() - started,
+        }
         return files, result
 
     def phrases(self) -> list[dict[str, Any]]:
@@ -462,6 +466,7 @@ class Build:
                     "bits_per_weight": entry["bits_per_weight"],
                     "export_seconds": entry.get("export_seconds"),
                     "validate_seconds": measured["validate_seconds"],
+                    "runner": measured.get("runner"),
                     "passed": not failures,
                     "failures": failures,
                     "metrics": metrics,

@@ -438,6 +438,18 @@ class Recipe(_Base):
             seen.add(spec.stack)
         return specs
 
+    @model_validator(mode="after")
+    def _coreml_target_holds_int4(self) -> "Recipe":
+        """Blockwise int4 exists from iOS 18 / macOS 15 / watchOS 11: say so before hours of work."""
+        c = self.export.coreml
+        blockwise_int4 = "coreml" in self.formats and "int4" in self.precisions and "int4" not in c.palettize
+        if blockwise_int4 and c.target in ("iOS17", "macOS14", "watchOS10"):
+            raise ValueError(
+                f"export.coreml.target {c.target} cannot hold int4 blockwise weights: "
+                "int4 blockwise needs iOS18/macOS15/watchOS11 (or palettize: {int4: {nbits: 4}})"
+            )
+        return self
+
     @model_validator(mode="wrap")
     @classmethod
     def _keep_raw_model(cls, data: Any, handler: Any) -> "Recipe":

@@ -8,6 +8,7 @@ registry and never branches on a format's name.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
@@ -219,10 +220,12 @@ class CoremlFormat:
         }
 
     def runner(self, model: FamilyModel, entry: dict[str, Any], out: Path) -> Runner:
-        """MLModel.predict exists only on macOS; elsewhere a numpy MIL interpreter runs the package."""
-        from voxport.validate.coreml_runner import CoremlRunner
+        """Core ML itself where it exists (macOS); elsewhere voxport's numpy MIL interpreter. The
+        report names which one measured the figures (`runner`)."""
+        from voxport.validate.coreml_runner import CoremlPredictRunner, CoremlRunner
 
-        return CoremlRunner({graph: out / rel for graph, rel in entry["files"].items()})
+        files = {graph: out / rel for graph, rel in entry["files"].items()}
+        return CoremlPredictRunner(files) if sys.platform == "darwin" else CoremlRunner(files)
 
 
 FORMATS: dict[str, Callable[[], Format]] = {
