@@ -381,40 +381,19 @@ def _stable_item_ids(package: Path) -> None:
 def weight_consts(program: Any, weights: Mapping[str, torch.Tensor]) -> dict[str, WeightConst]:
     """Map parameter names to the const ops of `program` that hold them (by value, fp16 included).
 
-    A const matches when it equals the tensor (rounded to fp16 for fp16 consts), possibly with the
-    last two axes swapped, or with leading unit axes dropped. Parameters folded into other constants
-    (see the module docstring) are absent from the result."""
-    candidates: dict[tuple[tuple[int, ...], str], list[Any]] = {}
-    for function in program.functions.values():
-        for op in function.operations:
-            if op.op_type != "const":
-                continue
-            value = op.outputs[0].val
-            if isinstance(value, np.ndarray) and value.size > 1 and value.dtype.kind == "f":
-                candidates.setdefault((value.shape, value.dtype.str), []).append(op)
+    The lookup is the weight pass's own (`weights.WeightIndex`: exact bytes in fp32 or fp16, as is,
+    transposed, or first two axes swapped; a reshape keeps the bytes). Parameters folded into other
+    constants (see the module docstring) are absent from the result."""
+    from voxport.export.coreml.weights import IDENTITY, WeightIndex, const_ops
+
+    index = WeightIndex(weights, weights.keys())
     found: dict[str, WeightConst] = {}
-    for name, tensor in weights.items():
-        array = tensor.detach().cpu().numpy()
-        lead = array.shape[:-2]
-        squeezed = array.reshape(array.shape[-2:]) if lead and all(d == 1 for d in lead) else array
-        views = [(array, False)]
-        if squeezed.ndim == 2 and squeezed.shape != array.shape:
-            views.append((squeezed, False))
-        if squeezed.ndim == 2:
-            views.append((squeezed.T, True))
-        match = _match(views, candidates)
-        if match is not None:
-            found[name] = match
+    for function in program.functions.values():
+        for op in const_ops(function):
+            value = op.outputs[0].val
+            if not isinstance(value, np.ndarray) or value.size <= 1:
+                continue
+            match = index.lookup(value, op.name)
+            if match is not None and match[0] not in found:
+                found[match[0]] = WeightConst(op.name, match[1] != IDENTITY, value.dtype.name)
     return found
-
-
-def _match(
-    views: list[tuple[np.ndarray, bool]], candidates: Mapping[tuple[tuple[int, ...], str], list[Any]]
-) -> WeightConst | None:
-    for view, transposed in views:
-        for dtype in (np.float32, np.float16):
-            ref = view.astype(dtype)
-            for op in candidates.get((ref.shape, ref.dtype.str), []):
-                if np.array_equal(op.outputs[0].val, ref):
-                    return WeightConst(op.name, transposed, np.dtype(dtype).name)
-    return None
