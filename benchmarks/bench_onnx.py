@@ -196,8 +196,9 @@ class ConfiguredOrtRunner(OrtRunner):
             options.log_severity_level = 3
             for key, value in entries.items():
                 options.add_session_config_entry(key, value)
-            self.sessions[graph] = ort.InferenceSession(str(path), options,
-                                                        providers=["CPUExecutionProvider"])
+            self.sessions[graph] = ort.InferenceSession(
+                str(path), options, providers=["CPUExecutionProvider"]
+            )
 
 
 #: ORT constant-folds weight DequantizeLinear only when QDQ handling is off (see --qdq-variants)
@@ -231,8 +232,9 @@ def _elapsed_ms(started: float) -> float:
     return (time.perf_counter() - started) * 1e3
 
 
-def time_target(model: FamilyModel, target: Target, sentences: Sequence[Sentence],
-                settings: SynthesisSettings) -> tuple[float | None, float | None, float]:
+def time_target(
+    model: FamilyModel, target: Target, sentences: Sequence[Sentence], settings: SynthesisSettings
+) -> tuple[float | None, float | None, float]:
     """Three timings over every sentence, in ms:
 
     - split: the full split loop (encoder, then decoder) as validate runs it, with this artifact's own
@@ -260,8 +262,14 @@ def time_target(model: FamilyModel, target: Target, sentences: Sequence[Sentence
     return split, forced, _elapsed_ms(started)
 
 
-def time_round_robin(model: FamilyModel, targets: list[Target], sentences: Sequence[Sentence],
-                     settings: SynthesisSettings, repeats: int, log: Callable[[str], None]) -> None:
+def time_round_robin(
+    model: FamilyModel,
+    targets: list[Target],
+    sentences: Sequence[Sentence],
+    settings: SynthesisSettings,
+    repeats: int,
+    log: Callable[[str], None],
+) -> None:
     """One warm-up round, then `repeats` rounds; each round visits every target once, starting at a
     different target each time so no precision always runs right after the same neighbour."""
     torch.set_num_threads(1)
@@ -285,12 +293,18 @@ def ort_dynamic_defaults() -> dict[str, str]:
     from onnxruntime.quantization import quantize_dynamic
 
     params = inspect.signature(quantize_dynamic).parameters
-    return {name: str(params[name].default) for name in ("weight_type", "per_channel", "reduce_range",
-                                                          "op_types_to_quantize") if name in params}
+    return {
+        name: str(params[name].default)
+        for name in ("weight_type", "per_channel", "reduce_range", "op_types_to_quantize")
+        if name in params
+    }
 
 
-def ort_dynamic_int8(fp32_primary: Path, out: Path, log: Callable[[str], None],
-                     ) -> tuple[Path, dict[str, Any]]:
+def ort_dynamic_int8(
+    fp32_primary: Path,
+    out: Path,
+    log: Callable[[str], None],
+) -> tuple[Path, dict[str, Any]]:
     """onnxruntime.quantization.quantize_dynamic with its defaults on the fp32 one-graph file."""
     import logging
 
@@ -311,15 +325,20 @@ def ort_dynamic_int8(fp32_primary: Path, out: Path, log: Callable[[str], None],
     ops: dict[str, int] = {}
     for node in onnx.load(str(target), load_external_data=False).graph.node:
         ops[node.op_type] = ops.get(node.op_type, 0) + 1
-    info = {"seconds": seconds, "bytes": target.stat().st_size, "source_bytes": fp32_primary.stat().st_size,
-            "defaults": ort_dynamic_defaults(),
-            "ops": {k: v for k, v in ops.items() if k in REPORTED_OPS}}
+    info = {
+        "seconds": seconds,
+        "bytes": target.stat().st_size,
+        "source_bytes": fp32_primary.stat().st_size,
+        "defaults": ort_dynamic_defaults(),
+        "ops": {k: v for k, v in ops.items() if k in REPORTED_OPS},
+    }
     log(f"ort quantize_dynamic: {_mb(info['source_bytes'])} → {_mb(info['bytes'])} MB in {seconds:.1f}s")
     return target, info
 
 
-def measure_tts_parity(model: FamilyModel, target: Target, sentences: Sequence[Sentence],
-                       settings: SynthesisSettings) -> None:
+def measure_tts_parity(
+    model: FamilyModel, target: Target, sentences: Sequence[Sentence], settings: SynthesisSettings
+) -> None:
     """The target's tts graph against the torch reference's tts graph, worst sentence per figure;
     length_ratio is audio samples (the one-graph file reports no durations), worst |ratio − 1|."""
     dtw, mcd, ratios = [], [], []
@@ -332,9 +351,12 @@ def measure_tts_parity(model: FamilyModel, target: Target, sentences: Sequence[S
         mcd.append(mcd_db(s.reference_tts_audio, audio, model.sample_rate))
         ratios.append(audio.size / s.reference_tts_audio.size)
     total_ref = sum(s.reference_tts_audio.size for s in sentences if s.reference_tts_audio is not None)
-    target.tts_parity = {"logmel_dtw_db": max(dtw), "mcd_db": max(mcd),
-                         "length_ratio": max(ratios, key=lambda r: abs(r - 1.0)),
-                         "total_length_ratio": samples / total_ref}
+    target.tts_parity = {
+        "logmel_dtw_db": max(dtw),
+        "mcd_db": max(mcd),
+        "length_ratio": max(ratios, key=lambda r: abs(r - 1.0)),
+        "total_length_ratio": samples / total_ref,
+    }
     if target.tts_only:
         target.audio_seconds = samples / model.sample_rate
 
@@ -362,12 +384,21 @@ def optimum_status(checkpoint: Path, out: Path, cli: str | None, timeout: float)
     written = out / "model.onnx"
     size = written.stat().st_size if written.is_file() else None
     if proc.returncode == 0:
-        return {"status": "ok", "seconds": seconds, "bytes": size,
-                "line": f"optimum-cli export onnx: ok in {seconds:.1f}s ({_mb(size)} MB model.onnx)"}
+        return {
+            "status": "ok",
+            "seconds": seconds,
+            "bytes": size,
+            "line": f"optimum-cli export onnx: ok in {seconds:.1f}s ({_mb(size)} MB model.onnx)",
+        }
     error = _first_error_line(proc.stderr + proc.stdout)
     left = f", left {_mb(size)} MB model.onnx" if size else ""
-    return {"status": "error", "seconds": seconds, "bytes": size, "error": error,
-            "line": f"optimum-cli export onnx: failed after {seconds:.1f}s{left}: {error}"}
+    return {
+        "status": "error",
+        "seconds": seconds,
+        "bytes": size,
+        "error": error,
+        "line": f"optimum-cli export onnx: failed after {seconds:.1f}s{left}: {error}",
+    }
 
 
 def _first_error_line(text: str) -> str:
@@ -416,8 +447,13 @@ def _spread(values: Sequence[float]) -> float:
 def make_rows(targets: list[Target], manifest: Manifest) -> list[Row]:
     """Medians and same-run ratios, joined with the manifest's sizes and parity figures."""
     by_precision = {a.precision: a for a in manifest.artifacts}
-    med = {t.label: {k: statistics.median(v) if (v := getattr(t, f"{k}_ms")) else None
-                     for k in ("split", "forced", "tts")} for t in targets}
+    med = {
+        t.label: {
+            k: statistics.median(v) if (v := getattr(t, f"{k}_ms")) else None
+            for k in ("split", "forced", "tts")
+        }
+        for t in targets
+    }
     fp32 = med["fp32"]
     ref = med[targets[0].label]
 
@@ -428,24 +464,34 @@ def make_rows(targets: list[Target], manifest: Manifest) -> list[Row]:
     for t in targets:
         m = med[t.label]
         artifact = by_precision.get(t.precision) if t.precision else None
-        rows.append(Row(
-            target=t.label,
-            bytes_total=sum(f.bytes for f in artifact.files if f.path.endswith(".onnx"))
-            if artifact else t.primary_bytes,
-            bytes_primary=artifact.bytes if artifact else t.primary_bytes,
-            bits_per_weight=artifact.bits_per_weight if artifact else None,
-            load_ms=t.load_ms,
-            split_ms=m["split"], split_spread=_spread(t.split_ms) if t.split_ms else None,
-            split_vs_fp32=ratio(m["split"], fp32["split"]), split_vs_torch=ratio(m["split"], ref["split"]),
-            forced_ms=m["forced"], forced_vs_fp32=ratio(m["forced"], fp32["forced"]),
-            tts_ms=m["tts"], tts_spread=_spread(t.tts_ms),
-            tts_vs_fp32=m["tts"] / fp32["tts"], tts_vs_torch=m["tts"] / ref["tts"],
-            audio_seconds=t.audio_seconds,
-            real_time_factor=ratio(m["split"], t.audio_seconds * 1e3) if m["split"] is not None else None,
-            split_ms_all=t.split_ms, forced_ms_all=t.forced_ms, tts_ms_all=t.tts_ms,
-            parity=dict(artifact.parity.metrics) if artifact else {},
-            tts_parity=dict(t.tts_parity),
-        ))
+        rows.append(
+            Row(
+                target=t.label,
+                bytes_total=sum(f.bytes for f in artifact.files if f.path.endswith(".onnx"))
+                if artifact
+                else t.primary_bytes,
+                bytes_primary=artifact.bytes if artifact else t.primary_bytes,
+                bits_per_weight=artifact.bits_per_weight if artifact else None,
+                load_ms=t.load_ms,
+                split_ms=m["split"],
+                split_spread=_spread(t.split_ms) if t.split_ms else None,
+                split_vs_fp32=ratio(m["split"], fp32["split"]),
+                split_vs_torch=ratio(m["split"], ref["split"]),
+                forced_ms=m["forced"],
+                forced_vs_fp32=ratio(m["forced"], fp32["forced"]),
+                tts_ms=m["tts"],
+                tts_spread=_spread(t.tts_ms),
+                tts_vs_fp32=m["tts"] / fp32["tts"],
+                tts_vs_torch=m["tts"] / ref["tts"],
+                audio_seconds=t.audio_seconds,
+                real_time_factor=ratio(m["split"], t.audio_seconds * 1e3) if m["split"] is not None else None,
+                split_ms_all=t.split_ms,
+                forced_ms_all=t.forced_ms,
+                tts_ms_all=t.tts_ms,
+                parity=dict(artifact.parity.metrics) if artifact else {},
+                tts_parity=dict(t.tts_parity),
+            )
+        )
     return rows
 
 
@@ -506,8 +552,11 @@ def format_table(rows: Sequence[Row], columns: Sequence[tuple[str, Callable[[Row
     return "\n".join(lines)
 
 
-def reference_sentences(model: FamilyModel, inputs: Sequence[list[int]], settings: SynthesisSettings,
-                        ) -> tuple[list[Sentence], dict[str, float]]:
+def reference_sentences(
+    model: FamilyModel,
+    inputs: Sequence[list[int]],
+    settings: SynthesisSettings,
+) -> tuple[list[Sentence], dict[str, float]]:
     """The torch reference once per sentence: its durations (for forced timing) and a sanity check
     of its audio, since saturated audio or 1-frame tokens would flatter every figure."""
     torch.set_num_threads(1)
@@ -534,18 +583,26 @@ def reference_sentences(model: FamilyModel, inputs: Sequence[list[int]], setting
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", choices=sorted(SIZES), default="mms")
-    parser.add_argument("--recipe", type=Path,
-                        help="benchmark this recipe (its model must exist) instead of a random checkpoint; "
-                             "adds the ort-dynamic-int8 row")
+    parser.add_argument(
+        "--recipe",
+        type=Path,
+        help="benchmark this recipe (its model must exist) instead of a random checkpoint; "
+        "adds the ort-dynamic-int8 row",
+    )
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds after one warm-up round")
-    parser.add_argument("--out", type=Path,
-                        help="work directory (default scratch/bench/<size>, or scratch/bench/<recipe name>)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="work directory (default scratch/bench/<size>, or scratch/bench/<recipe name>)",
+    )
     parser.add_argument("--json", type=Path, help="also write the rows and run details as JSON here")
     parser.add_argument("--optimum-cli", help="an optimum-cli from another environment to compare against")
     parser.add_argument("--optimum-timeout", type=float, default=1200.0, help="seconds")
-    parser.add_argument("--qdq-variants", action="store_true",
-                        help="also time int8/int4 with ORT's session.disable_quant_qdq=1 "
-                             "(weights folded to fp32 at load)")
+    parser.add_argument(
+        "--qdq-variants",
+        action="store_true",
+        help="also time int8/int4 with ORT's session.disable_quant_qdq=1 (weights folded to fp32 at load)",
+    )
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
@@ -587,8 +644,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         fp32 = next(a for a in manifest.artifacts if a.precision == "fp32")
         dynamic_path, dynamic = ort_dynamic_int8(build / fp32.path, out / "ort-dynamic", log)
         runner, load_ms = _timed_load(lambda: OrtRunner({"tts": dynamic_path}, threads=1))
-        targets.append(Target(ORT_DYNAMIC, None, runner, load_ms, tts_only=True,
-                              primary_bytes=dynamic["bytes"]))
+        targets.append(
+            Target(ORT_DYNAMIC, None, runner, load_ms, tts_only=True, primary_bytes=dynamic["bytes"])
+        )
         for target in targets[1:]:
             measure_tts_parity(model, target, sentences, settings)
         columns = (*COLUMNS, *TTS_COLUMNS)
@@ -603,15 +661,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         optimum = {"status": "skipped", "line": "optimum-cli export: skipped (--recipe)"}
 
     texts = recipe.validation.texts if recipe.validation else list(TEXTS)
-    print(f"voxport ONNX benchmark: {label}, {model.parameters():,} inference parameters, "
-          f"{len(inputs)} sentences ({sum(map(len, inputs))} tokens) per timing, median of {args.repeats} "
-          f"after 1 warm-up, 1 intra-op thread (ORT and torch)")
-    print(f"synthesis settings: noise_scale {settings.noise_scale}, noise_scale_duration "
-          f"{settings.noise_scale_duration}, length_scale {settings.length_scale} "
-          f"(tts graph: scales [0, {settings.length_scale}, 0] for every row)")
-    print(f"reference audio: {sanity['audio_seconds']:.2f}s, peak {sanity['peak']:.3f}, "
-          f"rms {sanity['rms']:.3f}, clipped {sanity['clipped_fraction']:.2%}, "
-          f"{sanity['frames_per_token']:.2f} frames/token")
+    print(
+        f"voxport ONNX benchmark: {label}, {model.parameters():,} inference parameters, "
+        f"{len(inputs)} sentences ({sum(map(len, inputs))} tokens) per timing, median of {args.repeats} "
+        f"after 1 warm-up, 1 intra-op thread (ORT and torch)"
+    )
+    print(
+        f"synthesis settings: noise_scale {settings.noise_scale}, noise_scale_duration "
+        f"{settings.noise_scale_duration}, length_scale {settings.length_scale} "
+        f"(tts graph: scales [0, {settings.length_scale}, 0] for every row)"
+    )
+    print(
+        f"reference audio: {sanity['audio_seconds']:.2f}s, peak {sanity['peak']:.3f}, "
+        f"rms {sanity['rms']:.3f}, clipped {sanity['clipped_fraction']:.2%}, "
+        f"{sanity['frames_per_token']:.2f} frames/token"
+    )
     print()
     print(format_table(rows, columns))
     print()
@@ -619,24 +683,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     if dynamic is not None:
         print(TTS_LEGEND)
         total = next(r for r in rows if r.target == ORT_DYNAMIC).tts_parity["total_length_ratio"]
-        print(f"ort quantize_dynamic: {_mb(dynamic['source_bytes'])} → {_mb(dynamic['bytes'])} MB in "
-              f"{dynamic['seconds']:.1f}s, defaults {dynamic['defaults']}; nodes {dynamic['ops']}; "
-              f"total audio length ratio {total:.4f}")
-    print(f"export stage wall time: {stage_seconds['export']:.1f}s for {len(recipe.precisions)} precisions "
-          f"(convert {stage_seconds['convert']:.1f}s, quantize {stage_seconds['quantize']:.1f}s, "
-          f"validate {stage_seconds['validate']:.1f}s)")
+        print(
+            f"ort quantize_dynamic: {_mb(dynamic['source_bytes'])} → {_mb(dynamic['bytes'])} MB in "
+            f"{dynamic['seconds']:.1f}s, defaults {dynamic['defaults']}; nodes {dynamic['ops']}; "
+            f"total audio length ratio {total:.4f}"
+        )
+    print(
+        f"export stage wall time: {stage_seconds['export']:.1f}s for {len(recipe.precisions)} precisions "
+        f"(convert {stage_seconds['convert']:.1f}s, quantize {stage_seconds['quantize']:.1f}s, "
+        f"validate {stage_seconds['validate']:.1f}s)"
+    )
     print(optimum["line"])
 
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({
-            "size": None if args.recipe else args.size, "recipe": str(args.recipe) if args.recipe else None,
-            "repeats": args.repeats, "parameters": model.parameters(),
-            "texts": list(texts), "tokens": [len(ids) for ids in inputs], "reference": sanity,
-            "settings": asdict(settings), "ort_dynamic": dynamic,
-            "stage_seconds": stage_seconds, "optimum": optimum, "rows": [asdict(r) for r in rows],
-            "versions": {**manifest.tool_versions, "python": platform.python_version()},
-        }, indent=2))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "size": None if args.recipe else args.size,
+                    "recipe": str(args.recipe) if args.recipe else None,
+                    "repeats": args.repeats,
+                    "parameters": model.parameters(),
+                    "texts": list(texts),
+                    "tokens": [len(ids) for ids in inputs],
+                    "reference": sanity,
+                    "settings": asdict(settings),
+                    "ort_dynamic": dynamic,
+                    "stage_seconds": stage_seconds,
+                    "optimum": optimum,
+                    "rows": [asdict(r) for r in rows],
+                    "versions": {**manifest.tool_versions, "python": platform.python_version()},
+                },
+                indent=2,
+            )
+        )
     return 0
 
 

@@ -265,6 +265,7 @@ class _BigModel:
 
     family = "vits"
     sample_rate = 16000
+
     def __init__(self, n: int, rows: int, cols: int) -> None:
         gen = torch.Generator().manual_seed(0)
         self._state = {
