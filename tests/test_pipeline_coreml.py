@@ -154,3 +154,25 @@ def test_predict_agrees_with_the_interpreter_and_torch(built: Path, tiny_vits: o
     assert predicted.shape == reference.shape
     assert waveform_snr_db(reference, predicted) > 60  # Core ML may run fp16 on GPU/ANE
     assert waveform_snr_db(interpreted, predicted) > 60
+
+
+def test_palettized_int4_is_a_recipe_option(built: Path, tiny_vits_dir: Path, tmp_path: Path) -> None:
+    """k-means lookup tables instead of linear codes: other weights (so other audio), still measured."""
+    from voxport.validate.mil import load_mlpackage
+
+    recipe = make_recipe(
+        tiny_vits_dir,
+        formats=["coreml"],
+        precisions=["int4"],
+        export={"coreml": {"compute_precision": "fp32", "palettize": {"int4": {"nbits": 4}}}},
+    )
+    manifest = pipeline.build(recipe, tmp_path)
+    [art] = manifest.artifacts
+    ops = [
+        op.op_type for op in load_mlpackage(tmp_path / art.files[0].path).program.functions["main"].operations
+    ]
+    assert ops.count("constexpr_lut_to_dense") >= 20 and "constexpr_blockwise_shift_scale" not in ops
+    assert 4.0 < art.bits_per_weight < 6.0
+    linear = _artifacts(built)[("coreml", "int4")].parity.metrics  # type: ignore[attr-defined]
+    assert art.parity.metrics["forced_snr_db"] != pytest.approx(linear["forced_snr_db"], abs=0.01)
+    assert art.parity.metrics["forced_snr_db"] > 5  # a real, working 4-bit model
