@@ -1,8 +1,8 @@
 """The content-addressed stage cache: a stage's outputs stored under the hash of everything that made them.
 
-A key is the sha256 of a stage name, the voxport version, the stage's own configuration and the keys
-(or file hashes) of its inputs, so keys chain: a changed checkpoint changes every later key, a changed
-export option changes only export's and validate's. An entry is a directory holding copies of the files
+A key is the sha256 of a stage name, the voxport code (version + source hash), the stage's own
+configuration and the keys (or file hashes) of its inputs, so keys chain: a changed checkpoint
+changes every later key, a changed export option changes only export's and validate's. An entry is a directory holding copies of the files
 the stage wrote (paths relative to the build directory) and a JSON `result`:
 
     <cache>/<key[:2]>/<key>/files/...     the outputs
@@ -17,6 +17,7 @@ too, so a half-restored artifact never looks finished.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -33,11 +34,24 @@ from voxport.io import atomic_path, sha256_path, to_jsonable
 ENV_CACHE_DIR = "VOXPORT_CACHE_DIR"
 
 
+@functools.cache
+def code_fingerprint() -> str:
+    """The voxport version plus a hash of the package's own source files.
+
+    The version alone would let a development checkout (or a patched install) restore artifacts that
+    older code wrote; hashing ~100 small files costs milliseconds and makes any code change a miss."""
+    root = Path(__file__).parent
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return f"{__version__}+{digest.hexdigest()[:16]}"
+
+
 def stage_key(stage: str, config: Any, inputs: Iterable[str] = ()) -> str:
-    """sha256 over the stage name, voxport version, JSON of `config` and the input keys/hashes."""
+    """sha256 over the stage name, voxport code, JSON of `config` and the input keys/hashes."""
     payload = {
         "stage": stage,
-        "voxport": __version__,
+        "voxport": code_fingerprint(),
         "config": to_jsonable(config),
         "inputs": list(inputs),
     }
