@@ -2,8 +2,9 @@
 
 A key is the sha256 of a stage name, the voxport code (version + source hash), the stage's own
 configuration and the keys (or file hashes) of its inputs, so keys chain: a changed checkpoint
-changes every later key, a changed export option changes only export's and validate's. An entry is a directory holding copies of the files
-the stage wrote (paths relative to the build directory) and a JSON `result`:
+changes every later key, a changed export option changes only export's and validate's. An entry is a
+directory holding copies of the files the stage wrote (paths relative to the build directory) and a
+JSON `result`:
 
     <cache>/<key[:2]>/<key>/files/...     the outputs
     <cache>/<key[:2]>/<key>/entry.json    {"stage", "files": [...], "result": ...}, written last
