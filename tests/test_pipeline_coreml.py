@@ -176,3 +176,15 @@ def test_palettized_int4_is_a_recipe_option(built: Path, tiny_vits_dir: Path, tm
     linear = _artifacts(built)[("coreml", "int4")].parity.metrics  # type: ignore[attr-defined]
     assert art.parity.metrics["forced_snr_db"] != pytest.approx(linear["forced_snr_db"], abs=0.01)
     assert art.parity.metrics["forced_snr_db"] > 5  # a real, working 4-bit model
+
+
+def test_unknown_graph_in_graph_compute_precision_is_named(tiny_vits_dir: Path, tmp_path: Path) -> None:
+    recipe = make_recipe(
+        tiny_vits_dir,
+        formats=["coreml"],
+        precisions=["fp32"],
+        export={"coreml": {"graph_compute_precision": {"vocoder": "fp32"}}},
+    )
+    with pytest.raises(BadInput, match="no Core ML graph vocoder .vits has encoder, decoder."):
+        pipeline.build(recipe, tmp_path)
+    assert not list(tmp_path.rglob("*.mlpackage"))

@@ -349,6 +349,9 @@ class CoremlExportConfig(_Base):
 
     target: CoremlTarget = "iOS18"
     compute_precision: Literal["fp16", "fp32"] = "fp16"
+    #: graph name -> compute precision for that graph only (e.g. {encoder: fp32}: fp16 activations in a
+    #: text encoder can flip rounded durations, while the vocoder is where fp16 saves the time)
+    graph_compute_precision: dict[NonEmptyStr, Literal["fp16", "fp32"]] = Field(default_factory=dict)
     #: precision -> palettize weights of that artifact instead of using its linear int codes
     palettize: dict[Precision, PalettizeConfig] = Field(default_factory=dict)
     #: the largest token count (and, for graphs with a frame axis, frame count) a model accepts

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
+from voxport.errors import BadInput
 from voxport.families.base import FamilyModel, Runner
 from voxport.quantize.stage import QuantizedModel
 from voxport.recipe import Recipe
@@ -139,6 +140,7 @@ class CoremlFormat:
         return {
             "target": c.target,
             "compute_precision": c.compute_precision,
+            "graph_compute_precision": dict(sorted(c.graph_compute_precision.items())),
             "palettize": palette.model_dump() if palette else None,
             "max_tokens": c.max_tokens,
             "max_frames": c.max_frames,
@@ -159,15 +161,22 @@ class CoremlFormat:
         state = model.state_dict()
         files: dict[str, str] = {}
         results, stored_bits, elements = [], 0.0, 0
-        for spec in model.graphs():
-            if spec.value_dependent_shapes:
-                continue
+        graphs = [g for g in model.graphs() if not g.value_dependent_shapes]
+        unknown = sorted(set(c.graph_compute_precision) - {g.name for g in graphs})
+        if unknown:
+            raise BadInput(
+                f"export.coreml.graph_compute_precision: no Core ML graph {', '.join(unknown)} "
+                f"({model.family} has {', '.join(g.name for g in graphs)})"
+            )
+        precisions = {g.name: c.graph_compute_precision.get(g.name, c.compute_precision) for g in graphs}
+        for spec in graphs:
+            compute = precisions[spec.name]
             bounds = {"tokens": (1, c.max_tokens), "frames": (1, c.max_frames)}
             axes = {a for n in spec.input_names for a in spec.dynamic_axes.get(n, {}).values()}
             program = to_program(
                 spec,
                 target=c.target,
-                compute_precision=c.compute_precision,
+                compute_precision=compute,
                 flexible={a: bounds[a] for a in axes if a in bounds},
             )
             if palette is None:
@@ -177,7 +186,7 @@ class CoremlFormat:
                     program,
                     qm.weights,
                     state,
-                    fp16_scales="round" if c.compute_precision == "fp16" else "exact",
+                    fp16_scales="round" if compute == "fp16" else "exact",
                 )
                 results.append(result)
                 rows = [*result.placed.values(), *result.kept.values(), *result.dense.values()]
@@ -193,7 +202,7 @@ class CoremlFormat:
                     **spec.metadata,
                     "family": model.family,
                     "precision": qm.precision,
-                    "compute_precision": c.compute_precision,
+                    "compute_precision": compute,
                     "recipe": recipe.name,
                 },
             )
@@ -216,7 +225,7 @@ class CoremlFormat:
             "bits_per_weight": bits,
             "skipped_weights": skipped,
             "target": c.target,
-            "compute_precision": c.compute_precision,
+            "compute_precision": precisions,
         }
 
     def runner(self, model: FamilyModel, entry: dict[str, Any], out: Path) -> Runner:

@@ -493,8 +493,8 @@ def _compress(
                 continue
             if not _place_quantized(name, stored, found[name], ios18, result, round16, dense):
                 computed = True
-        else:
-            _keep_float(name, np.asarray(stored), found[name], result)
+        elif _keep_float(name, np.asarray(stored), found[name], result):
+            computed = True
 
     for name, stored in weights.items():
         if isinstance(stored, QuantizedTensor) and name not in found:
@@ -645,25 +645,31 @@ def _in_layout(value: np.ndarray, layout: str) -> np.ndarray:
     return value
 
 
-def _keep_float(name: str, stored: np.ndarray, ops: list[tuple[Any, str]], result: CompressionResult) -> None:
+def _keep_float(name: str, stored: np.ndarray, ops: list[tuple[Any, str]], result: CompressionResult) -> bool:
+    """Store a weight the plan kept as a float at its stored precision; True if a cast now computes it.
+
+    An fp16-stored weight in an fp32 program is an fp16 const plus a `cast` to fp32 (as ONNX stores
+    it), half the bytes of the fp32 const coremltools would write, with identical values; where the
+    consumer needs a const weight (dilated conv, conv_transpose) it stays an fp32 const."""
     from coremltools.converters.mil import Builder as mb
 
     itemsize = 4
     new_ops = []
+    computed = False
     for op, layout in ops:
         current = op.outputs[0].val
-        value = stored.astype(current.dtype)
-        if layout == TRANSPOSE:
-            value = value.T
-        elif layout == SWAP01:
-            value = np.swapaxes(value, 0, 1)
+        half = stored.dtype == np.float16 and current.dtype == np.float32 and _const_only_consumer(op) is None
+        value = _in_layout(stored.astype(np.float16 if half else current.dtype), layout)
         value = np.ascontiguousarray(value).reshape(current.shape)
-        itemsize = current.dtype.itemsize
-        if np.array_equal(value, current):
+        itemsize = value.dtype.itemsize
+        if not half and np.array_equal(value, current):
             new_ops.append(op.name)
             continue
         with op.enclosing_block:
             var = mb.const(val=value, before_op=op, name=mil_name(f"{op.name}_stored"))
+            if half:
+                var = mb.cast(x=var, dtype="fp32", before_op=op, name=mil_name(f"{op.name}_fp32"))
+                computed = True
         _replace(op, var)
         new_ops.append(var.op.name)
     elements = int(stored.size)
@@ -672,10 +678,11 @@ def _keep_float(name: str, stored: np.ndarray, ops: list[tuple[Any, str]], resul
         const_ops=tuple(op.name for op, _ in ops),
         new_ops=tuple(new_ops),
         layout=ops[0][1],
-        encoding=f"const fp{8 * itemsize}",
+        encoding=f"const fp{8 * itemsize}" + (" + cast" if computed else ""),
         stored_bits=elements * 8 * itemsize,
         elements=elements,
     )
+    return computed
 
 
 def unplaced_across(
