@@ -37,14 +37,18 @@ ENV_CACHE_DIR = "VOXPORT_CACHE_DIR"
 
 @functools.cache
 def code_fingerprint() -> str:
-    """The voxport version plus a hash of the package's own source files.
+    """The voxport version, a hash of the package's own source files, and the versions of the tools
+    that shape artifact bytes and figures (torch, onnxruntime, coremltools, piper-tts, ...).
 
     The version alone would let a development checkout (or a patched install) restore artifacts that
     older code wrote; hashing ~100 small files costs milliseconds and makes any code change a miss."""
+    from voxport.manifest import tool_versions
+
     root = Path(__file__).parent
     digest = hashlib.sha256()
     for path in sorted(root.rglob("*.py")):
         digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    digest.update(json.dumps(tool_versions(), sort_keys=True).encode())
     return f"{__version__}+{digest.hexdigest()[:16]}"
 
 

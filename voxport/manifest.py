@@ -24,7 +24,16 @@ MANIFEST_NAME = "manifest.json"
 # validate always reports these, None when a metric does not apply (e.g. waveform SNR with unequal lengths)
 REQUIRED_METRICS: tuple[str, ...] = ("snr_db", "logmel_dtw_db", "mcd_db", "duration_match", "length_ratio")
 
-_TOOL_PACKAGES = ("torch", "onnx", "onnxruntime", "transformers", "numpy", "coremltools", "gguf")
+_TOOL_PACKAGES = (
+    "torch",
+    "onnx",
+    "onnxruntime",
+    "transformers",
+    "numpy",
+    "coremltools",
+    "gguf",
+    "piper-tts",
+)
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
 
 

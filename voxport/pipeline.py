@@ -19,6 +19,7 @@ the units it depends on first (cached ones cost a copy), like `make`.
 from __future__ import annotations
 
 import re
+import sys
 import time
 from collections.abc import Callable
 from functools import cached_property
@@ -185,11 +186,14 @@ class Build:
 
     @cached_property
     def key_reference(self) -> str:
-        return stage_key("reference", self._measure_config(), [self.source_hash, self.key_convert])
+        """The reference is the unpruned source model: pruning does not change it."""
+        config = {"measure": self._measure_config(), "family": self.recipe.family}
+        return stage_key("reference", config, [self.source_hash])
 
     def key_validate(self, fmt: str, precision: str) -> str:
-        inputs = [self.key_export(fmt, precision), self.key_reference]
-        return stage_key("validate", self._measure_config(), inputs)
+        # the platform picks the runtime for some formats (Core ML predict on macOS, else the interpreter)
+        config = {"measure": self._measure_config(), "platform": sys.platform}
+        return stage_key("validate", config, [self.key_export(fmt, precision), self.key_reference])
 
     @cached_property
     def key_phrases(self) -> str:
@@ -505,10 +509,8 @@ class Build:
         return manifest
 
     def _render_report(self) -> None:
-        try:
-            from voxport.validate.report_html import render_report
-        except ImportError:  # pragma: no cover - the renderer is part of the package
-            return
+        from voxport.validate.report_html import render_report
+
         with self.progress.task("report.html"):
             render_report(self.out)
 
