@@ -303,6 +303,17 @@ class _Emitter:
         self.root = ""
         self.bits = 0
 
+    def _finish(self, var: Any, cast_after: bool, const_shape: tuple[int, ...]) -> Any:
+        """The common tail: the fp16 cast (fp32 scales in an fp16 program), then the const's shape."""
+        mb, op = self.mb, self.op
+        if cast_after:
+            var = mb.cast(x=var, dtype="fp16", before_op=op, name=f"{self.name}_fp16")
+        if tuple(var.shape) != tuple(const_shape):
+            var = mb.reshape(
+                x=var, shape=np.asarray(const_shape, np.int32), before_op=op, name=f"{self.name}_as_const"
+            )
+        return var
+
     def blockwise(self, q: QuantizedTensor, layout: str, const_shape: tuple[int, ...], fp16: bool) -> Any:
         from coremltools.converters.mil.mil import types
 
@@ -363,13 +374,7 @@ class _Emitter:
                 var = mb.transpose(
                     x=var, perm=np.asarray(arg, np.int32), before_op=op, name=f"{self.name}_perm"
                 )
-        if cast_after:
-            var = mb.cast(x=var, dtype="fp16", before_op=op, name=f"{self.name}_fp16")
-        if tuple(var.shape) != tuple(const_shape):
-            var = mb.reshape(
-                x=var, shape=np.asarray(const_shape, np.int32), before_op=op, name=f"{self.name}_as_const"
-            )
-        return var
+        return self._finish(var, cast_after, const_shape)
 
     def affine_int8(self, q: QuantizedTensor, layout: str, const_shape: tuple[int, ...], fp16: bool) -> Any:
         """iOS16 ``constexpr_affine_dequantize``: int8 per-channel only (checked by the caller)."""
@@ -393,13 +398,7 @@ class _Emitter:
             before_op=op,
             name=self.root,
         )
-        if cast_after:
-            var = mb.cast(x=var, dtype="fp16", before_op=op, name=f"{self.name}_fp16")
-        if tuple(var.shape) != tuple(const_shape):
-            var = mb.reshape(
-                x=var, shape=np.asarray(const_shape, np.int32), before_op=op, name=f"{self.name}_as_const"
-            )
-        return var
+        return self._finish(var, cast_after, const_shape)
 
 
 def _check_target(program: Any, weights: Mapping[str, Stored]) -> bool:
