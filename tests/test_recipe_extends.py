@@ -95,3 +95,28 @@ def test_schema_knows_the_new_sections() -> None:
     defs = schema["$defs"]
     assert set(defs["CoremlExportConfig"]["properties"]) >= {"target", "compute_precision", "palettize"}
     assert "watchOS11" in str(defs["CoremlExportConfig"]["properties"]["target"])
+
+
+DEVICES = {
+    "iphone-15-pro": (["coreml"], ["int4"], "iOS18"),
+    "apple-watch-ultra-2": (["coreml"], ["int4"], "watchOS11"),
+    "pixel-8": (["onnx", "gguf"], ["int8", "int4"], None),
+    "wear-os-watch": (["onnx"], ["int8"], None),
+    "raspberry-pi-5": (["onnx", "gguf"], ["int8"], None),
+    "desktop-x86": (["onnx", "gguf", "coreml"], ["fp16", "int8"], "macOS15"),
+}
+
+
+@pytest.mark.parametrize("device", sorted(DEVICES))
+def test_device_recipes_build_on_the_bundled_voice_and_say_why(device: str) -> None:
+    path = Path(__file__).parents[1] / "recipes" / f"{device}.yaml"
+    assert path.read_text().startswith("# "), "a device recipe opens with a comment saying why"
+    recipe = load_recipe(path)
+    formats, precisions, target = DEVICES[device]
+    assert (recipe.name, recipe.formats, recipe.precisions) == (device, formats, precisions)
+    assert recipe.model.name == "joe-checkpoint" and recipe.extends == "joe-medium.yaml"
+    assert recipe.validation is not None and len(recipe.validation.texts) == 3  # inherited sentences
+    if target is not None:
+        assert recipe.export.coreml.target == target
+    if "watch" in device:
+        assert recipe.phrases is not None and recipe.prune, "watches prune and pre-render phrases"
