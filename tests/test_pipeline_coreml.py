@@ -99,6 +99,21 @@ def test_xcode_metadata(built: Path) -> None:
     assert spec.specificationVersion >= 9  # iOS18
 
 
+def test_inspect_shows_ranges_compression_and_metadata(built: Path) -> None:
+    from voxport.inspect import inspect_path
+    from voxport.io import sha256_path
+
+    package = built / "coreml" / "tiny.int4.encoder.mlpackage"
+    before = sha256_path(package)
+    info = inspect_path(package)
+    assert sha256_path(package) == before  # inspecting never rewrites the package
+    assert info["kind"] == "coreml" and info["specification_version"] >= 9
+    assert info["inputs"]["input_ids"] == ["1", "1..512"]  # the recipe's max_tokens
+    assert info["compressed_weight_ops"]["constexpr_blockwise_shift_scale"] >= 20
+    assert 4.0 < info["bits_per_weight"] < 8.0
+    assert info["user_defined_metadata"]["precision"] == "int4" and info["author"] == "voxport"
+
+
 def test_verify_loads_every_package(built: Path) -> None:
     from voxport.verify import verify_dir
 

@@ -30,6 +30,8 @@ def inspect_path(path: Path, *, trust_pickle: bool = False) -> dict[str, Any]:
         return _inspect_build(path)
     if path.suffix == ".onnx":
         return _inspect_onnx(path)
+    if path.suffix == ".mlpackage":
+        return _inspect_mlpackage(path)
     if path.suffix == ".gguf":
         from voxport.export.gguf.reader import describe_gguf
 
@@ -99,6 +101,59 @@ def _inspect_onnx(path: Path) -> dict[str, Any]:
         "dequantize_nodes": ops.get("DequantizeLinear", 0),
         "nodes": sum(ops.values()),
     }
+
+
+def _inspect_mlpackage(path: Path) -> dict[str, Any]:
+    """Read through voxport's own MIL loader (coremltools' `load_spec` rewrites Manifest.json)."""
+    import numpy as np
+
+    from voxport.export.coreml.metadata import read_metadata
+    from voxport.io import path_size
+    from voxport.validate.mil import load_mlpackage
+
+    package = load_mlpackage(path)
+    ops: Counter[str] = Counter()
+    weights = 0
+    for function in package.program.functions.values():
+        for op in function.operations:
+            ops[op.op_type] += 1
+            out = op.outputs[0]
+            feeds_constexpr = any(c.op_type.startswith("constexpr_") for c in out.child_ops)
+            is_weight = op.op_type.startswith("constexpr_") or (op.op_type == "const" and not feeds_constexpr)
+            if is_weight and len(out.shape) >= 2:  # weights, not scalars, scales or the codes behind them
+                weights += int(np.prod([int(d) for d in out.shape]))
+    weight_file = path / "Data" / "com.apple.CoreML" / "weights" / "weight.bin"
+    weight_bytes = weight_file.stat().st_size if weight_file.is_file() else 0
+    return {
+        "kind": "coreml",
+        "path": str(path),
+        "bytes": path_size(path),
+        "specification_version": package.specification_version,
+        "inputs": _coreml_input_ranges(package.spec),
+        "outputs": package.output_names,
+        **read_metadata(package.spec),
+        "weight_elements": weights,
+        "bits_per_weight": round(8 * weight_bytes / max(weights, 1), 3),
+        "compressed_weight_ops": {k: v for k, v in ops.items() if k.startswith("constexpr_")},
+        "ops": sum(ops.values()),
+    }
+
+
+def _coreml_input_ranges(spec: Any) -> dict[str, list[str]]:
+    """Each input's dimensions as Core ML accepts them: `n` fixed, `lo..hi` for a RangeDim."""
+    out = {}
+    for feature in spec.description.input:
+        array = feature.type.multiArrayType
+        ranges = array.shapeRange.sizeRanges
+        if ranges:
+            dims = [
+                str(r.lowerBound) if r.lowerBound == r.upperBound else f"{r.lowerBound}..{r.upperBound}"
+                for r in ranges
+            ]
+        else:
+            dims = [str(d) for d in array.shape]
+        out[feature.name] = dims
+    return out
 
 
 def _inspect_build(path: Path) -> dict[str, Any]:
