@@ -34,9 +34,12 @@ def test_readme_main_job_builds_the_bundled_recipe(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     manifest = json.loads(result.stdout)
     assert manifest["passed"]
-    assert [a["precision"] for a in manifest["artifacts"]] == ["fp32", "fp16", "int8", "int4"]
-    sizes = [sum(f["bytes"] for f in a["files"]) for a in manifest["artifacts"]]
-    assert sizes == sorted(sizes, reverse=True)
+    for fmt in ("onnx", "gguf"):
+        artifacts = [a for a in manifest["artifacts"] if a["format"] == fmt]
+        assert [a["precision"] for a in artifacts] == ["fp32", "fp16", "int8", "int4"]
+        sizes = [sum(f["bytes"] for f in a["files"]) for a in artifacts]
+        assert sizes == sorted(sizes, reverse=True), (fmt, sizes)
+    assert (work / "build" / "demo" / "report.html").is_file()
 
 
 #: transformers' VitsConfig defaults (the MMS-TTS size), spelled out so the test does not drift
