@@ -24,27 +24,6 @@ def write_recipe(path: Path, model: Path, extra: str = "", precisions: str = "[f
     return path
 
 
-def test_every_command_has_help_with_an_example() -> None:
-    for command in (
-        ["build"],
-        ["convert"],
-        ["quantize"],
-        ["export"],
-        ["validate"],
-        ["inspect"],
-        ["demo"],
-        ["import", "piper"],
-        ["say"],
-        ["recipes", "check"],
-        ["recipes", "schema"],
-        ["plan"],
-        ["verify"],
-    ):
-        result = runner.invoke(app, [*command, "--help"])
-        assert result.exit_code == 0, command
-        assert "Example: voxport" in result.output, command
-
-
 def test_build_prints_a_table_and_json(tiny_vits_dir: Path, tmp_path: Path) -> None:
     recipe = write_recipe(tmp_path / "r.yaml", tiny_vits_dir)
     result = runner.invoke(app, ["build", str(recipe), "--out", str(tmp_path / "out"), "--quiet"])

@@ -150,28 +150,35 @@ def test_usage_error_with_json_still_prints_json() -> None:
     assert json_doc(result)["exit_code"] == 2
 
 
-def test_every_command_takes_json_and_quiet() -> None:
-    commands = [
-        ["build"],
-        ["convert"],
-        ["quantize"],
-        ["export"],
-        ["validate"],
-        ["inspect"],
-        ["demo"],
-        ["import", "piper"],
-        ["say"],
-        ["recipes", "check"],
-        ["recipes", "schema"],
-        ["plan"],
-        ["verify"],
-    ]
+def _all_commands() -> list[list[str]]:
+    """Every leaf command of the CLI, read from the app itself so a new command cannot be missed."""
+    import typer
+
+    found: list[list[str]] = []
+
+    def walk(command: object, path: list[str]) -> None:
+        children = getattr(command, "commands", None)
+        if children is None:
+            found.append(path)
+            return
+        for name, child in children.items():
+            walk(child, [*path, name])
+
+    walk(typer.main.get_command(app), [])
+    return found
+
+
+def test_every_command_takes_json_and_quiet_and_has_an_example() -> None:
+    commands = _all_commands()
+    stages = [["build"], ["convert"], ["quantize"], ["export"], ["validate"]]
+    assert {"plan", "verify", "say", "inspect", "demo"} <= {c[0] for c in commands}
+    assert all(stage in commands for stage in stages)
     for command in commands:
         result = runner.invoke(app, [*command, "--help"], env={"COLUMNS": "200"})
         assert result.exit_code == 0, command
         assert "--json" in result.stdout and "--quiet" in result.stdout, command
         assert "Example: voxport" in result.stdout, command
-    for command in commands[:5]:
+    for command in stages:
         help_text = runner.invoke(app, [*command, "--help"], env={"COLUMNS": "200"}).stdout
         assert "--force" in help_text and "--cache-dir" in help_text, command
 
