@@ -188,6 +188,8 @@ def test_palettized_int4_is_a_recipe_option(built: Path, tiny_vits_dir: Path, tm
     ]
     assert ops.count("constexpr_lut_to_dense") >= 20 and "constexpr_blockwise_shift_scale" not in ops
     assert 4.0 < art.bits_per_weight < 6.0
+    # weights of the other graph are not "skipped": only what no graph palettized would be
+    assert not [w for w in art.skipped_weights if w.get("stored") == "absent"]
     linear = _artifacts(built)[("coreml", "int4")].parity.metrics  # type: ignore[attr-defined]
     assert art.parity.metrics["forced_snr_db"] != pytest.approx(linear["forced_snr_db"], abs=0.01)
     assert art.parity.metrics["forced_snr_db"] > 5  # a real, working 4-bit model

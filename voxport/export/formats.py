@@ -16,6 +16,7 @@ from typing import Any, Protocol
 from voxport.errors import BadInput
 from voxport.families.base import FamilyModel, Runner
 from voxport.quantize.stage import QuantizedModel
+from voxport.quantize.tensor import QuantizedTensor
 from voxport.recipe import Recipe
 
 #: bits ONNX spends per scale (float32 holding fp16-exact values, see export/onnx/weights.py)
@@ -169,9 +170,9 @@ class CoremlFormat:
                 f"({model.family} has {', '.join(g.name for g in graphs)})"
             )
         precisions = {g.name: c.graph_compute_precision.get(g.name, c.compute_precision) for g in graphs}
+        bounds = {"tokens": (1, c.max_tokens), "frames": (1, c.max_frames)}
         for spec in graphs:
             compute = precisions[spec.name]
-            bounds = {"tokens": (1, c.max_tokens), "frames": (1, c.max_frames)}
             axes = {a for n in spec.input_names for a in spec.dynamic_axes.get(n, {}).values()}
             program = to_program(
                 spec,
@@ -215,7 +216,18 @@ class CoremlFormat:
             files[spec.name] = _rel(path, out)
         if palette is not None:
             bits = sum(r.bits_per_weight for r in results) / max(len(results), 1)
-            skipped = qm.skipped_weights() + [u for r in results for u in r.unplaced]
+            # each graph holds only its own weights: skipped means palettized by no graph
+            done = set().union(*(r.palettized for r in results))
+            skipped = qm.skipped_weights() + [
+                {
+                    "name": name,
+                    "requested": f"int{value.bits}",
+                    "stored": "absent",
+                    "reason": "not found as a const op in any Core ML graph",
+                }
+                for name, value in qm.weights.items()
+                if isinstance(value, QuantizedTensor) and name not in done
+            ]
         else:
             bits = stored_bits / max(elements, 1)
             skipped = qm.skipped_weights() + unplaced_across(qm.weights, results)
