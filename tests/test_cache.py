@@ -208,3 +208,22 @@ def test_sigkilled_builds_resume_to_identical_artifacts(
     assert verify_files(out, resumed) == []
     assert [a.sha256 for a in resumed.artifacts] == [a.sha256 for a in clean.artifacts]  # type: ignore[attr-defined]
     assert not [p for p in out.rglob("*") if ".tmp-" in p.name and "cache" not in p.parts]
+
+
+def test_prune_cache_keeps_exactly_what_the_build_used(
+    first: tuple[Path, list[str], object], tiny_vits_dir: Path, tmp_path: Path
+) -> None:
+    out, _, _ = first
+    work = tmp_path / "out"
+    shutil.copytree(out, work)
+    cache = work / "stages" / "cache"
+    before = {p.name for p in cache.glob("*/*") if p.is_dir()}
+    changed = make_recipe(tiny_vits_dir, export={"gguf": {"types": {"int4": {"*": "Q4_K"}}}})
+    lines, _ = run(changed, work, prune_cache=True)
+    after = {p.name for p in cache.glob("*/*") if p.is_dir()}
+    assert len(after) == len(ALL_UNITS)  # one entry per unit of this build, nothing else
+    assert len(before - after) == 2  # the old gguf int4 export and its validation are gone
+    assert any(line.startswith("cache: pruned 2 unused entries") for line in lines), lines
+    # the original recipe now misses exactly those two units again
+    again, _ = run(make_recipe(tiny_vits_dir), work)
+    assert ALL_UNITS - cached_units(again) == {"export gguf int4", "validate gguf int4"}

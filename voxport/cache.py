@@ -77,6 +77,8 @@ class StageCache:
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
+        #: keys this process read or wrote: what `prune` keeps
+        self.touched: set[str] = set()
         self._sweep()
 
     def _sweep(self) -> None:
@@ -100,6 +102,7 @@ class StageCache:
             return None
         if not all((entry_dir / "files" / rel).exists() for rel in entry.get("files", [])):
             return None
+        self.touched.add(key)
         return entry
 
     def restore(self, key: str, out: Path) -> Any:
@@ -119,6 +122,7 @@ class StageCache:
 
         A no-op if the entry exists, unless `replace` (`--force` rebuilds repair a damaged cache)."""
         final = self._dir(key)
+        self.touched.add(key)
         if not replace and self.get(key) is not None:
             return
         final.parent.mkdir(parents=True, exist_ok=True)
@@ -135,6 +139,21 @@ class StageCache:
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
+
+    def prune(self, keep: set[str]) -> tuple[int, int]:
+        """Delete every entry not in `keep`; return (entries removed, bytes freed).
+
+        A CI cache restored from an older run holds entries that no current key can hit (older code,
+        older options); saving it again unpruned would grow it with every change."""
+        removed, freed = 0, 0
+        if not self.root.is_dir():
+            return removed, freed
+        for entry in sorted(self.root.glob("*/*")):
+            if entry.is_dir() and entry.name not in keep and not entry.name.startswith("."):
+                freed += sum(p.stat().st_size for p in entry.rglob("*") if p.is_file())
+                shutil.rmtree(entry, ignore_errors=True)
+                removed += 1
+        return removed, freed
 
 
 def _copy_tree_or_file(src: Path, dst: Path) -> None:

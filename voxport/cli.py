@@ -52,6 +52,10 @@ JsonOpt = Annotated[
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or info lines on stderr.")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Ignore the stage cache: recompute every stage.")]
+PruneCacheOpt = Annotated[
+    bool,
+    typer.Option("--prune-cache", help="After the build, delete cache entries it did not use (CI caches)."),
+]
 CacheDirOpt = Annotated[
     Path | None,
     typer.Option(
@@ -220,6 +224,7 @@ def build(
     quiet: QuietOpt = False,
     force: ForceOpt = False,
     cache_dir: CacheDirOpt = None,
+    prune_cache: PruneCacheOpt = False,
 ) -> None:
     """Run every stage of RECIPE: convert → quantize → export → validate. Exit 1 if parity fails.
 
@@ -227,7 +232,9 @@ def build(
 
     Example: voxport build recipes/demo-tiny-vits.yaml --out build/demo --cache-dir .voxport-cache
     """
-    _, manifest, o = _stage("build", recipe, out_dir, quiet, as_json, force=force, cache_dir=cache_dir)
+    _, manifest, o = _stage(
+        "build", recipe, out_dir, quiet, as_json, force=force, cache_dir=cache_dir, prune_cache=prune_cache
+    )
     _finish(manifest, o, as_json)
 
 

@@ -620,9 +620,17 @@ def build(
     *,
     force: bool = False,
     cache_dir: Path | None = None,
+    prune_cache: bool = False,
 ) -> Manifest:
-    """All stages in order. Format support and the validate section are checked before any work."""
+    """All stages in order. Format support and the validate section are checked before any work.
+
+    `prune_cache` then deletes every cache entry this build did not use (for a per-recipe CI cache)."""
     check_supported(recipe)
     if recipe.validation is None:
         raise BadInput("the recipe has no validate: section; add validate.texts or validate.ids")
-    return Build(recipe, out, progress, force=force, cache_dir=cache_dir).validate()
+    run = Build(recipe, out, progress, force=force, cache_dir=cache_dir)
+    manifest = run.validate()
+    if prune_cache:
+        removed, freed = run.cache.prune(run.cache.touched)
+        run.progress.log(f"cache: pruned {removed} unused entries ({freed / 1e6:.1f} MB)")
+    return manifest
