@@ -87,7 +87,7 @@ def _artifact(
         }
         sentences.append(SentenceParity(label=label, tokens=len(ids), metrics=metrics))
         entries.append({"input": label, "tokens": len(ids), "metrics": metrics, "audio": rel})
-    agg = aggregate(sentences)
+    agg = aggregate([s.metrics for s in sentences])
     failures = check(agg, thresholds)
     return {
         "format": fmt,

@@ -452,7 +452,7 @@ class Build:
         for entry in index:
             measured = self.measure(entry)
             sentences = measured["sentences"]
-            metrics = aggregate([_Sentence(s["metrics"]) for s in sentences])
+            metrics = aggregate([s["metrics"] for s in sentences])
             thresholds = self.recipe.validation.thresholds_for(entry["precision"])
             failures = check(metrics, thresholds)
             verdict = "pass" if not failures else "FAIL: " + "; ".join(failures)
@@ -513,13 +513,6 @@ class Build:
 
         with self.progress.task("report.html"):
             render_report(self.out)
-
-
-class _Sentence:
-    """The shape `aggregate` reads (cached units come back as plain dicts)."""
-
-    def __init__(self, metrics: dict[str, float | None]) -> None:
-        self.metrics = metrics
 
 
 def validation_inputs(recipe: Recipe, model: FamilyModel) -> list[tuple[str, list[int]]]:

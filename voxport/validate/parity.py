@@ -31,17 +31,6 @@ class SentenceParity:
     audio: dict[str, np.ndarray] = field(default_factory=dict)
 
 
-@dataclass
-class ArtifactParity:
-    metrics: dict[str, float | None]
-    sentences: list[SentenceParity]
-    failures: list[str] = field(default_factory=list)
-
-    @property
-    def passed(self) -> bool:
-        return not self.failures
-
-
 class Reference:
     """The fp32 torch reference, synthesised once per sentence and shared by every artifact."""
 
@@ -128,12 +117,13 @@ def measure_sentence(
     )
 
 
-def aggregate(sentences: Sequence[SentenceParity]) -> dict[str, float | None]:
-    """Worst case over sentences in each metric's own direction; None if any sentence lacks it
-    (e.g. waveform SNR when one sentence's length changed), so a threshold on it cannot pass blindly."""
+def aggregate(sentences: Sequence[Mapping[str, float | None]]) -> dict[str, float | None]:
+    """Worst case over the sentences' metrics in each metric's own direction; None if any sentence
+    lacks it (e.g. waveform SNR when one sentence's length changed), so a threshold on it cannot pass
+    blindly. Takes plain metric mappings: cached validate units come back as JSON."""
     out: dict[str, float | None] = {}
     for name, direction in METRIC_DIRECTIONS.items():
-        values = [s.metrics.get(name) for s in sentences]
+        values = [s.get(name) for s in sentences]
         if not values or any(v is None for v in values):
             out[name] = None
         elif direction == "min":
@@ -155,14 +145,3 @@ def check(metrics: Mapping[str, float | None], thresholds: Mapping[str, Threshol
             failures.append(f"{name} = {shown}, needs {threshold.describe()}")
     return failures
 
-
-def measure_artifact(
-    model: FamilyModel,
-    runner: Runner,
-    reference: Reference,
-    inputs: Sequence[tuple[str, Sequence[int]]],
-    thresholds: Mapping[str, Threshold],
-) -> ArtifactParity:
-    sentences = [measure_sentence(model, runner, reference, ids, label) for label, ids in inputs]
-    metrics = aggregate(sentences)
-    return ArtifactParity(metrics=metrics, sentences=sentences, failures=check(metrics, thresholds))
