@@ -258,7 +258,11 @@ class Build:
         model.save(layout.checkpoint)
         files = sorted(p for p in layout.checkpoint.rglob("*") if p.is_file() and p.name != MARKER)
         rels = [p.relative_to(self.out).as_posix() for p in files] + [marker.relative_to(self.out).as_posix()]
-        return rels, {"family": model.family, "parameters": model.parameters()}
+        return rels, {
+            "family": model.family,
+            "parameters": model.parameters(),
+            "sample_rate": model.sample_rate,
+        }
 
     def quantize(self) -> None:
         for precision in self.recipe.precisions:
@@ -485,7 +489,7 @@ class Build:
                 "voxport_version": __version__,
                 "recipe": self.recipe.name,
                 "family": info["family"],
-                "sample_rate": self.model.sample_rate,
+                "sample_rate": info["sample_rate"],  # no checkpoint load on a fully cached rebuild
                 "passed": passed,
                 "reference": reference,
                 "artifacts": report,
