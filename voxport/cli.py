@@ -145,22 +145,29 @@ def _fmt(value: float | None, digits: int = 1) -> str:
     return "—" if value is None else f"{value:.{digits}f}"
 
 
+#: (column, metric, digits); the optional ones show only when some artifact reports them
+_METRIC_COLUMNS = (
+    ("forced SNR dB", "forced_snr_db", 1),
+    ("SNR dB", "snr_db", 1),
+    ("log-mel dB", "logmel_dtw_db", 2),
+    ("MCD dB", "mcd_db", 2),
+    ("dur match", "duration_match", 3),
+    ("len ratio", "length_ratio", 3),
+    ("hidden SNR dB", "hidden_snr_db", 1),
+    ("latent SNR dB", "latent_snr_db", 1),
+)
+_OPTIONAL_METRICS = ("hidden_snr_db", "latent_snr_db")
+
+
 def _print_manifest(manifest: Any, out_dir: Path) -> None:
     table = Table(title=f"{manifest.recipe.get('name')} → {out_dir}", title_justify="left")
-    for col in (
-        "format",
-        "precision",
-        "MB",
-        "bits/w",
-        "forced SNR dB",
-        "SNR dB",
-        "log-mel dB",
-        "MCD dB",
-        "dur match",
-        "len ratio",
-        "parity",
-        "file",
-    ):
+    columns = [
+        (col, metric, digits)
+        for col, metric, digits in _METRIC_COLUMNS
+        if metric not in _OPTIONAL_METRICS
+        or any(a.parity.metrics.get(metric) is not None for a in manifest.artifacts)
+    ]
+    for col in ("format", "precision", "MB", "bits/w", *[c for c, _, _ in columns], "parity", "file"):
         table.add_column(
             col,
             justify="left" if col in ("format", "precision", "file", "parity") else "right",
@@ -173,12 +180,7 @@ def _print_manifest(manifest: Any, out_dir: Path) -> None:
             a.precision,
             f"{sum(f.bytes for f in a.files) / 1e6:.2f}",
             f"{a.bits_per_weight:.2f}",
-            _fmt(m.get("forced_snr_db")),
-            _fmt(m.get("snr_db")),
-            _fmt(m.get("logmel_dtw_db"), 2),
-            _fmt(m.get("mcd_db"), 2),
-            _fmt(m.get("duration_match"), 3),
-            _fmt(m.get("length_ratio"), 3),
+            *[_fmt(m.get(metric), digits) for _, metric, digits in columns],
             "[green]pass[/green]" if a.parity.passed else "[red]FAIL[/red]",
             a.path,
         )

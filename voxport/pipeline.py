@@ -531,12 +531,20 @@ def settings_for(recipe: Recipe) -> SynthesisSettings:
     v = recipe.validation
     if v is None:
         return SynthesisSettings()
+    voice = None
+    if v.voice is not None:
+        base = recipe.source_path.parent if recipe.source_path is not None else Path.cwd()
+        voice = str((base / v.voice).resolve())
     return SynthesisSettings(
         seed=v.seed,
         noise_scale=v.noise_scale,
         noise_scale_duration=v.noise_scale_duration,
         length_scale=v.length_scale,
         speaker_id=v.speaker_id,
+        temperature=v.temperature,
+        max_frames=v.max_frames,
+        frames_after_eos=v.frames_after_eos,
+        voice=voice,
     )
 
 

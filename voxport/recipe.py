@@ -50,6 +50,9 @@ METRIC_DIRECTIONS: dict[str, Direction] = {
     "duration_match": "min",
     "length_ratio": "band",
     "max_abs_error": "max",
+    # autoregressive families, teacher-forced: worst step's SNR of the backbone state and the latent
+    "hidden_snr_db": "min",
+    "latent_snr_db": "min",
 }
 
 # YAML gives real ints, floats and bools, so strict types only reject mistakes: lax pydantic would
@@ -228,6 +231,12 @@ class ValidateConfig(_Base):
     noise_scale_duration: Annotated[Float, Field(ge=0)] = 0.8
     length_scale: Annotated[Float, Field(gt=0)] = 1.0
     speaker_id: NonNegInt | None = None
+    #: autoregressive families (Pocket TTS): sampling variance (default: the model's), frame limit,
+    #: frames kept after end of speech, and a voice prompt (WAV or .npy latents, relative to the recipe)
+    temperature: Annotated[Float, Field(ge=0)] | None = None
+    max_frames: Annotated[Int, Field(ge=1)] | None = None
+    frames_after_eos: NonNegInt | None = None
+    voice: NonEmptyStr | None = None
     thresholds: Annotated[dict[MetricName, Threshold], WithJsonSchema(_THRESHOLDS_SCHEMA)] = Field(
         default_factory=dict
     )

@@ -9,7 +9,7 @@ exported audio come out of the same code with the same explicit noise.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
@@ -48,6 +48,9 @@ class GraphSpec:
     #: output shapes depend on input *values* (Piper's one graph sizes its audio by the durations it
     #: predicts): formats that need static shape functions (Core ML) export the other graphs only
     value_dependent_shapes: bool = False
+    #: recurrent state: output name -> the input it feeds on the next call (an explicit KV cache,
+    #: a streaming codec's conv tails); runtimes and benchmarks loop these back
+    state: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -59,6 +62,14 @@ class SynthesisSettings:
     noise_scale_duration: float = 0.8
     length_scale: float = 1.0
     speaker_id: int | None = None
+    #: autoregressive families: variance of the sampling noise (None: the model's default)
+    temperature: float | None = None
+    #: autoregressive families: stop after this many frames (None: the family's length rule)
+    max_frames: int | None = None
+    #: autoregressive families: frames kept after the end-of-speech frame (None: family default)
+    frames_after_eos: int | None = None
+    #: voice prompt (a WAV file or saved latents) for families that clone a voice
+    voice: str | None = None
 
 
 @dataclass
@@ -69,6 +80,9 @@ class Synthesis:
     sample_rate: int
     durations: np.ndarray | None = None
     graph_outputs: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    #: per-step tensors whose agreement is a parity metric (`<name>_snr_db`, e.g. the hidden state
+    #: and latent of each autoregressive step under teacher forcing)
+    tensors: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -123,9 +137,17 @@ class FamilyModel(ABC):
         ids: Sequence[int],
         settings: SynthesisSettings,
         *,
-        forced_durations: np.ndarray | None = None,
+        forced: Synthesis | None = None,
     ) -> Synthesis:
-        """The synthesis loop over the split graphs, identical for every runner."""
+        """The synthesis loop over the split graphs, identical for every runner.
+
+        `forced` is the reference's own synthesis to teacher-force with: the runner's graphs get the
+        reference's discrete choices (durations, previous latents) so outputs align step by step."""
+
+    def stream(self, runner: Runner, ids: Sequence[int], settings: SynthesisSettings) -> Iterator[np.ndarray]:
+        """Audio in the pieces the loop produces them (autoregressive families: one frame at a time);
+        families that render whole utterances yield once."""
+        yield self.synthesize(runner, ids, settings).audio
 
     @abstractmethod
     def synthesize_primary(
@@ -140,6 +162,12 @@ class FamilyModel(ABC):
     @abstractmethod
     def describe(self) -> dict[str, Any]:
         """Hyperparameters for `inspect`, the manifest and format metadata."""
+
+    def bounded_graphs(self, capacity: int) -> list[GraphSpec]:
+        """Graphs for runtimes that need bounded shapes (Core ML): no value-dependent output sizes,
+        and recurrent state that grows (a KV cache) in a fixed-capacity form of `capacity` positions.
+        By default, the graphs whose output shapes already follow from their input shapes."""
+        return [g for g in self.graphs() if not g.value_dependent_shapes]
 
     def embedded_metadata(self) -> dict[str, Any]:
         """Key/values a single-file format (GGUF) embeds so the model can be rebuilt and driven from
@@ -196,6 +224,7 @@ def families() -> dict[str, type[Family]]:
 
 def _load_builtin() -> None:
     # Importing the adapters registers them; done lazily so `voxport --help` stays fast.
+    import voxport.families.pocket_tts  # noqa: F401
     import voxport.families.vits  # noqa: F401
 
 

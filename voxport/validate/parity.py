@@ -21,6 +21,9 @@ from voxport.families.base import FamilyModel, Runner, Synthesis, SynthesisSetti
 from voxport.recipe import METRIC_DIRECTIONS, Threshold
 from voxport.validate import metrics as m
 
+#: per-step tensors a family may report (`Synthesis.tensors`); each gives a `<name>_snr_db` metric
+STEP_TENSORS = ("hidden", "latent")
+
 
 @dataclass
 class SentenceParity:
@@ -75,6 +78,18 @@ def _graph_figures(
     return out
 
 
+def _step_snrs(ref: Synthesis, forced: Synthesis) -> dict[str, float | None]:
+    """Worst step's SNR of each per-step tensor under teacher forcing (`hidden_snr_db`, ...)."""
+    out: dict[str, float | None] = {}
+    for name in STEP_TENSORS:
+        a, b = ref.tensors.get(name), forced.tensors.get(name)
+        if a is None or b is None or a.shape != b.shape or not len(a):
+            out[f"{name}_snr_db"] = None
+            continue
+        out[f"{name}_snr_db"] = min(m.tensor_snr_db(x, y) for x, y in zip(a, b, strict=True))
+    return out
+
+
 def runs_graph(runner: Runner, graph: str) -> bool:
     """Whether the artifact has `graph` (a Core ML artifact has no one-graph Piper form, for one);
     runners over a subset of graphs say which via `graph_names`."""
@@ -88,7 +103,7 @@ def measure_sentence(
     settings = reference.settings
     ref = reference.split(ids)
     test = model.synthesize(runner, ids, settings)
-    forced = model.synthesize(runner, ids, settings, forced_durations=ref.durations[None].astype(np.float32))
+    forced = model.synthesize(runner, ids, settings, forced=ref)
     audio = m.compare_audio(ref.audio, test.audio, ref.sample_rate)
     match, ratio = m.duration_agreement(ref.durations, test.durations)
     tts_snr: float | None = None
@@ -107,6 +122,7 @@ def measure_sentence(
         "duration_match": match,
         "length_ratio": ratio,
         "max_abs_error": max(errors) if errors else None,
+        **_step_snrs(ref, forced),
     }
     return SentenceParity(
         label=label,

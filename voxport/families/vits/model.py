@@ -286,8 +286,12 @@ class VitsModelAdapter(FamilyModel):
         ids: Sequence[int],
         settings: SynthesisSettings,
         *,
+        forced: Synthesis | None = None,
         forced_durations: np.ndarray | None = None,
     ) -> Synthesis:
+        """`forced` teacher-forces the reference's durations; `forced_durations` gives any (1, T)."""
+        if forced is not None and forced.durations is not None:
+            forced_durations = forced.durations[None].astype(np.float32)
         input_ids = self._check_ids(ids)
         extra = self._common_inputs(settings)
         rng = np.random.default_rng(settings.seed)

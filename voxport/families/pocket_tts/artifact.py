@@ -1,0 +1,81 @@
+"""Speaking with an exported Pocket TTS artifact: its three ONNX graphs in ONNX Runtime.
+
+The primary file is the backbone (`<name>.<precision>.onnx`); the flow head and codec sit beside it
+(`.flow_head.onnx`, `.codec.onnx`), the tokenizer as `<name>.tokenizer.model|json`. The loop's
+numbers come from the backbone's metadata, so no checkpoint is needed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from voxport.errors import BadInput
+from voxport.families.base import SynthesisSettings
+from voxport.families.pocket_tts.frontend import TOKENIZER_FILES, Tokenizer, prepare_text
+from voxport.families.pocket_tts.loop import DEFAULT_FRAMES_AFTER_EOS, LoopSettings, LoopSpec, stream
+from voxport.validate.runners import OrtRunner, ort_session
+
+
+class PocketArtifactVoice:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        meta = ort_session(path).get_modelmeta().custom_metadata_map
+        if meta.get("graph") != "backbone" or "pocket_tts" not in meta:
+            raise BadInput(
+                f"{path}: a '{meta.get('graph')}' graph; speak with the primary "
+                "<name>.<precision>.onnx (the backbone)"
+            )
+        self.spec = LoopSpec.from_json(meta["pocket_tts"])
+        self.text_options = json.loads(meta.get("pocket_tts_text", "{}"))
+        self.n_bins = int(meta.get("pocket_tts_bins", 4000))
+        self.sample_rate = self.spec.sample_rate
+        base = path.name[: -len(".onnx")]
+        files = {"backbone": path}
+        for graph in ("flow_head", "codec"):
+            sibling = path.with_name(f"{base}.{graph}.onnx")
+            if not sibling.is_file():
+                raise BadInput(f"{path}: the {graph} graph is missing beside it (expected {sibling.name})")
+            files[graph] = sibling
+        self.runner = OrtRunner(files)
+        stem = path.name.split(".")[0]
+        self.tokenizer = next(
+            (
+                Tokenizer(name, path.with_name(f"{stem}.{name}").read_bytes(), self.n_bins)
+                for name in TOKENIZER_FILES
+                if path.with_name(f"{stem}.{name}").is_file()
+            ),
+            None,
+        )
+
+    def text_to_ids(self, text: str) -> list[int]:
+        if self.tokenizer is None:
+            raise BadInput(f"{self.path}: no tokenizer beside this artifact; give ids with --ids")
+        return self.tokenizer.encode(prepare_text(text, self.text_options))
+
+    def _settings(self, settings: SynthesisSettings) -> LoopSettings:
+        return LoopSettings(
+            seed=settings.seed,
+            temperature=self.spec.temperature if settings.temperature is None else settings.temperature,
+            max_frames=settings.max_frames,
+            frames_after_eos=(
+                DEFAULT_FRAMES_AFTER_EOS if settings.frames_after_eos is None else settings.frames_after_eos
+            ),
+        )
+
+    def _voice(self, settings: SynthesisSettings) -> np.ndarray | None:
+        from voxport.families.pocket_tts.model import load_voice
+
+        return None if settings.voice is None else load_voice(settings.voice, None)
+
+    def stream(self, ids: Sequence[int], settings: SynthesisSettings) -> Iterator[np.ndarray]:
+        return stream(
+            self.runner, self.spec, list(ids), self._settings(settings), voice=self._voice(settings)
+        )
+
+    def speak(self, ids: Sequence[int], settings: SynthesisSettings) -> np.ndarray:
+        frames = list(self.stream(ids, settings))
+        return np.concatenate(frames) if frames else np.zeros(0, np.float32)

@@ -1,0 +1,96 @@
+"""The three graphs an edge runtime runs for Pocket TTS, as traceable torch modules.
+
+- `backbone`: one graph for the prompt prefill and every decode step. The KV cache is explicit
+  (`past_key_i`/`past_value_i` in, `present_key_i`/`present_value_i` out, growing by the new
+  positions) and `position` is the number of cached positions. Each position says what it holds
+  (`kind`), so the voice prompt, text, audio BOS and generated latents all enter through one graph:
+  the embedding table and the latent projections live inside it, as in llama.cpp's layout.
+- `flow_head`: condition + noise → next latent, the flow steps unrolled; noise is an input so every
+  runtime consumes the same recorded noise.
+- `codec`: one latent frame → `frame_size` samples, the streaming decoder's state (conv tails,
+  transposed-conv overlaps, sliding attention window) in and out with fixed shapes.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from voxport.families.pocket_tts.modules import (
+    PocketModules,
+    backbone_step,
+    codec_state_shapes,
+    codec_step,
+    sample_latent,
+)
+
+#: what each prompt position holds (the `kind` input of the backbone graph)
+KIND_TEXT, KIND_VOICE, KIND_LATENT, KIND_BOS_BEFORE_VOICE, KIND_AUDIO_BOS = 0, 1, 2, 3, 4
+
+
+class BackboneGraph(nn.Module):
+    def __init__(self, modules: PocketModules) -> None:
+        super().__init__()
+        self.model = modules
+        self.num_layers = modules.cfg.num_layers
+
+    def embed(self, token_ids: torch.Tensor, latents: torch.Tensor, kind: torch.Tensor) -> torch.Tensor:
+        f = self.model.flow_lm
+        text = f.conditioner(token_ids.clamp(0, f.conditioner.embed.num_embeddings - 1))
+        voice = latents @ f.speaker_proj_weight.t()
+        latent = f.input_linear(latents)
+        audio_bos = f.input_linear(f.bos_emb)
+        k = kind.unsqueeze(-1)
+        x = torch.where(k == KIND_TEXT, text, latent)
+        x = torch.where(k == KIND_VOICE, voice, x)
+        x = torch.where(k == KIND_AUDIO_BOS, audio_bos, x)
+        if hasattr(f, "bos_before_voice"):
+            x = torch.where(k == KIND_BOS_BEFORE_VOICE, f.bos_before_voice.reshape(-1), x)
+        return x
+
+    def forward(
+        self,
+        token_ids: torch.Tensor,
+        latents: torch.Tensor,
+        kind: torch.Tensor,
+        position: torch.Tensor,
+        *past: torch.Tensor,
+    ) -> tuple[torch.Tensor, ...]:
+        pairs = [(past[2 * i], past[2 * i + 1]) for i in range(self.num_layers)]
+        hidden, eos, present = backbone_step(
+            self.model.flow_lm, self.embed(token_ids, latents, kind), position, pairs
+        )
+        return (hidden, eos, *[t for pair in present for t in pair])
+
+
+class FlowHeadGraph(nn.Module):
+    def __init__(self, modules: PocketModules, steps: int) -> None:
+        super().__init__()
+        self.model = modules
+        self.steps = steps
+
+    def forward(self, condition: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        return sample_latent(
+            self.model.flow_lm.flow_net, self.model.cfg.flow_type, condition, noise, self.steps
+        )
+
+
+class CodecGraph(nn.Module):
+    def __init__(self, modules: PocketModules) -> None:
+        super().__init__()
+        self.model = modules
+        self.state_names = list(codec_state_shapes(modules.mimi))
+
+    def forward(
+        self, latent: torch.Tensor, position: torch.Tensor, *state: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:
+        f = self.model.flow_lm
+        audio, new = codec_step(
+            self.model.mimi,
+            f.emb_std,
+            f.emb_mean,
+            latent,
+            position,
+            dict(zip(self.state_names, state, strict=True)),
+        )
+        return (audio, *[new[n] for n in self.state_names])

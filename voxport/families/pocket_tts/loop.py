@@ -1,0 +1,262 @@
+"""The Pocket TTS synthesis loop, written once against a runner.
+
+Prompt → backbone prefill → per frame: end-of-speech rule, flow head (recorded noise), streaming
+codec, backbone step on the new latent. The fp32 torch reference, ONNX Runtime, the GGUF tensors and
+Core ML all run this same code; only the runner differs. The loop needs no torch weights (`LoopSpec`
+is plain numbers, stored in the exported graphs' metadata), so an artifact speaks on its own.
+
+Conventions, matching Kyutai's generation (`TTSModel._autoregressive_generation`):
+- prompt order: [bos_before_voice] [voice latents] [text] [audio BOS], one backbone call;
+- the end-of-speech logit of the state that produces frame f decides at f ≥ 6; the EOS frame and
+  `frames_after_eos` more are kept (transformers' count; Kyutai's `frames_after_eos` is one more);
+- latents fed back are in the flow head's normalized space; the codec denormalizes;
+- the first 5 ms of audio are faded in (a fresh codec state clicks, Kyutai does the same).
+Teacher forcing (`forced_latents`) feeds the reference's latent back at every step and runs exactly
+the reference's frame count, so per-step figures compare like with like.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from voxport.errors import BadInput
+from voxport.families.base import Runner
+from voxport.families.pocket_tts.graphs import (
+    KIND_AUDIO_BOS,
+    KIND_BOS_BEFORE_VOICE,
+    KIND_LATENT,
+    KIND_TEXT,
+    KIND_VOICE,
+)
+
+#: Kyutai's `_MIN_FRAMES_BEFORE_EOS`
+MIN_FRAMES_BEFORE_EOS = 6
+DEFAULT_FRAMES_AFTER_EOS = 2
+#: Kyutai's estimate of the longest output: 3 tokens per second plus 2 s
+TOKENS_PER_SECOND, EXTRA_SECONDS = 3.0, 2.0
+
+
+@dataclass(frozen=True)
+class LoopSpec:
+    """Everything the loop needs to know about a model: shapes and generation defaults."""
+
+    num_layers: int
+    kv_heads: int
+    head_dim: int
+    latent_dim: int
+    condition_dim: int
+    sample_rate: int
+    frame_rate: float
+    frame_size: int
+    codec_steps: int
+    insert_bos_before_voice: bool
+    temperature: float
+    eos_threshold: float
+    codec_state: dict[str, tuple[int, ...]] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> LoopSpec:
+        data = json.loads(text)
+        data["codec_state"] = {k: tuple(v) for k, v in data["codec_state"].items()}
+        return cls(**data)
+
+
+@dataclass
+class Generation:
+    """One run of the loop: audio plus the per-step tensors parity compares."""
+
+    audio: np.ndarray
+    prompt_hidden: np.ndarray  # (prompt positions, C)
+    hidden: np.ndarray  # (frames, C): the state each frame was sampled from
+    eos_logits: np.ndarray  # (frames,)
+    latents: np.ndarray  # (frames, latent)
+    eos_frame: int | None
+    #: seconds from the start of the call to the first audio frame
+    first_audio_seconds: float | None = None
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    seed: int = 0
+    temperature: float = 0.0
+    max_frames: int | None = None
+    frames_after_eos: int = DEFAULT_FRAMES_AFTER_EOS
+
+
+def frame_noise(seed: int, frame: int, latent_dim: int, temperature: float) -> np.ndarray:
+    """Noise of one frame, its own stream per frame: a runner that stops earlier or later consumes
+    the same values for the frames both produce. `temperature` is the variance, as in Kyutai."""
+    if temperature <= 0:
+        return np.zeros((1, latent_dim), np.float32)
+    z = np.random.default_rng([seed, 7, frame]).standard_normal((1, latent_dim))
+    return (z * math.sqrt(temperature)).astype(np.float32)
+
+
+def max_frames_for(tokens: int, frame_rate: float) -> int:
+    return math.ceil((tokens / TOKENS_PER_SECOND + EXTRA_SECONDS) * frame_rate)
+
+
+def prompt_inputs(spec: LoopSpec, ids: Sequence[int], voice: np.ndarray | None) -> dict[str, np.ndarray]:
+    kinds: list[int] = []
+    rows: list[np.ndarray] = []
+    zeros = np.zeros(spec.latent_dim, np.float32)
+    tokens: list[int] = []
+    if voice is not None:
+        if voice.ndim != 2 or voice.shape[1] != spec.latent_dim:
+            raise BadInput(f"voice prompt latents must be (frames, {spec.latent_dim}), got {voice.shape}")
+        if spec.insert_bos_before_voice:
+            kinds.append(KIND_BOS_BEFORE_VOICE)
+            rows.append(zeros)
+            tokens.append(0)
+        kinds += [KIND_VOICE] * len(voice)
+        rows += list(voice.astype(np.float32))
+        tokens += [0] * len(voice)
+    kinds += [KIND_TEXT] * len(ids)
+    rows += [zeros] * len(ids)
+    tokens += list(ids)
+    kinds.append(KIND_AUDIO_BOS)
+    rows.append(zeros)
+    tokens.append(0)
+    return {
+        "token_ids": np.asarray([tokens], np.int64),
+        "latents": np.stack(rows)[None].astype(np.float32),
+        "kind": np.asarray([kinds], np.int64),
+    }
+
+
+def step_inputs(latent: np.ndarray) -> dict[str, np.ndarray]:
+    return {
+        "token_ids": np.zeros((1, 1), np.int64),
+        "latents": latent.reshape(1, 1, -1).astype(np.float32),
+        "kind": np.full((1, 1), KIND_LATENT, np.int64),
+    }
+
+
+def fade_in(audio: np.ndarray, sample_rate: int) -> np.ndarray:
+    n = min(sample_rate // 200, audio.shape[-1])
+    out = audio.copy()
+    out[..., :n] *= np.linspace(0.0, 1.0, sample_rate // 200, dtype=np.float32)[:n]
+    return out
+
+
+def stream(
+    runner: Runner,
+    spec: LoopSpec,
+    ids: Sequence[int],
+    settings: LoopSettings,
+    *,
+    voice: np.ndarray | None = None,
+    forced_latents: np.ndarray | None = None,
+    record: Callable[[str, np.ndarray], None] | None = None,
+) -> Iterator[np.ndarray]:
+    """Yield audio one frame (`frame_size` samples) at a time; `record(name, value)` receives the
+    per-step tensors (prompt_hidden, hidden, eos, latent, eos_frame)."""
+    if not len(ids):
+        raise BadInput("empty input: give at least one token id")
+    note = record or (lambda name, value: None)
+    past = {
+        f"past_{kv}_{i}": np.zeros((1, spec.kv_heads, 0, spec.head_dim), np.float32)
+        for i in range(spec.num_layers)
+        for kv in ("key", "value")
+    }
+    prompt = prompt_inputs(spec, ids, voice)
+    out = runner.run("backbone", {**prompt, "position": np.zeros(1, np.int64), **past})
+    position = prompt["kind"].shape[1]
+    note("prompt_hidden", out["hidden"][0])
+    codec = {f"st_{name}": np.zeros(shape, np.float32) for name, shape in spec.codec_state.items()}
+    limit = (
+        len(forced_latents)
+        if forced_latents is not None
+        else (settings.max_frames or max_frames_for(len(ids), spec.frame_rate))
+    )
+    eos_frame: int | None = None
+    latent = np.zeros((1, spec.latent_dim), np.float32)
+    for frame in range(limit):
+        if frame > 0:
+            fed = forced_latents[frame - 1] if forced_latents is not None else latent[0]
+            out = runner.run(
+                "backbone",
+                {**step_inputs(fed), "position": np.array([position], np.int64), **past},
+            )
+            position += 1
+        past = {
+            f"past_{kv}_{i}": out[f"present_{kv}_{i}"]
+            for i in range(spec.num_layers)
+            for kv in ("key", "value")
+        }
+        hidden = out["hidden"][:, -1]
+        eos = float(out["eos_logit"][0, -1, 0])
+        if forced_latents is None:
+            if eos_frame is None and frame >= MIN_FRAMES_BEFORE_EOS and eos > spec.eos_threshold:
+                eos_frame = frame
+                note("eos_frame", np.array(frame))
+            if eos_frame is not None and frame > eos_frame + settings.frames_after_eos:
+                break
+        noise = frame_noise(settings.seed, frame, spec.latent_dim, settings.temperature)
+        latent = runner.run("flow_head", {"condition": hidden, "noise": noise})["latent"]
+        note("hidden", hidden[0])
+        note("eos", np.array(eos, np.float32))
+        note("latent", latent[0])
+        decoded = runner.run(
+            "codec",
+            {
+                "latent": latent.reshape(1, 1, -1),
+                "position": np.array([frame * spec.codec_steps], np.int64),
+                **codec,
+            },
+        )
+        codec = {name: decoded[f"{name}_out"] for name in codec}
+        audio = decoded["audio"].reshape(-1)
+        yield fade_in(audio, spec.sample_rate) if frame == 0 else audio
+
+
+def generate(
+    runner: Runner,
+    spec: LoopSpec,
+    ids: Sequence[int],
+    settings: LoopSettings,
+    *,
+    voice: np.ndarray | None = None,
+    forced_latents: np.ndarray | None = None,
+) -> Generation:
+    records: dict[str, list[np.ndarray]] = {}
+
+    def record(name: str, value: np.ndarray) -> None:
+        records.setdefault(name, []).append(value)
+
+    started = time.perf_counter()
+    first: float | None = None
+    frames = []
+    for audio in stream(
+        runner, spec, ids, settings, voice=voice, forced_latents=forced_latents, record=record
+    ):
+        if first is None:
+            first = time.perf_counter() - started
+        frames.append(audio)
+
+    def stacked(name: str, width: int) -> np.ndarray:
+        values = records.get(name, [])
+        return np.stack(values).astype(np.float32) if values else np.zeros((0, width), np.float32)
+
+    return Generation(
+        audio=np.concatenate(frames).astype(np.float32) if frames else np.zeros(0, np.float32),
+        prompt_hidden=records["prompt_hidden"][0],
+        hidden=stacked("hidden", spec.condition_dim),
+        eos_logits=np.asarray(records.get("eos", []), np.float32),
+        latents=stacked("latent", spec.latent_dim),
+        eos_frame=int(records["eos_frame"][0]) if "eos_frame" in records else None,
+        first_audio_seconds=first,
+    )
+
+
+def codec_state_names(state: Mapping[str, tuple[int, ...]]) -> list[str]:
+    return [f"st_{name}" for name in state]
