@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 RECIPE ?= recipes/joe-medium.yaml
 PYTEST_ARGS ?= -m "not slow"
 
-.PHONY: setup browser build demo test test-all bench clean
+.PHONY: setup browser build demo demo-pocket test test-all bench clean
 
 $(BIN)/voxport: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -34,6 +34,12 @@ build: setup
 demo: setup
 	$(BIN)/voxport demo build/demo-checkpoint
 	$(BIN)/voxport build recipes/demo-tiny-vits.yaml --out build/demo
+
+# Pocket TTS (latent autoregressive): a tiny random model through ONNX, then streamed speech
+demo-pocket: setup
+	$(BIN)/voxport demo build/pocket-demo-checkpoint --family pocket_tts
+	$(BIN)/voxport build recipes/demo-pocket-tts.yaml --out build/demo-pocket
+	$(BIN)/voxport say build/demo-pocket/onnx/demo-pocket-tts.int8.onnx "Hello from voxport." -o build/pocket-hello.wav
 
 test: setup browser
 	$(BIN)/ruff check .

@@ -359,20 +359,40 @@ def demo(
         "build/demo-checkpoint"
     ),
     seed: Annotated[int, typer.Option(help="Random seed of the weights.")] = 0,
+    family: Annotated[str, typer.Option(help="vits or pocket_tts.")] = "vits",
+    config: Annotated[
+        str,
+        typer.Option(
+            help="pocket_tts: 'tiny', a Kyutai config YAML, or a release name from the pocket-tts "
+            "package (e.g. english_18m_2026-10)."
+        ),
+    ] = "tiny",
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Write the small random-weight VITS checkpoint the demo recipe uses (deterministic, no download).
+    """Write a small random-weight checkpoint the demo recipes use (deterministic, no download).
 
     Example: voxport demo build/demo-checkpoint
+    Example: voxport demo build/pocket-demo-checkpoint --family pocket_tts
     """
-    from voxport.families.vits.synthetic import make_vits_checkpoint
     from voxport.io import ensure_writable_dir
 
+    def run() -> None:
+        if family == "vits":
+            from voxport.families.vits.synthetic import make_vits_checkpoint
+
+            make_vits_checkpoint(ensure_writable_dir(out_dir), seed=seed)
+        elif family == "pocket_tts":
+            from voxport.families.pocket_tts.synthetic import make_checkpoint, named_config
+
+            make_checkpoint(ensure_writable_dir(out_dir), named_config(config), seed=seed)
+        else:
+            raise VoxportError(f"unknown demo family {family!r} (known: vits, pocket_tts)")
+
     with _silenced(quiet):
-        _run(lambda: make_vits_checkpoint(ensure_writable_dir(out_dir), seed=seed), as_json)
+        _run(run, as_json)
     if as_json:
-        _emit_json({"checkpoint": out_dir, "seed": seed})
+        _emit_json({"checkpoint": out_dir, "seed": seed, "family": family})
     _info(f"wrote {out_dir}", quiet)
 
 
@@ -426,19 +446,32 @@ def say(
     noise_w: Annotated[float, typer.Option(help="Duration noise.")] = 0.8,
     length_scale: Annotated[float, typer.Option(help="> 1 speaks slower.")] = 1.0,
     speaker: Annotated[int | None, typer.Option(help="Speaker id of a multi-speaker voice.")] = None,
+    temperature: Annotated[
+        float | None, typer.Option(help="Sampling variance of autoregressive models [default: model's].")
+    ] = None,
+    max_frames: Annotated[int | None, typer.Option(help="Autoregressive models: stop after N frames.")] = (
+        None
+    ),
+    voice_prompt: Annotated[
+        str | None, typer.Option("--voice", help="Voice prompt: a WAV (checkpoints) or .npy latents.")
+    ] = None,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Synthesise TEXT with a checkpoint or an exported artifact and write a WAV file.
+    """Synthesise TEXT with a checkpoint or an exported artifact and write a WAV file (`-o -`: raw
+    16-bit PCM on stdout). Autoregressive models stream: audio is written frame by frame as it is
+    produced, and the time to first audio is printed.
 
     Example: voxport say build/joe-medium/onnx/joe-medium.int8.onnx "Hello there." -o hello.wav
     """
     from voxport.families.base import SynthesisSettings
-    from voxport.say import open_voice, write_wav
+    from voxport.say import open_voice, speak_to
 
-    def run() -> tuple[int, float]:
+    def run():  # noqa: ANN202
         if (text is None) == (ids is None):
             raise VoxportError("give the text to say, or --ids, but not both")
+        if str(output) == "-" and as_json:
+            raise VoxportError("-o - writes audio to stdout; it cannot be combined with --json")
         voice = open_voice(source)
         if ids is not None:
             try:
@@ -453,16 +486,32 @@ def say(
             noise_scale_duration=noise_w,
             length_scale=length_scale,
             speaker_id=speaker,
+            temperature=temperature,
+            max_frames=max_frames,
+            voice=voice_prompt,
         )
-        audio = voice.speak(tokens, settings)
-        write_wav(output, audio, voice.sample_rate)
-        return voice.sample_rate, audio.size / voice.sample_rate
+        return voice.sample_rate, speak_to(voice, tokens, settings, output)
 
     with _silenced(quiet):
-        rate, seconds = _run(run, as_json)
+        rate, spoken = _run(run, as_json)
+    rtf = spoken.compute_seconds / spoken.seconds if spoken.seconds else None
     if as_json:
-        _emit_json({"output": output, "sample_rate": rate, "seconds": round(seconds, 4)})
-    _info(f"wrote {output} ({seconds:.2f} s at {rate} Hz)", quiet)
+        _emit_json(
+            {
+                "output": output,
+                "sample_rate": rate,
+                "seconds": round(spoken.seconds, 4),
+                "first_audio_ms": round(spoken.first_audio_seconds * 1000, 1),
+                "real_time_factor": None if rtf is None else round(rtf, 4),
+                "pieces": spoken.pieces,
+            }
+        )
+    message = f"wrote {output} ({spoken.seconds:.2f} s at {rate} Hz"
+    if spoken.pieces > 1:
+        message += f"; first audio after {spoken.first_audio_seconds * 1000:.0f} ms, {spoken.pieces} frames"
+    if rtf is not None:
+        message += f", real-time factor {rtf:.2f}"
+    _info(message + ")", quiet)
 
 
 @app.command()

@@ -6,7 +6,10 @@ Runtime), through its family's own artifact voice. Either way the result is a WA
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -25,6 +28,12 @@ class Voice(Protocol):
     def speak(self, ids: Sequence[int], settings: SynthesisSettings) -> np.ndarray: ...
 
 
+class StreamingVoice(Voice, Protocol):
+    """A voice that produces audio in pieces (autoregressive families: one frame at a time)."""
+
+    def stream(self, ids: Sequence[int], settings: SynthesisSettings) -> Iterator[np.ndarray]: ...
+
+
 class CheckpointVoice:
     """The fp32 reference: the family's synthesis loop over its torch graphs."""
 
@@ -37,6 +46,9 @@ class CheckpointVoice:
 
     def speak(self, ids: Sequence[int], settings: SynthesisSettings) -> np.ndarray:
         return self.model.synthesize(self.model.torch_runner(), ids, settings).audio
+
+    def stream(self, ids: Sequence[int], settings: SynthesisSettings) -> Iterator[np.ndarray]:
+        return self.model.stream(self.model.torch_runner(), ids, settings)
 
 
 def open_voice(path: Path, *, trust_pickle: bool = False) -> Voice:
@@ -73,3 +85,51 @@ def write_wav(path: Path, audio: np.ndarray, sample_rate: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         sf.write(str(tmp), np.clip(audio, -1.0, 1.0), sample_rate, format="WAV", subtype="PCM_16")
+
+
+@dataclass(frozen=True)
+class Spoken:
+    seconds: float
+    #: wall time from the start of synthesis to the first audio piece (time to first audio)
+    first_audio_seconds: float
+    compute_seconds: float
+    pieces: int
+
+
+def speak_to(voice: Voice, ids: Sequence[int], settings: SynthesisSettings, output: Path | str) -> Spoken:
+    """Synthesise and write audio as it is produced: a WAV file (16-bit, renamed into place when
+    complete, so a reader never sees a half-written file), or raw 16-bit PCM on stdout for `-`,
+    which a player can start on before synthesis ends (`... -o - | aplay -r 24000 -f S16_LE`)."""
+    import soundfile as sf
+
+    pieces = voice.stream(ids, settings) if hasattr(voice, "stream") else iter([voice.speak(ids, settings)])
+    started = time.perf_counter()
+    first: float | None = None
+    samples = count = 0
+
+    def chunks() -> Iterator[np.ndarray]:
+        nonlocal first, samples, count
+        for piece in pieces:
+            if first is None:
+                first = time.perf_counter() - started
+            samples += piece.size
+            count += 1
+            yield np.clip(piece, -1.0, 1.0)
+
+    if str(output) == "-":
+        for piece in chunks():
+            sys.stdout.buffer.write((piece * 32767).astype("<i2").tobytes())
+            sys.stdout.buffer.flush()
+    else:
+        path = Path(output)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with (
+            atomic_path(path) as tmp,
+            sf.SoundFile(
+                str(tmp), "w", samplerate=voice.sample_rate, channels=1, format="WAV", subtype="PCM_16"
+            ) as wav,
+        ):
+            for piece in chunks():
+                wav.write(piece)
+    compute = time.perf_counter() - started
+    return Spoken(samples / voice.sample_rate, first if first is not None else compute, compute, count)

@@ -1,0 +1,125 @@
+"""Pocket TTS through the whole pipeline and `voxport say`: demo checkpoint → ONNX at every
+precision → parity (teacher-forced per step + free-running) → streamed speech from the artifact."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import soundfile as sf
+from typer.testing import CliRunner
+
+from voxport import pipeline
+from voxport.cli import app
+from voxport.families import SynthesisSettings, load_model
+from voxport.manifest import read_manifest, verify_files
+from voxport.recipe import load_recipe
+from voxport.say import open_voice
+from voxport.validate.runners import OrtRunner
+
+cli = CliRunner()
+RECIPE = Path(__file__).parent.parent / "recipes" / "demo-pocket-tts.yaml"
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("pocket") / "checkpoint"
+    result = cli.invoke(app, ["demo", str(out), "--family", "pocket_tts", "--quiet"])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+@pytest.fixture(scope="module")
+def built(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    recipe = load_recipe(RECIPE).model_copy(update={"model": checkpoint})
+    out = tmp_path_factory.mktemp("pocket-build")
+    pipeline.build(recipe, out)
+    return out
+
+
+def test_every_precision_is_exported_as_three_graphs_and_verified(built: Path) -> None:
+    manifest = read_manifest(built)
+    assert manifest.model.family == "pocket_tts"
+    assert [a.precision for a in manifest.artifacts] == ["fp32", "fp16", "int8", "int4"]
+    assert verify_files(built, manifest) == []
+    for artifact in manifest.artifacts:
+        graphs = {f.graph for f in artifact.files}
+        assert {"backbone", "flow_head", "codec", "tokenizer"} <= graphs
+        backbone = onnx.load(str(built / artifact.path), load_external_data=False)
+        meta = {p.key: p.value for p in backbone.metadata_props}
+        spec = json.loads(meta["pocket_tts"])
+        assert meta["graph"] == "backbone" and spec["frame_size"] == 1920
+        # the KV cache is explicit: one past/present pair per layer, growing on the sequence axis
+        inputs = [i.name for i in backbone.graph.input]
+        assert inputs[:4] == ["token_ids", "latents", "kind", "position"]
+        assert sum(n.startswith("past_") for n in inputs) == 2 * spec["num_layers"]
+
+
+def test_parity_reports_per_step_and_free_running_figures_ordered_by_precision(built: Path) -> None:
+    manifest = read_manifest(built)
+    figures = {a.precision: a.parity.metrics for a in manifest.artifacts}
+    # fp32 ONNX vs torch: float round-off only, step by step and in the waveform
+    assert figures["fp32"]["hidden_snr_db"] > 100
+    assert figures["fp32"]["latent_snr_db"] > 90
+    assert figures["fp32"]["forced_snr_db"] > 90
+    # each precision loses fidelity against the one above it, in the backbone state and the latent
+    for metric in ("hidden_snr_db", "latent_snr_db", "forced_snr_db"):
+        values = [figures[p][metric] for p in ("fp32", "fp16", "int8", "int4")]
+        assert values == sorted(values, reverse=True), (metric, values)
+    assert figures["int8"]["latent_snr_db"] > 15
+    assert all(figures[p]["duration_match"] is not None for p in figures)
+    report = json.loads((built / "report.json").read_text())
+    graphs = report["artifacts"][0]["sentences"][0]["graphs"]
+    assert {"backbone", "flow_head", "codec"} <= set(graphs)
+
+
+def test_onnx_loop_matches_the_torch_reference_with_recorded_noise(checkpoint: Path, built: Path) -> None:
+    model = load_model(checkpoint)
+    manifest = read_manifest(built)
+    fp32 = next(a for a in manifest.artifacts if a.precision == "fp32")
+    runner = OrtRunner({f.graph: built / f.path for f in fp32.files if f.graph != "tokenizer"})
+    ids = model.text_to_ids("Hello there.")
+    settings = SynthesisSettings(seed=4, temperature=0.3, max_frames=12)
+    ref = model.synthesize(model.torch_runner(), ids, settings)
+    test = model.synthesize(runner, ids, settings)
+    assert ref.durations.tolist() == test.durations.tolist()
+    err = np.abs(ref.audio - test.audio).max()
+    assert err < 1e-4 * max(np.abs(ref.audio).max(), 1e-3)
+    # a different seed is different noise: the comparison above is not trivially equal
+    other = model.synthesize(
+        model.torch_runner(), ids, SynthesisSettings(seed=5, temperature=0.3, max_frames=12)
+    )
+    assert np.abs(other.audio[: ref.audio.size] - ref.audio[: other.audio.size]).max() > 100 * err
+
+
+def test_say_streams_frames_from_the_artifact_and_reports_time_to_first_audio(
+    built: Path, tmp_path: Path
+) -> None:
+    primary = built / "onnx" / "demo-pocket-tts.int8.onnx"
+    wav = tmp_path / "hello.wav"
+    result = cli.invoke(app, ["say", str(primary), "Hello there, small model.", "-o", str(wav), "--json"])
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.stdout)
+    audio, rate = sf.read(str(wav))
+    assert rate == 24000 and audio.size == info["pieces"] * 1920
+    assert info["pieces"] > 1 and 0 < info["first_audio_ms"] < 1000 * info["seconds"]
+    # raw PCM on stdout is the same audio the artifact voice renders in one piece
+    voice = open_voice(primary)
+    pcm = cli.invoke(app, ["say", str(primary), "--ids", "5,9,13", "--max-frames", "8", "-o", "-"])
+    assert pcm.exit_code == 0
+    samples = np.frombuffer(pcm.stdout_bytes, dtype="<i2")
+    spoken = voice.speak([5, 9, 13], SynthesisSettings(max_frames=8))
+    assert samples.size == spoken.size and samples.size % 1920 == 0
+    np.testing.assert_allclose(samples / 32767, np.clip(spoken, -1, 1), atol=1.5 / 32767)
+
+
+def test_say_refuses_a_non_primary_graph_and_stdout_with_json(built: Path) -> None:
+    flow = built / "onnx" / "demo-pocket-tts.int8.flow_head.onnx"
+    result = cli.invoke(app, ["say", str(flow), "hi", "-o", "x.wav"])
+    assert result.exit_code == 2 and "backbone" in result.output
+    primary = built / "onnx" / "demo-pocket-tts.int8.onnx"
+    result = cli.invoke(app, ["say", str(primary), "hi", "-o", "-", "--json"])
+    assert result.exit_code != 0 and "stdout" in result.output
