@@ -111,8 +111,12 @@ def test_inspect_say_verify_plan_json(staged: dict[str, Any], tiny_vits_dir: Pat
 def test_demo_import_and_recipes_json(tmp_path: Path) -> None:
     result = runner.invoke(app, ["demo", str(tmp_path / "ckpt"), "--json"])
     assert result.exit_code == 0 and "wrote" in result.stderr
-    assert json_doc(result) == {"checkpoint": str(tmp_path / "ckpt"), "seed": 0}
+    assert json_doc(result) == {"checkpoint": str(tmp_path / "ckpt"), "seed": 0, "family": "vits"}
     assert runner.invoke(app, ["demo", str(tmp_path / "c2"), "-q"]).stderr == ""
+    result = runner.invoke(app, ["demo", str(tmp_path / "p"), "--family", "pocket_tts", "--json", "-q"])
+    assert json_doc(result)["family"] == "pocket_tts" and (tmp_path / "p" / "config.yaml").is_file()
+    result = runner.invoke(app, ["demo", str(tmp_path / "x"), "--family", "tacotron", "--json"])
+    assert result.exit_code == 2 and "unknown demo family" in json_doc(result)["error"]
 
     result = runner.invoke(app, ["import", "piper", "no-such-voice", "--out", str(tmp_path / "v"), "--json"])
     assert result.exit_code == 2 and "no installed voice package" in result.stderr
