@@ -24,6 +24,10 @@ LATENT_DIM = 32
 FLOW_TYPES = ("lsd", "drifting", "pointwise")
 #: llama.cpp's converter makes the same assumption when no config is given (every release uses 64)
 DEFAULT_HEAD_DIM = 64
+#: released codec transformers whose heads are not 64 wide: the small models' decoder (128 wide, 4 × 32)
+CODEC_HEADS = {128: 4}
+#: Kyutai's `Config.default_temperature`, for configs that do not set one (the 6-layer language YAMLs)
+DEFAULT_TEMPERATURE = 0.3
 
 
 @dataclass(frozen=True)
@@ -94,7 +98,7 @@ class PocketConfig:
         self.raw: dict[str, Any] = copy.deepcopy(dict(raw))
         try:
             self._read()
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:
             raise BadInput(f"not a Pocket TTS config: missing or invalid {exc}") from None
 
     def _read(self) -> None:
@@ -131,7 +135,7 @@ class PocketConfig:
         self.decoder_seanet = _seanet(m.get("decoder_seanet") or m["seanet"])
         self.decoder_transformer = _codec_transformer(m.get("decoder_transformer") or m["transformer"])
         self.inner_dim = int(m.get("inner_dim") or self.encoder_seanet.dimension)
-        self.temperature = float(self.raw.get("default_temperature", 0.7))
+        self.temperature = float(self.raw.get("default_temperature", DEFAULT_TEMPERATURE))
         self.eos_threshold = float(self.raw.get("default_eos_threshold", -4.0))
         hop = math.prod(self.decoder_seanet.ratios)
         if self.sample_rate % hop or (self.sample_rate / hop) % self.frame_rate:
@@ -179,11 +183,23 @@ class PocketConfig:
         }
 
 
+def _heads(what: str, width: int, head_dim: int) -> int:
+    if width < head_dim or width % head_dim:
+        raise BadInput(
+            f"cannot tell the attention heads of {what} from the tensor shapes (width {width} is not a "
+            f"multiple of the {head_dim}-wide heads of the releases); put the model's Kyutai YAML beside "
+            "the weights as config.yaml"
+        )
+    return width // head_dim
+
+
 def infer_config(tensors: Mapping[str, torch.Tensor]) -> dict[str, Any]:
     """A Kyutai config read off a checkpoint's tensor shapes, for a `model.safetensors` without its YAML.
 
     Head counts are not in the shapes: like llama.cpp's converter, assume 64-wide heads (true of
-    every release); the SEANet layout (ratios 6/5/4, one residual block) is the released one."""
+    every release's flow LM and 512-wide codec; the small releases' 128-wide codec decoder has 4 heads
+    of 32, `CODEC_HEADS`); the SEANet layout (ratios 6/5/4, one residual block) is the released one.
+    Shapes that fit no such head count are refused rather than guessed."""
 
     def shape(name: str) -> tuple[int, ...]:
         if name not in tensors:
@@ -191,11 +207,13 @@ def infer_config(tensors: Mapping[str, torch.Tensor]) -> dict[str, Any]:
         return tuple(tensors[name].shape)
 
     d_model = shape("flow_lm.out_norm.weight")[0]
-    layers = 1 + max(int(k.split(".")[3]) for k in tensors if k.startswith("flow_lm.transformer.layers."))
+    layers = 1 + max(
+        (int(k.split(".")[3]) for k in tensors if k.startswith("flow_lm.transformer.layers.")), default=-1
+    )
     attn_dim = shape("flow_lm.transformer.layers.0.self_attn.out_proj.weight")[1]
     qkv = shape("flow_lm.transformer.layers.0.self_attn.in_proj.weight")[0]
-    heads = attn_dim // DEFAULT_HEAD_DIM
-    kv_heads = (qkv - attn_dim) // (2 * DEFAULT_HEAD_DIM)
+    heads = _heads("the flow LM", attn_dim, DEFAULT_HEAD_DIM)
+    kv_heads = _heads("the flow LM's keys/values", (qkv - attn_dim) // 2, DEFAULT_HEAD_DIM)
     z = shape("flow_lm.z_proj.weight")[0] if "flow_lm.z_proj.weight" in tensors else None
     rank = (
         shape("flow_lm.conditioner.embed.weight")[1] if "flow_lm.conditioner.proj.weight" in tensors else None
@@ -204,7 +222,11 @@ def infer_config(tensors: Mapping[str, torch.Tensor]) -> dict[str, Any]:
     # drifting and pointwise heads have the same tensors; only the 2M release is pointwise
     flow_type = "lsd" if n_time == 2 else "drifting"
     flow_dim = shape("flow_lm.flow_net.input_proj.weight")[0]
-    depth = 1 + max(int(k.split(".")[3]) for k in tensors if k.startswith("flow_lm.flow_net.res_blocks."))
+    depth = 1 + max(
+        (int(k.split(".")[3]) for k in tensors if k.startswith("flow_lm.flow_net.res_blocks.")), default=-1
+    )
+    if depth < 1:
+        raise BadInput("not a Pocket TTS checkpoint: the flow head has no res_blocks")
 
     def seanet(prefix: str, decoder: bool) -> dict[str, Any]:
         first = shape(f"{prefix}.model.0.conv.weight")
@@ -227,9 +249,10 @@ def infer_config(tensors: Mapping[str, torch.Tensor]) -> dict[str, Any]:
     def transformer(prefix: str, context: int) -> dict[str, Any]:
         d = shape(f"{prefix}.transformer.layers.0.norm1.weight")[0]
         n = 1 + max(int(k.split(".")[4]) for k in tensors if k.startswith(f"{prefix}.transformer.layers."))
+        heads = CODEC_HEADS[d] if d in CODEC_HEADS else _heads(prefix, d, DEFAULT_HEAD_DIM)
         return {
             "d_model": d,
-            "num_heads": d // DEFAULT_HEAD_DIM,
+            "num_heads": heads,
             "num_layers": n,
             "layer_scale": 0.01,
             "context": context,
@@ -248,11 +271,12 @@ def infer_config(tensors: Mapping[str, torch.Tensor]) -> dict[str, Any]:
         "decoder_transformer": transformer("mimi.decoder_transformer", 250 if outer >= 512 else 50),
     }
     mimi: dict[str, Any] = {
+        "dtype": "float32",
         "sample_rate": 24000,
         "channels": 1,
         "frame_rate": 12.5,
         "quantizer": {"dimension": latent, "output_dimension": outer},
-        "inner_dim": latent,
+        "inner_dim": shape("mimi.downsample.conv.conv.weight")[0] if has_encoder else latent,
         "outer_dim": outer,
         **decoder,
     }
@@ -263,6 +287,7 @@ def infer_config(tensors: Mapping[str, torch.Tensor]) -> dict[str, Any]:
         mimi["seanet"], mimi["transformer"] = decoder["decoder_seanet"], decoder["decoder_transformer"]
     return {
         "flow_lm": {
+            "dtype": "float32",
             "insert_bos_before_voice": "flow_lm.bos_before_voice" in tensors,
             "flow": {"dim": flow_dim, "depth": depth, "type": flow_type},
             "transformer": {
@@ -285,6 +310,6 @@ def infer_config(tensors: Mapping[str, torch.Tensor]) -> dict[str, Any]:
             "z_dim": z,
         },
         "mimi": mimi,
-        "default_temperature": 0.7,
+        "default_temperature": DEFAULT_TEMPERATURE,
         "default_eos_threshold": -4.0,
     }

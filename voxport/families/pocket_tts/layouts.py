@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from voxport.errors import BadInput
+from voxport.families.pocket_tts.config import DEFAULT_TEMPERATURE
 
 #: transformers' special rows appended to the 4001-row text table
 AUDIO_PROMPT_BOS_ROW = 4002
@@ -200,6 +201,7 @@ def config_from_transformers(model: Mapping[str, Any], codec: Mapping[str, Any])
     latent = int(codec.get("latent_dim", model.get("latent_dim", 32)))
     return {
         "flow_lm": {
+            "dtype": "float32",
             "insert_bos_before_voice": True,
             "flow": {
                 "dim": int(flow.get("hidden_size", 512)),
@@ -226,6 +228,7 @@ def config_from_transformers(model: Mapping[str, Any], codec: Mapping[str, Any])
             "z_dim": None,
         },
         "mimi": {
+            "dtype": "float32",
             "sample_rate": int(codec.get("sampling_rate", 24000)),
             "channels": 1,
             "frame_rate": float(model.get("frame_rate", 12.5)),
@@ -235,7 +238,7 @@ def config_from_transformers(model: Mapping[str, Any], codec: Mapping[str, Any])
             "inner_dim": latent,
             "outer_dim": d,
         },
-        "default_temperature": 0.7,
+        "default_temperature": DEFAULT_TEMPERATURE,
         "default_eos_threshold": -4.0,
     }
 
