@@ -366,6 +366,11 @@ class CoremlExportConfig(_Base):
     #: the largest token count (and, for graphs with a frame axis, frame count) a model accepts
     max_tokens: Annotated[Int, Field(ge=8, le=4096)] = 512
     max_frames: Annotated[Int, Field(ge=64, le=65536)] = 8192
+    #: positions of the fixed KV cache that autoregressive backbones get instead of a growing one
+    #: (Core ML needs bounded shapes; pocket_tts: voice prompt + text + generated frames must fit,
+    #: e.g. 30 s of voice = 376 positions + 50 tokens + 234 frames ≈ 660). Memory per layer is
+    #: 2 · kv_heads · kv_capacity · head_dim floats, passed in and out at every step.
+    kv_capacity: Annotated[Int, Field(ge=16, le=65536)] = 512
 
 
 class ExportConfig(_Base):

@@ -70,7 +70,7 @@ class OnnxFormat:
             opset=recipe.export.onnx.opset,
         )
         primary = next(f for f in files if f.primary)
-        sidecars = model.write_sidecars(primary.path)
+        sidecars = model.write_sidecars(primary.path, weights=qm.weights)
         return {
             "path": _rel(primary.path, out),
             "files": {f.graph: _rel(f.path, out) for f in files},
@@ -98,9 +98,12 @@ class GgufFormat:
     def export(
         self, recipe: Recipe, model: FamilyModel, qm: QuantizedModel, out: Path, prepared: Any
     ) -> dict[str, Any]:
+        options = recipe.export.gguf
+        layout = model.gguf_layout()
+        if layout is not None:
+            return self._export_layout(recipe, model, qm, out, layout)
         from voxport.export.gguf.writer import write_gguf
 
-        options = recipe.export.gguf
         path = out / "gguf" / f"{recipe.name}.{qm.precision}.gguf"
         written = write_gguf(
             model,
@@ -119,18 +122,53 @@ class GgufFormat:
             "tensor_types": dict(written["tensor_types"]),
         }
 
+    def _export_layout(
+        self, recipe: Recipe, model: FamilyModel, qm: QuantizedModel, out: Path, layout: Any
+    ) -> dict[str, Any]:
+        """The family's runtime layout (several files, the runtime's names): "path" is the primary
+        file, "files" every file by role, figures over all files together."""
+        from voxport.export.gguf.split import write_layout
+
+        options = recipe.export.gguf
+        written = write_layout(
+            model,
+            qm,
+            layout,
+            out / "gguf",
+            stem=f"{recipe.name}.{qm.precision}",
+            name=recipe.name,
+            types=options.types.get(qm.precision),  # type: ignore[call-overload]
+            metadata={"recipe": recipe.name},
+            fallback_type=options.fallback,
+        )
+        files = {role: _rel(path, out) for role, path in written["paths"].items()}
+        return {
+            "path": next(iter(files.values())),
+            "files": files,
+            "layout": layout.name,
+            "bits_per_weight": written["bits_per_weight"],
+            "skipped_weights": qm.skipped_weights() + written["fallbacks"],
+            "tensor_types": dict(written["tensor_types"]),
+        }
+
     def runner(self, model: FamilyModel, entry: dict[str, Any], out: Path) -> Runner:
         """No VITS runtime exists in the llama.cpp world: the file's dequantized weights run in the
         family's own torch graphs, which is what a GGUF consumer of these tensors computes."""
+        layout = model.gguf_layout()
+        if layout is not None:
+            from voxport.export.gguf.split import LayoutRunner
+
+            return LayoutRunner(model, layout, {role: out / rel for role, rel in entry["files"].items()})
         from voxport.export.gguf.reader import GgufRunner
 
         return GgufRunner(model, out / entry["path"])
 
 
 class CoremlFormat:
-    """One `.mlpackage` per graph whose output shapes follow from input shapes (for VITS: encoder and
-    decoder; Piper's one-graph form sizes its output by predicted durations, which Core ML cannot
-    express). Weights come from the same QuantizedTensors as ONNX and GGUF (constexpr ops, see
+    """One `.mlpackage` per graph of the family's `bounded_graphs` (for VITS: encoder and decoder, as
+    Piper's one-graph form sizes its output by predicted durations, which Core ML cannot express; for
+    Pocket TTS: a fixed-capacity KV cache backbone of `export.coreml.kv_capacity` positions, flow head,
+    codec). Weights come from the same QuantizedTensors as ONNX and GGUF (constexpr ops, see
     export/coreml/weights.py), or from coremltools' palettizer when the recipe asks for palettes."""
 
     name = "coreml"
@@ -145,6 +183,7 @@ class CoremlFormat:
             "palettize": palette.model_dump() if palette else None,
             "max_tokens": c.max_tokens,
             "max_frames": c.max_frames,
+            "kv_capacity": c.kv_capacity,
         }
 
     def prepare(self, recipe: Recipe, model: FamilyModel) -> Any:
@@ -162,7 +201,7 @@ class CoremlFormat:
         state = model.state_dict()
         files: dict[str, str] = {}
         results, stored_bits, elements = [], 0.0, 0
-        graphs = [g for g in model.graphs() if not g.value_dependent_shapes]
+        graphs = model.bounded_graphs(c.kv_capacity)
         unknown = sorted(set(c.graph_compute_precision) - {g.name for g in graphs})
         if unknown:
             raise BadInput(
@@ -170,7 +209,8 @@ class CoremlFormat:
                 f"({model.family} has {', '.join(g.name for g in graphs)})"
             )
         precisions = {g.name: c.graph_compute_precision.get(g.name, c.compute_precision) for g in graphs}
-        bounds = {"tokens": (1, c.max_tokens), "frames": (1, c.max_frames)}
+        # "seq": the new positions of an autoregressive step (a whole prompt at most)
+        bounds = {"tokens": (1, c.max_tokens), "seq": (1, c.max_tokens), "frames": (1, c.max_frames)}
         for spec in graphs:
             compute = precisions[spec.name]
             axes = {a for n in spec.input_names for a in spec.dynamic_axes.get(n, {}).values()}

@@ -175,8 +175,16 @@ class FamilyModel(ABC):
         others are namespaced by the family."""
         return {}
 
-    def write_sidecars(self, primary: Path) -> dict[str, Path]:
-        """Files a runtime needs beside the primary graph (e.g. a Piper voice config); none by default."""
+    def gguf_layout(self) -> Any:
+        """None: GGUF export writes voxport's own one-file layout (export/gguf/writer.py). A family whose
+        models a GGUF runtime already runs under its own names and file split (llama.cpp's pockettts
+        text model + mmproj) returns a `voxport.export.gguf.split.GgufLayout` describing that layout,
+        so the files load there; the format adapter never needs to know which family it is."""
+        return None
+
+    def write_sidecars(self, primary: Path, weights: Mapping[str, Any] | None = None) -> dict[str, Path]:
+        """Files a runtime needs beside the primary graph (e.g. a Piper voice config, or graphs in
+        another runtime's layout, which get the precision's stored `weights`); none by default."""
         return {}
 
     def torch_runner(self) -> Runner:
@@ -242,7 +250,8 @@ def detect_family(path: Path, forced: str | None = None) -> type[Family]:
             return family
     raise BadInput(
         f"{path}: unknown architecture (supported: {', '.join(sorted(known))}); "
-        "expected e.g. a transformers VitsModel directory with config.json and model.safetensors"
+        "expected e.g. a transformers VitsModel directory (config.json + model.safetensors), a Piper "
+        "voice (.onnx + .onnx.json) or a Kyutai Pocket TTS directory (model.safetensors + its YAML)"
     )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -32,6 +33,24 @@ def _from_coreml(value: np.ndarray) -> np.ndarray:
     """float32 for any floating output (fp16 programs included); integers and bools as they are."""
     value = np.asarray(value)
     return value.astype(np.float32) if value.dtype.kind == "f" else value
+
+
+def spec_input_shapes(features: Any) -> dict[str, tuple[int | None, ...]]:
+    """Input shapes from a model spec's feature descriptions, None for an axis that a range or the
+    enumerated shapes leave open (the predict runner's `input_shapes`; readable on Linux too)."""
+    shapes: dict[str, tuple[int | None, ...]] = {}
+    for feature in features:
+        array = feature.type.multiArrayType
+        open_axes = [False] * len(array.shape)
+        if array.shapeRange.sizeRanges:
+            open_axes = [r.lowerBound != r.upperBound for r in array.shapeRange.sizeRanges]
+        if array.enumeratedShapes.shapes:
+            sizes = {tuple(s.shape) for s in array.enumeratedShapes.shapes}
+            open_axes = [len({s[i] for s in sizes}) > 1 for i in range(len(array.shape))]
+        shapes[feature.name] = tuple(
+            None if flexible else int(d) for d, flexible in zip(array.shape, open_axes, strict=True)
+        )
+    return shapes
 
 
 class CoremlRunner:
@@ -61,6 +80,17 @@ class CoremlRunner:
         values = [outputs[v] for v in interpreter.output_names]
         return {n: _from_coreml(v) for n, v in zip(names, values, strict=True)}
 
+    def input_shapes(self, graph: str) -> dict[str, tuple[int | None, ...]]:
+        """Declared input shapes (None for a flexible axis): a loop sizes fixed state buffers from
+        them, e.g. the KV capacity of a fixed-cache backbone (`pocket_tts.loop.run_backbone`)."""
+        if graph not in self.interpreters:
+            raise BadInput(f"no Core ML graph '{graph}' (have: {', '.join(self.interpreters)})")
+        inputs = self.interpreters[graph].function.inputs
+        return {
+            name: tuple(int(d) if isinstance(d, int | np.integer) else None for d in var.shape)
+            for name, var in inputs.items()
+        }
+
 
 class CoremlPredictRunner:
     """Runs `.mlpackage` graphs through Core ML itself (`MLModel.predict`); macOS only, untested on CI."""
@@ -82,3 +112,7 @@ class CoremlPredictRunner:
         feed = {n: _to_declared(n, inputs[n], d) for n, d in declared.items() if n in inputs}
         outputs = model.predict(feed)
         return {o.name: _from_coreml(outputs[o.name]) for o in described.output}
+
+    def input_shapes(self, graph: str) -> dict[str, tuple[int | None, ...]]:
+        """Declared input shapes; a flexible axis (range or enumerated) is None."""
+        return spec_input_shapes(self.models[graph].get_spec().description.input)

@@ -25,12 +25,16 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Patch:
-    """One replacement of a coremltools module global; `why` is the patch function's docstring."""
+    """One replacement of a coremltools module global; `why` is the patch function's docstring.
+
+    `torch_op`: `attribute` names a torch op in the torch frontend's registry instead of a module
+    global (the converter looks translation functions up there, not in the `ops` module)."""
 
     name: str
     module: str
     attribute: str
     make: Callable[[Callable[..., Any]], Callable[..., Any]]
+    torch_op: bool = False
 
 
 _MARK = "__voxport_patch__"
@@ -64,6 +68,37 @@ def _scalar_cast_numpy2(original: Callable[..., Any]) -> Callable[..., Any]:
         original(context, node, dtype, dtype_name)
 
     return _cast
+
+
+def _reciprocal_of_integers(original: Callable[..., Any]) -> Callable[..., Any]:
+    """torch frontend ``aten::reciprocal`` on an integer tensor.
+
+    What breaks: coremltools 9.0, ``coremltools/converters/mil/frontend/torch/ops.py::reciprocal``
+    maps it to MIL ``inverse``, whose input must be fp16/fp32; torch's ``reciprocal`` of an integer
+    tensor is a float tensor. Traced code that divides by a size read from a shape (``b, t, h, d =
+    x.shape; ... * 2 / d``, Pocket TTS' RoPE in `voxport.families.pocket_tts.modules.rope`) records
+    ``reciprocal(d)`` with ``d`` an int tensor, and the conversion fails with "expects tensor or
+    scalar of dtype from type domain ['fp16', 'fp32'] but got tensor[1,int32]".
+
+    The fix: an integer input is cast to fp32 first (what torch computes); float inputs go to the
+    original function unchanged.
+
+    No longer needed when: ``test_reciprocal_patch_still_needed`` in tests/test_pocket_coreml.py
+    fails, i.e. converting ``x * (2 / x.shape[-1])`` succeeds with the original function.
+    """
+    from coremltools.converters.mil.frontend.torch import ops
+    from coremltools.converters.mil.mil import Builder as mb
+    from coremltools.converters.mil.mil import types
+
+    def reciprocal(context: Any, node: Any) -> None:
+        x = ops._get_inputs(context, node, expected=1)[0]
+        if types.is_int(x.dtype) or types.is_bool(x.dtype):
+            x = mb.cast(x=x, dtype="fp32", name=f"{node.name}_to_fp32")
+            context.add(mb.inverse(x=x, name=node.name))
+            return
+        original(context, node)
+
+    return reciprocal
 
 
 def _aligned_enumerated_shapes(original: Callable[..., Any]) -> Callable[..., Any]:
@@ -116,6 +151,13 @@ PATCHES: tuple[Patch, ...] = (
         make=_scalar_cast_numpy2,
     ),
     Patch(
+        name="torch-frontend-reciprocal-of-integers",
+        module="coremltools.converters.mil.frontend.torch.torch_op_registry",
+        attribute="reciprocal",
+        make=_reciprocal_of_integers,
+        torch_op=True,
+    ),
+    Patch(
         name="enumerated-shapes-keep-aligned-order",
         module="coremltools.models.neural_network.flexible_shape_utils",
         attribute="_add_multiarray_ndshape_enumeration_for_feature",
@@ -132,18 +174,32 @@ def _module(path: str) -> Any:
     return importlib.import_module(path)
 
 
+def _current(patch: Patch) -> Callable[..., Any]:
+    module = _module(patch.module)
+    if patch.torch_op:
+        return module._TORCH_OPS_REGISTRY.name_to_func_mapping[patch.attribute]
+    return getattr(module, patch.attribute)
+
+
+def _install(patch: Patch, function: Callable[..., Any]) -> None:
+    module = _module(patch.module)
+    if patch.torch_op:
+        module._TORCH_OPS_REGISTRY.set_func_by_name(function, patch.attribute)
+    else:
+        setattr(module, patch.attribute, function)
+
+
 def apply_patches() -> list[str]:
     """Install every patch once (calling again is a no-op); returns the names of the active patches."""
     for patch in PATCHES:
-        module = _module(patch.module)
-        current = getattr(module, patch.attribute)
+        current = _current(patch)
         if getattr(current, _MARK, None) == patch.name:
             continue
         _ORIGINALS[patch.name] = current
         replacement = patch.make(current)
         setattr(replacement, _MARK, patch.name)
         replacement.__doc__ = patch.make.__doc__
-        setattr(module, patch.attribute, replacement)
+        _install(patch, replacement)
     return [p.name for p in PATCHES]
 
 
@@ -152,9 +208,9 @@ def remove_patches() -> None:
     for patch in PATCHES:
         original = _ORIGINALS.pop(patch.name, None)
         if original is not None:
-            setattr(_module(patch.module), patch.attribute, original)
+            _install(patch, original)
 
 
 def is_applied(name: str) -> bool:
     patch = next(p for p in PATCHES if p.name == name)
-    return getattr(getattr(_module(patch.module), patch.attribute), _MARK, None) == name
+    return getattr(_current(patch), _MARK, None) == name

@@ -58,8 +58,8 @@ TARGETS: tuple[str, ...] = ("iOS17", "iOS18", "macOS14", "macOS15", "watchOS10",
 #: targets on which several inputs may carry EnumeratedShapes (Core ML 8 / iOS 18 generation)
 MULTI_ENUMERATED_TARGETS = frozenset({"iOS18", "macOS15", "watchOS11"})
 PRECISIONS: tuple[str, ...] = ("fp32", "fp16")
-#: default RangeDim bounds per axis name (the recipe's `export.coreml.max_tokens` / `max_frames`)
-DEFAULT_BOUNDS: dict[str, tuple[int, int]] = {"tokens": (1, 512), "frames": (1, 8192)}
+#: default RangeDim bounds per axis name (recipe: `export.coreml.max_tokens` for tokens/seq, `max_frames`)
+DEFAULT_BOUNDS: dict[str, tuple[int, int]] = {"tokens": (1, 512), "seq": (1, 512), "frames": (1, 8192)}
 #: bounds for an axis name not listed above: unbounded (Core ML runs such models on the CPU/GPU)
 UNBOUNDED: tuple[int, int] = (1, -1)
 #: coremltools logs (does not raise) which op failed: "converting 'X' op (located at: 'a/b/c')"

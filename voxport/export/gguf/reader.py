@@ -173,7 +173,29 @@ def _short(value: Any) -> Any:
 
 
 def describe_gguf(path: Path) -> dict[str, Any]:
-    """What `voxport inspect model.gguf` shows: architecture, short metadata, tensor types, sizes."""
+    """What `voxport inspect model.gguf` shows: architecture, short metadata, tensor types, sizes.
+
+    Files in a runtime's own layout (no voxport naming keys, e.g. llama.cpp's pockettts text model
+    and mmproj) are described from their header alone."""
+    from voxport.export.gguf.split import read_header
+
+    meta, infos, _ = read_header(Path(path))
+    if "voxport.naming_version" not in meta:
+        types_: Counter[str] = Counter(t.ggml_type.name for t in infos)
+        elements = sum(int(np.prod(t.shape, dtype=np.int64)) for t in infos)
+        tensor_bytes = sum(t.nbytes for t in infos)
+        return {
+            "path": str(path),
+            "architecture": meta.get("general.architecture"),
+            "name": meta.get("general.name"),
+            "metadata": {k: _short(v) for k, v in meta.items()},
+            "tensors": len(infos),
+            "tensor_types": dict(types_),
+            "parameters": elements,
+            "bytes": Path(path).stat().st_size,
+            "tensor_bytes": tensor_bytes,
+            "bits_per_weight": 8 * tensor_bytes / max(elements, 1),
+        }
     opened = _Opened(Path(path))
     types: Counter[str] = Counter()
     tensor_bytes = 0

@@ -157,7 +157,6 @@ def plan_tensors(
     (F16 by default, F32 to keep a QuantizedTensor's dequantized values exactly)."""
     if fallback_type not in ("F16", "F32"):
         raise BadInput(f"gguf: fallback type must be F16 or F32, got {fallback_type!r}")
-    fb_type = GGUF_PY_TYPES[fallback_type]
     state = model.state_dict() if state is None else state
     missing = sorted(set(state) - set(qm.weights))
     extra = sorted(set(qm.weights) - set(state))
@@ -179,77 +178,100 @@ def plan_tensors(
         shape = tuple(
             int(d) for d in (value.shape if isinstance(value, QuantizedTensor) else np.shape(value))
         )
-        stored = storage_shape(shape)
+        plans.append(
+            plan_tensor(
+                name,
+                gguf_name,
+                value,
+                shape,
+                storage_shape(shape),
+                types=types,
+                quantizable=name in quantizable,
+                fallback_type=fallback_type,
+                fallbacks=fallbacks,
+            )
+        )
+    return plans, fallbacks
 
-        def fallback(requested: str, reason: str, *, name: str = name, gguf_name: str = gguf_name) -> None:
+
+def plan_tensor(
+    name: str,
+    gguf_name: str,
+    value: Any,
+    shape: tuple[int, ...],
+    stored: tuple[int, ...],
+    *,
+    types: Mapping[str, str],
+    quantizable: bool,
+    fallback_type: str,
+    fallbacks: list[dict[str, str]],
+) -> TensorPlan:
+    """One tensor's plan (type, byte source) from its stored value; fallbacks taken are appended.
+
+    Shared by the one-file writer and the multi-file layouts (export/gguf/split.py), so a weight gets
+    the same GGML type whichever layout carries it. `types` must come from `_check_types`."""
+    fb_type = GGUF_PY_TYPES[fallback_type]
+
+    def fallback(requested: str, reason: str) -> None:
+        fallbacks.append(
+            {
+                "name": name,
+                "gguf_name": gguf_name,
+                "requested": requested,
+                "stored": fallback_type,
+                "reason": reason,
+            }
+        )
+
+    requested = _override(name, gguf_name, types) if len(shape) >= 2 and quantizable else None
+    if requested is not None:
+        ggml_type = OVERRIDE_TYPES[requested]
+        if _fits(stored, ggml_type):
+            exact = ggml_type == T.Q4_0 and isinstance(value, QuantizedTensor) and _q4_0_exact(value)
+            source = "codes" if exact else "fp32"
+            return TensorPlan(name, gguf_name, ggml_type, shape, stored, source)
+        block = GGML_QUANT_SIZES[ggml_type][0]
+        reason = f"row length {stored[-1]} is not a multiple of the {requested} block {block}"
+        near = KQUANT_FALLBACKS.get(requested)
+        if near is not None and _fits(stored, OVERRIDE_TYPES[near]):
             fallbacks.append(
                 {
                     "name": name,
                     "gguf_name": gguf_name,
                     "requested": requested,
-                    "stored": fallback_type,
+                    "stored": near,
                     "reason": reason,
                 }
             )
-
-        requested = _override(name, gguf_name, types) if len(shape) >= 2 and name in quantizable else None
-        if requested is not None:
-            ggml_type = OVERRIDE_TYPES[requested]
-            if _fits(stored, ggml_type):
-                exact = ggml_type == T.Q4_0 and isinstance(value, QuantizedTensor) and _q4_0_exact(value)
-                source = "codes" if exact else "fp32"
-                plans.append(TensorPlan(name, gguf_name, ggml_type, shape, stored, source))
-            else:
-                block = GGML_QUANT_SIZES[ggml_type][0]
-                reason = f"row length {stored[-1]} is not a multiple of the {requested} block {block}"
-                near = KQUANT_FALLBACKS.get(requested)
-                if near is not None and _fits(stored, OVERRIDE_TYPES[near]):
-                    fallbacks.append(
-                        {
-                            "name": name,
-                            "gguf_name": gguf_name,
-                            "requested": requested,
-                            "stored": near,
-                            "reason": reason,
-                        }
-                    )
-                    plans.append(TensorPlan(name, gguf_name, OVERRIDE_TYPES[near], shape, stored, "fp32"))
-                else:
-                    fallback(requested, reason)
-                    plans.append(TensorPlan(name, gguf_name, fb_type, shape, stored, "fp32"))
-            continue
-        if isinstance(value, QuantizedTensor):
-            if value.bits == 4 and _q4_0_exact(value):
-                plans.append(TensorPlan(name, gguf_name, T.Q4_0, shape, stored, "codes"))
-            elif value.bits == 4 and _fits(stored, T.Q4_0):
-                fallbacks.append(
-                    {
-                        "name": name,
-                        "gguf_name": gguf_name,
-                        "requested": "int4",
-                        "stored": "Q4_0",
-                        "reason": "int4 codes are not Q4_0-compatible (block size, offsets or scales); "
-                        "re-quantized from fp32 by gguf-py",
-                    }
-                )
-                plans.append(TensorPlan(name, gguf_name, T.Q4_0, shape, stored, "fp32"))
-            elif value.bits == 8 and _fits(stored, T.Q8_0):
-                plans.append(TensorPlan(name, gguf_name, T.Q8_0, shape, stored, "fp32"))
-            else:
-                target = "Q4_0" if value.bits == 4 else "Q8_0"
-                fallback(
-                    f"int{value.bits}", f"row length {stored[-1]} is not a multiple of the {target} block 32"
-                )
-                plans.append(TensorPlan(name, gguf_name, fb_type, shape, stored, "dequantized"))
-            continue
-        array = np.asarray(value)
-        if array.dtype == np.float16:
-            plans.append(TensorPlan(name, gguf_name, T.F16, shape, stored, "stored"))
-        elif array.dtype in _INT_TYPES:
-            plans.append(TensorPlan(name, gguf_name, _INT_TYPES[array.dtype], shape, stored, "stored"))
-        else:
-            plans.append(TensorPlan(name, gguf_name, T.F32, shape, stored, "stored"))
-    return plans, fallbacks
+            return TensorPlan(name, gguf_name, OVERRIDE_TYPES[near], shape, stored, "fp32")
+        fallback(requested, reason)
+        return TensorPlan(name, gguf_name, fb_type, shape, stored, "fp32")
+    if isinstance(value, QuantizedTensor):
+        if value.bits == 4 and len(stored) == 2 and _q4_0_exact(value):
+            return TensorPlan(name, gguf_name, T.Q4_0, shape, stored, "codes")
+        if value.bits == 4 and _fits(stored, T.Q4_0):
+            fallbacks.append(
+                {
+                    "name": name,
+                    "gguf_name": gguf_name,
+                    "requested": "int4",
+                    "stored": "Q4_0",
+                    "reason": "int4 codes are not Q4_0-compatible (block size, offsets or scales); "
+                    "re-quantized from fp32 by gguf-py",
+                }
+            )
+            return TensorPlan(name, gguf_name, T.Q4_0, shape, stored, "fp32")
+        if value.bits == 8 and _fits(stored, T.Q8_0):
+            return TensorPlan(name, gguf_name, T.Q8_0, shape, stored, "fp32")
+        target = "Q4_0" if value.bits == 4 else "Q8_0"
+        fallback(f"int{value.bits}", f"row length {stored[-1]} is not a multiple of the {target} block 32")
+        return TensorPlan(name, gguf_name, fb_type, shape, stored, "dequantized")
+    array = np.asarray(value)
+    if array.dtype == np.float16:
+        return TensorPlan(name, gguf_name, T.F16, shape, stored, "stored")
+    if array.dtype in _INT_TYPES:
+        return TensorPlan(name, gguf_name, _INT_TYPES[array.dtype], shape, stored, "stored")
+    return TensorPlan(name, gguf_name, T.F32, shape, stored, "stored")
 
 
 def _q4_0_exact(qt: QuantizedTensor) -> bool:

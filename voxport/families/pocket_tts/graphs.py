@@ -35,15 +35,18 @@ class BackboneGraph(nn.Module):
         self.num_layers = modules.cfg.num_layers
 
     def embed(self, token_ids: torch.Tensor, latents: torch.Tensor, kind: torch.Tensor) -> torch.Tensor:
+        """Every position's embedding by its kind. The audio BOS is `bos_emb` sent through the
+        latents' own `input_linear` call, not a separate `input_linear(bos_emb)`: that one is a
+        weight-only constant which converters fold with the *float* weight, so in a quantized artifact
+        that row would come from other weights than every other latent (Core ML measured 43 dB at the
+        BOS position against > 110 dB elsewhere)."""
         f = self.model.flow_lm
+        k = kind.unsqueeze(-1)
         text = f.conditioner(token_ids.clamp(0, f.conditioner.embed.num_embeddings - 1))
         voice = latents @ f.speaker_proj_weight.t()
-        latent = f.input_linear(latents)
-        audio_bos = f.input_linear(f.bos_emb)
-        k = kind.unsqueeze(-1)
+        latent = f.input_linear(torch.where(k == KIND_AUDIO_BOS, f.bos_emb, latents))
         x = torch.where(k == KIND_TEXT, text, latent)
         x = torch.where(k == KIND_VOICE, voice, x)
-        x = torch.where(k == KIND_AUDIO_BOS, audio_bos, x)
         if hasattr(f, "bos_before_voice"):
             x = torch.where(k == KIND_BOS_BEFORE_VOICE, f.bos_before_voice.reshape(-1), x)
         return x

@@ -148,6 +148,35 @@ def fade_in(audio: np.ndarray, sample_rate: int) -> np.ndarray:
     return out
 
 
+def run_backbone(runner: Runner, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """`backbone` on `runner`, or its fixed-capacity twin `backbone_cache` where only that exists
+    (Core ML, see bounded.py): the growing past is padded into the fixed cache, the call writes at
+    position P, and the caches come back cut to present (P + S), so the loop sees one contract."""
+    from voxport.families.pocket_tts.bounded import GRAPH
+    from voxport.validate.parity import runs_graph
+
+    if runs_graph(runner, "backbone") or not runs_graph(runner, GRAPH):
+        return runner.run("backbone", inputs)
+    capacity = int(runner.input_shapes(GRAPH)["key_cache_0"][2])  # type: ignore[attr-defined]
+    past, new = inputs["past_key_0"].shape[2], inputs["kind"].shape[1]
+    if past + new > capacity:
+        raise BadInput(
+            f"{past + new} positions exceed the backbone's KV capacity of {capacity} "
+            "(recipe export.coreml.kv_capacity): use a shorter prompt, fewer frames or a larger cache"
+        )
+    layers = sum(n.startswith("past_key_") for n in inputs)
+    pairs = [(i, kv) for i in range(layers) for kv in ("key", "value")]
+    feed = {k: v for k, v in inputs.items() if not k.startswith("past_")}
+    feed["position"] = np.array([past], np.int64)
+    for i, kv in pairs:
+        p = inputs[f"past_{kv}_{i}"]
+        feed[f"{kv}_cache_{i}"] = np.zeros((*p.shape[:2], capacity, p.shape[3]), np.float32)
+        feed[f"{kv}_cache_{i}"][:, :, :past] = p
+    out = runner.run(GRAPH, feed)
+    present = {f"present_{kv}_{i}": out[f"{kv}_cache_{i}_out"][:, :, : past + new] for i, kv in pairs}
+    return {"hidden": out["hidden"], "eos_logit": out["eos_logit"], **present}
+
+
 def stream(
     runner: Runner,
     spec: LoopSpec,
@@ -169,7 +198,7 @@ def stream(
         for kv in ("key", "value")
     }
     prompt = prompt_inputs(spec, ids, voice)
-    out = runner.run("backbone", {**prompt, "position": np.zeros(1, np.int64), **past})
+    out = run_backbone(runner, {**prompt, "position": np.zeros(1, np.int64), **past})
     position = prompt["kind"].shape[1]
     note("prompt_hidden", out["hidden"][0])
     codec = {f"st_{name}": np.zeros(shape, np.float32) for name, shape in spec.codec_state.items()}
@@ -183,9 +212,8 @@ def stream(
     for frame in range(limit):
         if frame > 0:
             fed = forced_latents[frame - 1] if forced_latents is not None else latent[0]
-            out = runner.run(
-                "backbone",
-                {**step_inputs(fed), "position": np.array([position], np.int64), **past},
+            out = run_backbone(
+                runner, {**step_inputs(fed), "position": np.array([position], np.int64), **past}
             )
             position += 1
         past = {

@@ -208,19 +208,41 @@ class PocketTTSAdapter(FamilyModel):
         )
         return [backbone, flow, codec]
 
+    def bounded_graphs(self, capacity: int) -> list[GraphSpec]:
+        """Core ML's graphs: `backbone_cache` (a fixed KV cache of `capacity` positions, written at
+        `position`) instead of the growing-cache `backbone`; flow head and codec as they are."""
+        from voxport.families.pocket_tts.bounded import bounded_graphs
+
+        return bounded_graphs(self.graphs(), capacity)
+
     def embedded_metadata(self) -> dict[str, Any]:
         meta: dict[str, Any] = {"config_yaml": yaml.safe_dump(self.cfg.raw, sort_keys=True)}
         for name, data in self.tokenizer_files.items():
             meta[f"tokenizer.{name}"] = data
         return meta
 
-    def write_sidecars(self, primary: Path) -> dict[str, Path]:
-        """The tokenizer beside the artifact, so `voxport say` on it can read text."""
+    def gguf_layout(self) -> Any:
+        """llama.cpp's pockettts layout (text model + mmproj), the GGUF runtime for this family;
+        configs it cannot hold are refused at export with the reason (see gguf.py)."""
+        from voxport.families.pocket_tts.gguf import PocketGgufLayout
+
+        return PocketGgufLayout(self)
+
+    def write_sidecars(self, primary: Path, weights: Mapping[str, Any] | None = None) -> dict[str, Path]:
+        """The tokenizer beside the artifact, so `voxport say` on it can read text, and the same
+        weights (`weights`: the precision's stored encodings) in sherpa-onnx's Pocket TTS layout
+        (`<name>.<precision>.sherpa/`, see sherpa.py), since sherpa-onnx is a runtime users already
+        ship. Models sherpa cannot hold exactly get no such directory; the reason is logged."""
+        from voxport.families.pocket_tts.sherpa import write_sherpa_sidecar
+
         out = {}
         for name, data in self.tokenizer_files.items():
             path = primary.with_name(f"{primary.name.split('.')[0]}.{name}")
             atomic_write_bytes(path, data)
             out["tokenizer"] = path
+        sherpa = write_sherpa_sidecar(self, primary, weights)
+        if sherpa is not None:
+            out["sherpa-onnx"] = sherpa
         return out
 
     # --- text and voice ------------------------------------------------------------------------------

@@ -1,0 +1,461 @@
+"""Pocket TTS in the layout sherpa-onnx's Pocket TTS engine loads (`OfflineTtsPocketModelConfig`).
+
+sherpa-onnx (k2-fsa/sherpa-onnx, `sherpa-onnx/csrc/offline-tts-pocket-{model.cc,impl.h}`) runs five
+ONNX graphs and keeps the loop in C++. It binds inputs and outputs *by position* (the names are read
+from the session and passed back unchanged), reads no metadata_props, and creates every recurrent
+state as zeros of the declared input shape with dynamic dimensions set to 1. Its loop, per sentence
+(text split at . ! ?, short sentences merged, no other text preparation):
+
+- `encoder(audio (1,1,N) f32 @ 24 kHz) -> embeddings (1,T,D)`: the voice prompt (reference audio is
+  required); `text_conditioner(token_ids (1,N) i64) -> (1,N,D)`, ids from `vocab.json` +
+  `token_scores.json` (a max-score segmentation over the pieces, spaces as U+2581, a leading U+2581
+  added, `<0xNN>` pieces as byte fallback);
+- `lm_main(seq (1,S,32), embeddings (1,T,E), *state) -> (conditioning, eos_logit, *state)`: called
+  with the voice embeddings and S=0, then the text embeddings and S=0 (both results dropped), then
+  once per frame with the previous latent and an empty (1,0,1024) text tensor; the first frame's
+  latent is all-NaN, meaning "audio BOS";
+- end of speech: the first step whose `eos_logit[0] > -4` (fixed) is the EOS step; generation stops
+  at `eos_step + frames_after_eos` frames (extra `frames_after_eos`, default 3, which is voxport's 2:
+  sherpa counts the EOS frame). Unlike voxport/Kyutai there is no minimum of 6 frames, and an EOS
+  at step 0 disables the rule (the stop test is `eos_step > 0`): `max_frames` (default 500) ends it;
+- `lm_flow(c, s (1,1), t (1,1), x (1,32)) -> v`: Euler steps `x += v / num_steps` from
+  `x = noise ~ N(0, temperature)` (extras `temperature` default 0.7, `seed`; `num_steps` from
+  GenerationConfig), s = i/n, t = s + 1/n;
+- `decoder(latent (1,T,32), *state) -> (audio (1,1,samples), *state)`: all latents decoded after
+  generation in chunks of `chunk_size` (default 15) frames, the state carried across chunks.
+
+This module writes that layout from voxport's own modules: thin wrappers over `layer_step`,
+`codec_step`, `encode_voice` and the flow net, traced with voxport's tracer and given the precision's
+stored weights (`apply_stored_weights`), so an int8 artifact's sherpa files hold the same int8 codes as
+its main graphs. Design choices where the contract leaves room:
+
+- the backbone's KV cache grows by concatenation and carries a `length` counter; cache slots before
+  `past - length` are masked, so sherpa's one-slot zero start (dynamic dims set to 1) is harmless and
+  no capacity limits the frame count;
+- `embeddings` is reshaped to (1, -1, d_model) inside, so sherpa's fixed (1,0,1024) empty tensor is
+  accepted by models of any width;
+- `eos_logit` is shifted by `-4 - eos_threshold`, so sherpa's fixed test applies the model's threshold;
+- the encoder puts `bos_before_voice` in front of the projected voice latents (voxport's prompt order
+  `[bos_before_voice][voice][text][audio BOS]` is then exactly sherpa's call order); a checkpoint
+  without codec encoder gets an encoder that ignores the audio and returns no positions (the prompt
+  voxport uses without a voice);
+- the decoder carries voxport's fixed-shape codec state plus the codec position, and decodes any number
+  of frames per call.
+
+Caveats of sherpa's side (not of the files): it prepares no text the way Kyutai does (capital first
+letter, terminal punctuation, padding), so give it prepared sentences; it caches voice embeddings
+process-wide keyed by the reference audio alone, so two models in one process given the same clip
+share the first one's embedding; without `<0xNN>` pieces in the vocabulary (sherpa logs "Missing byte
+token" for each) a character outside the vocabulary gets an undefined id.
+
+What cannot be expressed is skipped with a reason (`unsupported`): heads other than LSD (sherpa's
+Euler loop equals a drifting or pointwise head only at num_steps 1), latents other than 32 wide and
+sample rates other than 24 kHz (both fixed in sherpa's C++), no sentencepiece-style vocabulary.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import weakref
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import onnx
+import torch
+from torch import nn
+
+from voxport.families.base import GraphSpec
+from voxport.families.pocket_tts.modules import (
+    PocketModules,
+    codec_state_shapes,
+    codec_step,
+    encode_voice,
+    layer_step,
+)
+
+if TYPE_CHECKING:
+    from voxport.export.onnx.weights import Stored
+    from voxport.families.pocket_tts.model import PocketTTSAdapter
+
+log = logging.getLogger(__name__)
+
+#: sherpa-onnx's fixed numbers (offline-tts-pocket-impl.h)
+SHERPA_LATENT_DIM = 32
+SHERPA_SAMPLE_RATE = 24000
+SHERPA_EOS_THRESHOLD = -4.0
+#: files of the layout; the five graphs in the order of OfflineTtsPocketModelConfig's arguments
+GRAPH_FILES = ("lm_flow", "lm_main", "encoder", "decoder", "text_conditioner")
+VOCAB_FILE, SCORES_FILE = "vocab.json", "token_scores.json"
+#: score of pieces sherpa must never pick (control, unknown, unused): they stay in vocab.json because
+#: sherpa indexes its id table by id, so ids must be contiguous
+NEVER_SCORE = -1.0e4
+
+
+def sherpa_dir(primary: Path) -> Path:
+    """`<name>.<precision>.onnx` -> `<name>.<precision>.sherpa/` beside it."""
+    return primary.with_name(primary.name.removesuffix(".onnx") + ".sherpa")
+
+
+def unsupported(model: PocketTTSAdapter) -> str | None:
+    """Why sherpa-onnx's Pocket engine cannot run this model exactly, or None when it can."""
+    c = model.cfg
+    if c.flow_type != "lsd":
+        return (
+            f"flow head '{c.flow_type}': sherpa-onnx runs Euler steps x += v/num_steps over lm_flow, "
+            "which equals a drifting or pointwise head only at num_steps 1 (sherpa's default is 5)"
+        )
+    if c.latent_dim != SHERPA_LATENT_DIM:
+        return f"latent width {c.latent_dim}: sherpa-onnx fixes it at {SHERPA_LATENT_DIM}"
+    if c.sample_rate != SHERPA_SAMPLE_RATE:
+        return f"sample rate {c.sample_rate}: sherpa-onnx fixes it at {SHERPA_SAMPLE_RATE} Hz"
+    try:
+        sherpa_vocab(model.tokenizer_files)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+# --- the five graphs ---------------------------------------------------------------------------------
+
+
+class LmMain(nn.Module):
+    """Backbone step in sherpa's calling convention: `seq` latents (NaN rows = audio BOS) after
+    `embeddings` (voice or text), the KV cache per layer plus a `length` counter as state."""
+
+    def __init__(self, modules: PocketModules) -> None:
+        super().__init__()
+        self.model = modules
+        self.num_layers = modules.cfg.num_layers
+        self.d_model = modules.cfg.d_model
+        # Without a codec encoder the voice call brings no positions, and ONNX Runtime cannot run the
+        # RoPE reshape on zero positions: such models run one trailing scratch position per call
+        # (after every real one, so nothing attends to it) whose outputs are dropped.
+        self.scratch = not modules.mimi.has_encoder
+        # sherpa's end-of-speech test is `eos_logit > -4`; shifting the logit applies the model's own
+        # threshold (-1 for the small releases) through that fixed rule
+        self.eos_shift = SHERPA_EOS_THRESHOLD - modules.cfg.eos_threshold
+
+    def forward(
+        self, seq: torch.Tensor, embeddings: torch.Tensor, *state: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:
+        f = self.model.flow_lm
+        t = f.transformer
+        length = state[-1]
+        latents = torch.where(torch.isnan(seq), f.bos_emb, seq)
+        x = torch.cat([embeddings.reshape(1, -1, self.d_model), f.input_linear(latents)], dim=1)
+        new = x.shape[1]
+        if self.scratch:
+            x = torch.cat([x, x.new_zeros(1, 1, self.d_model)], dim=1)
+        run, past = x.shape[1], state[0].shape[2]
+        start = length.to(torch.float32)
+        positions = start + torch.arange(run, dtype=torch.float32)
+        # cache slot j holds position j - past + length; slots before the first real one are padding
+        keys = start - past + torch.arange(past + run, dtype=torch.float32)
+        visible = (keys[None, :] >= 0) & (keys[None, :] <= positions[:, None])
+        mask = torch.where(visible, 0.0, float("-inf"))
+        out: list[torch.Tensor] = []
+        for i, layer in enumerate(t.layers):
+            x, k, v = layer_step(layer, x, positions, state[2 * i], state[2 * i + 1], mask, t.max_period)
+            out += [k[:, :, :-1], v[:, :, :-1]] if self.scratch else [k, v]
+        if self.scratch:
+            x = x[:, :-1]
+        hidden = f.out_norm(x)
+        if f.z_proj is not None:
+            hidden = f.z_proj(hidden)
+        # the last position; a zero row in front keeps a call with no positions well defined
+        condition = torch.cat([hidden.new_zeros(1, 1, hidden.shape[-1]), hidden], dim=1)[:, -1]
+        eos = f.out_eos(condition)
+        if self.eos_shift:
+            eos = eos + self.eos_shift
+        return (condition, eos, *out, length + new)
+
+
+class LmFlow(nn.Module):
+    """The LSD flow net's velocity at (s, t): sherpa runs the Euler loop itself."""
+
+    def __init__(self, modules: PocketModules) -> None:
+        super().__init__()
+        self.model = modules
+
+    def forward(self, c: torch.Tensor, s: torch.Tensor, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return self.model.flow_lm.flow_net(c, [s, t], x)
+
+
+class Encoder(nn.Module):
+    """Reference audio -> the voice part of the prompt, already in the backbone's embedding space."""
+
+    def __init__(self, modules: PocketModules) -> None:
+        super().__init__()
+        self.model = modules
+
+    def forward(self, audio: torch.Tensor) -> torch.Tensor:
+        f, cfg = self.model.flow_lm, self.model.cfg
+        if not self.model.mimi.has_encoder:
+            # no voice cloning: no voice positions (sherpa still requires some reference audio)
+            return audio.new_zeros(1, 0, cfg.d_model) + audio[..., :0].sum()
+        latents = encode_voice(self.model.mimi, audio, cfg.frame_size)
+        voice = latents @ f.speaker_proj_weight.t()
+        if hasattr(f, "bos_before_voice"):
+            voice = torch.cat([f.bos_before_voice, voice], dim=1)
+        return voice
+
+
+class Decoder(nn.Module):
+    """Streaming codec over any number of frames per call; state = codec position + voxport's codec
+    state (fixed shapes, zeros at the start, as sherpa creates it)."""
+
+    def __init__(self, modules: PocketModules) -> None:
+        super().__init__()
+        self.model = modules
+        self.state_names = list(codec_state_shapes(modules.mimi))
+        self.steps = modules.cfg.codec_steps
+
+    def forward(
+        self, latent: torch.Tensor, position: torch.Tensor, *state: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:
+        f = self.model.flow_lm
+        audio, new = codec_step(
+            self.model.mimi,
+            f.emb_std,
+            f.emb_mean,
+            latent,
+            position,
+            dict(zip(self.state_names, state, strict=True)),
+        )
+        return (audio, position + latent.shape[1] * self.steps, *[new[n] for n in self.state_names])
+
+
+class TextConditioner(nn.Module):
+    """Token ids -> text embeddings (the low-rank table's projection included)."""
+
+    def __init__(self, modules: PocketModules) -> None:
+        super().__init__()
+        self.model = modules
+
+    def forward(self, token_ids: torch.Tensor) -> torch.Tensor:
+        lut = self.model.flow_lm.conditioner
+        return lut(token_ids.clamp(0, lut.embed.num_embeddings - 1))
+
+
+def sherpa_graphs(model: PocketTTSAdapter) -> list[GraphSpec]:
+    """The five graphs as GraphSpecs (traced with voxport's tracer). Example shapes avoid 0 and 1 on
+    every dynamic axis so the trace specialises none of them."""
+    modules, c = model.modules, model.cfg
+    g = torch.Generator().manual_seed(0)
+    kv = [f"{kind}_{i}" for i in range(c.num_layers) for kind in ("key", "value")]
+    past = 3
+    lm_main = GraphSpec(
+        name="lm_main",
+        module=LmMain(modules),
+        input_names=["seq", "embeddings", *kv, "length"],
+        output_names=["conditioning", "eos_logit", *[f"{n}_out" for n in kv], "length_out"],
+        example_inputs=(
+            torch.cat([torch.full((1, 1, c.latent_dim), float("nan")), torch.randn(1, 1, c.latent_dim)], 1),
+            torch.randn(1, 3, c.d_model, generator=g),
+            *[torch.randn(1, c.num_kv_heads, past, c.head_dim, generator=g) for _ in kv],
+            torch.tensor([2], dtype=torch.int64),
+        ),
+        dynamic_axes={
+            "seq": {1: "seq"},
+            "embeddings": {1: "positions", 2: "width"},
+            **{n: {2: "past"} for n in kv},
+            **{f"{n}_out": {2: "total"} for n in kv},
+        },
+        state={**{f"{n}_out": n for n in kv}, "length_out": "length"},
+    )
+    lm_flow = GraphSpec(
+        name="lm_flow",
+        module=LmFlow(modules),
+        input_names=["c", "s", "t", "x"],
+        output_names=["v"],
+        example_inputs=(
+            torch.randn(1, c.condition_dim, generator=g),
+            torch.full((1, 1), 0.25),
+            torch.full((1, 1), 0.5),
+            torch.randn(1, c.latent_dim, generator=g),
+        ),
+        dynamic_axes={},
+    )
+    encoder = GraphSpec(
+        name="encoder",
+        module=Encoder(modules),
+        input_names=["audio"],
+        output_names=["embeddings"],
+        example_inputs=(torch.randn(1, 1, c.frame_size * 2 + c.frame_size // 2, generator=g) * 0.1,),
+        dynamic_axes={"audio": {2: "samples"}, "embeddings": {1: "positions"}},
+    )
+    decoder_module = Decoder(modules)
+    shapes = codec_state_shapes(modules.mimi)
+    st = [f"st_{n}" for n in decoder_module.state_names]
+    decoder = GraphSpec(
+        name="decoder",
+        module=decoder_module,
+        input_names=["latent", "position", *st],
+        output_names=["audio", "position_out", *[f"{n}_out" for n in st]],
+        example_inputs=(
+            torch.randn(1, 2, c.latent_dim, generator=g),
+            torch.tensor([3 * c.codec_steps], dtype=torch.int64),
+            *[torch.randn(s, generator=g) * 0.1 for s in shapes.values()],
+        ),
+        dynamic_axes={"latent": {1: "frames"}, "audio": {2: "samples"}},
+        state={"position_out": "position", **{f"{n}_out": n for n in st}},
+    )
+    text = GraphSpec(
+        name="text_conditioner",
+        module=TextConditioner(modules),
+        input_names=["token_ids"],
+        output_names=["embeddings"],
+        example_inputs=(torch.tensor([[5, 7, 9]], dtype=torch.int64),),
+        dynamic_axes={"token_ids": {1: "tokens"}, "embeddings": {1: "tokens"}},
+    )
+    return [lm_flow, lm_main, encoder, decoder, text]
+
+
+# --- the tokenizer files -------------------------------------------------------------------------------
+
+
+def sherpa_vocab(tokenizer_files: Mapping[str, bytes]) -> tuple[dict[str, int], dict[str, float]]:
+    """`vocab.json` (piece -> id) and `token_scores.json` (piece -> score) from the checkpoint's
+    unigram tokenizer (`tokenizer.model`, or a tokenizers `Unigram` JSON). sherpa segments by the
+    highest total score, as sentencepiece's unigram Viterbi does."""
+    if "tokenizer.model" in tokenizer_files:
+        import sentencepiece
+
+        sp = sentencepiece.SentencePieceProcessor()
+        sp.LoadFromSerializedProto(tokenizer_files["tokenizer.model"])
+        vocab, scores = {}, {}
+        for i in range(sp.get_piece_size()):
+            piece = sp.id_to_piece(i)
+            vocab[piece] = i
+            special = sp.is_control(i) or sp.is_unknown(i) or sp.is_unused(i)
+            scores[piece] = NEVER_SCORE if special else float(sp.get_score(i))
+        return vocab, scores
+    if "tokenizer.json" in tokenizer_files:
+        data = json.loads(tokenizer_files["tokenizer.json"])
+        m = data.get("model", {})
+        if m.get("type") != "Unigram":
+            raise ValueError(
+                f"tokenizer.json model '{m.get('type')}': sherpa-onnx's Pocket engine reads "
+                "a unigram (sentencepiece) vocabulary only"
+            )
+        unk = m.get("unk_id")
+        vocab = {piece: i for i, (piece, _) in enumerate(m["vocab"])}
+        scores = {piece: NEVER_SCORE if i == unk else float(s) for i, (piece, s) in enumerate(m["vocab"])}
+        if len(vocab) != len(m["vocab"]):
+            raise ValueError(
+                "tokenizer.json repeats a piece: sherpa-onnx's vocab.json needs one id per piece"
+            )
+        return vocab, scores
+    raise ValueError(
+        "no tokenizer.model or tokenizer.json: sherpa-onnx needs vocab.json and token_scores.json"
+    )
+
+
+# --- writing ------------------------------------------------------------------------------------------
+
+
+#: fp32 traces per model object and opset (weights are applied to copies), so exporting several
+#: precisions of one model traces the five graphs once, as the main graphs are (`trace_all`)
+_TRACED: weakref.WeakKeyDictionary[PocketTTSAdapter, dict[int, list[tuple[str, onnx.ModelProto]]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _opset_of(primary: Path) -> int:
+    """The main graphs' opset (the recipe's), so the sherpa files can hold the same weight encodings."""
+    from voxport.export.onnx.exporter import DEFAULT_OPSET
+
+    try:
+        proto = onnx.load_model(str(primary), load_external_data=False)
+    except Exception:  # the primary is voxport's own; fall back to the default rather than fail
+        return DEFAULT_OPSET
+    return max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=DEFAULT_OPSET)
+
+
+def export_sherpa(
+    model: PocketTTSAdapter,
+    out_dir: Path,
+    weights: Mapping[str, Stored] | None = None,
+    *,
+    opset: int | None = None,
+    metadata: Mapping[str, str] | None = None,
+) -> Path:
+    """Write the layout into `out_dir` atomically (a temporary directory renamed into place).
+
+    `weights`: the precision's stored weights (None: the model's fp32 weights)."""
+    from voxport import __version__
+    from voxport.export.onnx.exporter import DEFAULT_OPSET
+    from voxport.export.onnx.trace import trace_graph
+    from voxport.export.onnx.weights import apply_stored_weights
+    from voxport.io import atomic_path
+
+    reason = unsupported(model)
+    if reason:
+        raise ValueError(f"sherpa-onnx Pocket layout: {reason}")
+    opset = opset or DEFAULT_OPSET
+    if weights is None:
+        weights = {k: v.to(torch.float32).numpy() for k, v in model.state_dict().items()}
+    vocab, scores = sherpa_vocab(model.tokenizer_files)
+    props = {
+        "family": model.family,
+        "layout": "sherpa-onnx pocket",
+        "voxport_version": __version__,
+        "sample_rate": str(model.sample_rate),
+        **(metadata or {}),
+    }
+    cache = _TRACED.setdefault(model, {})
+    if opset not in cache:  # one trace per model and opset: precisions only change the weights
+        cache[opset] = [(spec.name, trace_graph(spec, opset)) for spec in sherpa_graphs(model)]
+    with atomic_path(out_dir) as tmp:
+        tmp.mkdir(parents=True)
+        for name, traced in cache[opset]:
+            proto = onnx.ModelProto()
+            proto.CopyFrom(traced)
+            apply_stored_weights(proto, weights, opset=opset)
+            del proto.metadata_props[:]
+            for key, value in {**props, "graph": name}.items():
+                proto.metadata_props.add(key=key, value=str(value))
+            proto.producer_name, proto.producer_version = "voxport", __version__
+            onnx.checker.check_model(proto)
+            onnx.save_model(proto, str(tmp / f"{name}.onnx"))
+        (tmp / VOCAB_FILE).write_text(json.dumps(vocab, ensure_ascii=False, indent=0))
+        (tmp / SCORES_FILE).write_text(json.dumps(scores, ensure_ascii=False, indent=0))
+    return out_dir
+
+
+def write_sherpa_sidecar(
+    model: PocketTTSAdapter, primary: Path, weights: Mapping[str, Stored] | None
+) -> Path | None:
+    """The `write_sidecars` hook: the layout beside the primary graph, or None (logged) when sherpa
+    cannot hold this model."""
+    reason = unsupported(model)
+    if reason:
+        log.warning("sherpa-onnx Pocket layout not written for %s: %s", primary.name, reason)
+        return None
+    precision = primary.name.removesuffix(".onnx").rsplit(".", 1)[-1]
+    return export_sherpa(
+        model, sherpa_dir(primary), weights, opset=_opset_of(primary), metadata={"precision": precision}
+    )
+
+
+def sherpa_config_args(directory: Path) -> dict[str, Any]:
+    """Keyword arguments of `sherpa_onnx.OfflineTtsPocketModelConfig` for a written layout."""
+    args: dict[str, Any] = {name: str(directory / f"{name}.onnx") for name in GRAPH_FILES}
+    args["vocab_json"] = str(directory / VOCAB_FILE)
+    args["token_scores_json"] = str(directory / SCORES_FILE)
+    return args
+
+
+__all__ = [
+    "GRAPH_FILES",
+    "SHERPA_EOS_THRESHOLD",
+    "export_sherpa",
+    "sherpa_config_args",
+    "sherpa_dir",
+    "sherpa_graphs",
+    "sherpa_vocab",
+    "unsupported",
+    "write_sherpa_sidecar",
+]
