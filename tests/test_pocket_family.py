@@ -528,6 +528,21 @@ def test_eos_fires_at_first_allowed_frame(pocket, after):
     assert (run.graph_outputs["backbone"]["eos_logit"] > 50).all()
 
 
+def test_frames_after_eos_follow_the_texts_length_like_kyutai(pocket):
+    """Ids from text remember its length: ≤ 4 words keep 4 frames after the EOS frame, longer
+    text 2 (Kyutai's 5 / 3, which count the EOS frame); an explicit setting wins."""
+    eager = _with_eos_bias(pocket, 100.0)
+    runner = eager.torch_runner()
+    short = eager.text_to_ids("Turn left here.")
+    long = eager.text_to_ids("Turn left at the next corner.")
+    frames = {
+        "short": eager.synthesize(runner, short, SynthesisSettings()).durations[0],
+        "long": eager.synthesize(runner, long, SynthesisSettings()).durations[0],
+        "forced": eager.synthesize(runner, short, SynthesisSettings(frames_after_eos=0)).durations[0],
+    }
+    assert frames == {"short": MIN_FRAMES_BEFORE_EOS + 5, "long": MIN_FRAMES_BEFORE_EOS + 3, "forced": 7}
+
+
 def test_eos_off_runs_to_max_frames_and_default_limit(endless):
     runner = endless.torch_runner()
     assert endless.synthesize(runner, IDS, SynthesisSettings(max_frames=20)).durations.tolist() == [20]

@@ -375,6 +375,15 @@ def test_unsupported_head_is_skipped_with_a_reason(tmp_path: Path, caplog) -> No
     primary = tmp_path / "d.fp32.onnx"
     primary.write_bytes(b"")
     with caplog.at_level(logging.WARNING):
-        sidecars = drifting.write_sidecars(primary)
+        sidecars = drifting.write_sidecars(primary, weights={})
     assert "sherpa-onnx" not in sidecars and not sh.sherpa_dir(primary).exists()
     assert "drifting" in caplog.text
+
+
+def test_no_weights_means_no_runtime_layouts(tmp_path: Path) -> None:
+    """`export.onnx.runtime_layouts: false` passes no weights: only the tokenizer is written."""
+    model = random_model(TINY_CONFIG)
+    primary = tmp_path / "t.fp32.onnx"
+    primary.write_bytes(b"")
+    assert set(model.write_sidecars(primary)) == {"tokenizer"}
+    assert not sh.sherpa_dir(primary).exists()

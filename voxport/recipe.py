@@ -327,6 +327,9 @@ class PruneSpec(_Base):
 
 class OnnxExportConfig(_Base):
     opset: Annotated[Int, Field(ge=17, le=23)] = 21
+    #: also write the family's graphs in other ONNX runtimes' layouts beside the artifact (Pocket TTS:
+    #: sherpa-onnx's five-file layout, a second copy of the weights); false writes only voxport's graphs
+    runtime_layouts: Bool = True
 
 
 GgmlType = Literal["F32", "F16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K"]

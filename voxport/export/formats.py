@@ -70,7 +70,9 @@ class OnnxFormat:
             opset=recipe.export.onnx.opset,
         )
         primary = next(f for f in files if f.primary)
-        sidecars = model.write_sidecars(primary.path, weights=qm.weights)
+        # the precision's weights go to families that write other runtimes' layouts (None: don't)
+        layouts = recipe.export.onnx.runtime_layouts
+        sidecars = model.write_sidecars(primary.path, weights=qm.weights if layouts else None)
         return {
             "path": _rel(primary.path, out),
             "files": {f.graph: _rel(f.path, out) for f in files},

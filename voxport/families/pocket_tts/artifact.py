@@ -15,7 +15,12 @@ import numpy as np
 
 from voxport.errors import BadInput
 from voxport.families.base import SynthesisSettings
-from voxport.families.pocket_tts.frontend import TOKENIZER_FILES, Tokenizer, prepare_text
+from voxport.families.pocket_tts.frontend import (
+    TOKENIZER_FILES,
+    Tokenizer,
+    frames_after_eos_for,
+    prepare_text,
+)
 from voxport.families.pocket_tts.loop import DEFAULT_FRAMES_AFTER_EOS, LoopSettings, LoopSpec, stream
 from voxport.validate.runners import OrtRunner, ort_session
 
@@ -33,6 +38,7 @@ class PocketArtifactVoice:
         self.text_options = json.loads(meta.get("pocket_tts_text", "{}"))
         self.n_bins = int(meta.get("pocket_tts_bins", 4000))
         self.sample_rate = self.spec.sample_rate
+        self._after_eos: dict[tuple[int, ...], int] = {}
         base = path.name[: -len(".onnx")]
         files = {"backbone": path}
         for graph in ("flow_head", "codec"):
@@ -54,16 +60,19 @@ class PocketArtifactVoice:
     def text_to_ids(self, text: str) -> list[int]:
         if self.tokenizer is None:
             raise BadInput(f"{self.path}: no tokenizer beside this artifact; give ids with --ids")
-        return self.tokenizer.encode(prepare_text(text, self.text_options))
+        ids = self.tokenizer.encode(prepare_text(text, self.text_options))
+        self._after_eos[tuple(ids)] = frames_after_eos_for(text)
+        return ids
 
-    def _settings(self, settings: SynthesisSettings) -> LoopSettings:
+    def _settings(self, settings: SynthesisSettings, ids: Sequence[int]) -> LoopSettings:
+        after = settings.frames_after_eos
+        if after is None:
+            after = self._after_eos.get(tuple(ids), DEFAULT_FRAMES_AFTER_EOS)
         return LoopSettings(
             seed=settings.seed,
             temperature=self.spec.temperature if settings.temperature is None else settings.temperature,
             max_frames=settings.max_frames,
-            frames_after_eos=(
-                DEFAULT_FRAMES_AFTER_EOS if settings.frames_after_eos is None else settings.frames_after_eos
-            ),
+            frames_after_eos=after,
         )
 
     def _voice(self, settings: SynthesisSettings) -> np.ndarray | None:
@@ -73,7 +82,11 @@ class PocketArtifactVoice:
 
     def stream(self, ids: Sequence[int], settings: SynthesisSettings) -> Iterator[np.ndarray]:
         return stream(
-            self.runner, self.spec, list(ids), self._settings(settings), voice=self._voice(settings)
+            self.runner,
+            self.spec,
+            list(ids),
+            self._settings(settings, list(ids)),
+            voice=self._voice(settings),
         )
 
     def speak(self, ids: Sequence[int], settings: SynthesisSettings) -> np.ndarray:

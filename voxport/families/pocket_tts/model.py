@@ -32,7 +32,12 @@ from voxport.families.base import (
 )
 from voxport.families.pocket_tts import layouts
 from voxport.families.pocket_tts.config import PocketConfig, infer_config
-from voxport.families.pocket_tts.frontend import TOKENIZER_FILES, Tokenizer, prepare_text
+from voxport.families.pocket_tts.frontend import (
+    TOKENIZER_FILES,
+    Tokenizer,
+    frames_after_eos_for,
+    prepare_text,
+)
 from voxport.families.pocket_tts.graphs import BackboneGraph, CodecGraph, FlowHeadGraph
 from voxport.families.pocket_tts.loop import (
     DEFAULT_FRAMES_AFTER_EOS,
@@ -64,6 +69,8 @@ class PocketTTSAdapter(FamilyModel):
         self.tokenizer_files = dict(tokenizer_files)
         self.layout = layout
         self._voices: dict[str, np.ndarray] = {}
+        #: frames kept after end of speech for ids that came from text (Kyutai: more for short text)
+        self._after_eos: dict[tuple[int, ...], int] = {}
 
     # --- description ---------------------------------------------------------------------------
     @property
@@ -232,7 +239,8 @@ class PocketTTSAdapter(FamilyModel):
         """The tokenizer beside the artifact, so `voxport say` on it can read text, and the same
         weights (`weights`: the precision's stored encodings) in sherpa-onnx's Pocket TTS layout
         (`<name>.<precision>.sherpa/`, see sherpa.py), since sherpa-onnx is a runtime users already
-        ship. Models sherpa cannot hold exactly get no such directory; the reason is logged."""
+        ship. Models sherpa cannot hold exactly get no such directory; the reason is logged. Without
+        `weights` only the tokenizer is written."""
         from voxport.families.pocket_tts.sherpa import write_sherpa_sidecar
 
         out = {}
@@ -240,7 +248,8 @@ class PocketTTSAdapter(FamilyModel):
             path = primary.with_name(f"{primary.name.split('.')[0]}.{name}")
             atomic_write_bytes(path, data)
             out["tokenizer"] = path
-        sherpa = write_sherpa_sidecar(self, primary, weights)
+        # no weights: the recipe turned other runtimes' layouts off (export.onnx.runtime_layouts)
+        sherpa = None if weights is None else write_sherpa_sidecar(self, primary, weights)
         if sherpa is not None:
             out["sherpa-onnx"] = sherpa
         return out
@@ -260,6 +269,7 @@ class PocketTTSAdapter(FamilyModel):
                 "instead (recipe validate.ids, or --ids)"
             )
         ids = self.tokenizer.encode(prepare_text(text, self.cfg.text_options))
+        self._after_eos[tuple(ids)] = frames_after_eos_for(text)
         if not ids:
             raise BadInput(f"text {text!r} maps to no tokens")
         return ids
@@ -274,14 +284,17 @@ class PocketTTSAdapter(FamilyModel):
         return self._voices[voice]
 
     # --- synthesis ----------------------------------------------------------------------------------
-    def loop_settings(self, settings: SynthesisSettings) -> LoopSettings:
+    def loop_settings(self, settings: SynthesisSettings, ids: Sequence[int] = ()) -> LoopSettings:
+        """Settings default to the model's: its temperature, and frames after end of speech by the
+        length of the text the ids came from (Kyutai's rule), else 2."""
+        after = settings.frames_after_eos
+        if after is None:
+            after = self._after_eos.get(tuple(int(i) for i in ids), DEFAULT_FRAMES_AFTER_EOS)
         return LoopSettings(
             seed=settings.seed,
             temperature=self.cfg.temperature if settings.temperature is None else settings.temperature,
             max_frames=settings.max_frames,
-            frames_after_eos=(
-                DEFAULT_FRAMES_AFTER_EOS if settings.frames_after_eos is None else settings.frames_after_eos
-            ),
+            frames_after_eos=after,
         )
 
     def _check_ids(self, ids: Sequence[int]) -> list[int]:
@@ -305,7 +318,7 @@ class PocketTTSAdapter(FamilyModel):
             runner,
             self.loop_spec,
             self._check_ids(ids),
-            self.loop_settings(settings),
+            self.loop_settings(settings, ids),
             voice=self.voice_latents(settings.voice),
             forced_latents=forced_latents,
         )
@@ -316,7 +329,7 @@ class PocketTTSAdapter(FamilyModel):
             runner,
             self.loop_spec,
             self._check_ids(ids),
-            self.loop_settings(settings),
+            self.loop_settings(settings, ids),
             voice=self.voice_latents(settings.voice),
         )
 
