@@ -67,10 +67,10 @@ import torch
 from torch import nn
 
 from voxport.families.base import GraphSpec
+from voxport.families.pocket_tts.graphs import CodecGraph
 from voxport.families.pocket_tts.modules import (
     PocketModules,
     codec_state_shapes,
-    codec_step,
     encode_voice,
     layer_step,
 )
@@ -202,29 +202,19 @@ class Encoder(nn.Module):
         return voice
 
 
-class Decoder(nn.Module):
+class Decoder(CodecGraph):
     """Streaming codec over any number of frames per call; state = codec position + voxport's codec
     state (fixed shapes, zeros at the start, as sherpa creates it)."""
 
     def __init__(self, modules: PocketModules) -> None:
-        super().__init__()
-        self.model = modules
-        self.state_names = list(codec_state_shapes(modules.mimi))
+        super().__init__(modules)
         self.steps = modules.cfg.codec_steps
 
     def forward(
         self, latent: torch.Tensor, position: torch.Tensor, *state: torch.Tensor
     ) -> tuple[torch.Tensor, ...]:
-        f = self.model.flow_lm
-        audio, new = codec_step(
-            self.model.mimi,
-            f.emb_std,
-            f.emb_mean,
-            latent,
-            position,
-            dict(zip(self.state_names, state, strict=True)),
-        )
-        return (audio, position + latent.shape[1] * self.steps, *[new[n] for n in self.state_names])
+        audio, *new = super().forward(latent, position, *state)
+        return (audio, position + latent.shape[1] * self.steps, *new)
 
 
 class TextConditioner(nn.Module):
