@@ -102,8 +102,11 @@ def speak_to(voice: Voice, ids: Sequence[int], settings: SynthesisSettings, outp
     which a player can start on before synthesis ends (`... -o - | aplay -r 24000 -f S16_LE`)."""
     import soundfile as sf
 
-    pieces = voice.stream(ids, settings) if hasattr(voice, "stream") else iter([voice.speak(ids, settings)])
     started = time.perf_counter()
+    # lazily, so the clock covers synthesis for voices that render in one piece too
+    pieces = (
+        voice.stream(ids, settings) if hasattr(voice, "stream") else (voice.speak(ids, settings) for _ in [0])
+    )
     first: float | None = None
     samples = count = 0
 
