@@ -66,6 +66,7 @@ import yaml
 from voxport import __version__
 from voxport.export.onnx.exporter import DEFAULT_OPSET, export_onnx, trace_all
 from voxport.families.base import Runner
+from voxport.families.pocket_tts.kyutai import kyutai_model
 from voxport.families.pocket_tts.loop import LoopSettings, generate
 from voxport.families.pocket_tts.model import PocketTTSAdapter
 from voxport.families.pocket_tts.synthetic import random_model
@@ -123,35 +124,6 @@ def build_model(raw: dict[str, Any], seed: int) -> PocketTTSAdapter:
 def decoder_side(name: str) -> bool:
     """Tensors synthesis reads (the codec encoder only serves voice cloning from audio)."""
     return not name.startswith(("mimi.encoder.", "mimi.encoder_transformer.", "mimi.downsample."))
-
-
-def kyutai_model(raw: dict[str, Any], state_dict: Mapping[str, torch.Tensor]) -> Any:
-    """Kyutai's TTSModel with voxport's weights (strict load: the names are Kyutai's release names).
-
-    Same construction as tests/pocket_kyutai.py; the text tokenizer (a Hub download) is replaced,
-    since ids are fed directly."""
-    import pocket_tts.modules.text_conditioner as tc
-    from pocket_tts.models.mimi import build_mimi
-    from pocket_tts.models.tts_model import TTSModel, stamp_state_names
-    from pocket_tts.utils.config import Config
-
-    tc.build_tokenizer = lambda nbins, path, kind="sentencepiece": None
-    cfg = Config(**raw)
-    model = TTSModel._from_pydantic_config(
-        cfg,
-        temp=0.0,
-        sampler_decode_steps=1,
-        noise_clamp=None,
-        eos_threshold=cfg.default_eos_threshold,
-        origin=None,
-    )
-    speaker = state_dict["flow_lm.speaker_proj_weight"]
-    model.flow_lm.speaker_proj_weight = torch.nn.Parameter(torch.zeros_like(speaker))
-    model.mimi = build_mimi(cfg.mimi)
-    model.load_state_dict(dict(state_dict), strict=True)
-    model.eval()
-    stamp_state_names(model)
-    return model
 
 
 def kyutai_int8(model: Any) -> tuple[Any, dict[str, str]]:

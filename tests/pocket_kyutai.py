@@ -1,10 +1,8 @@
 """Kyutai's own Pocket TTS classes (PyPI `pocket-tts`, a dev dependency) as the oracle for voxport.
 
-`pocket-tts` ships the model code and every release config but no weights, and its tokenizer loader
-downloads from the Hub: the loader is replaced by the sentencepiece model of the checkpoint under
-test (or ids are fed directly). `kyutai_model(raw, state_dict)` builds Kyutai's TTSModel from a config
-mapping and loads a voxport state dict into it with `strict=True`, which is itself a check that
-voxport's names are Kyutai's release names.
+`kyutai_model(raw, state_dict)` (voxport/families/pocket_tts/kyutai.py, shared with the benchmark)
+builds Kyutai's TTSModel from a config mapping with voxport's weights loaded strictly;
+`kyutai_generate` runs Kyutai's own loop over it with voxport's recorded noise.
 """
 
 from __future__ import annotations
@@ -13,51 +11,10 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 
+from voxport.families.pocket_tts.kyutai import kyutai_model, release_config
 
-def _patch_tokenizer() -> None:
-    import pocket_tts.modules.text_conditioner as tc
-
-    class _Ids:
-        def __init__(self, n: int) -> None:
-            self.n = n
-
-        def __call__(self, text: str) -> torch.Tensor:  # text is never tokenized: ids are fed
-            raise AssertionError("tests feed token ids to Kyutai's model directly")
-
-    tc.build_tokenizer = lambda nbins, path, kind="sentencepiece": _Ids(nbins)
-
-
-def release_config(name: str) -> dict[str, Any]:
-    """A release YAML shipped inside the `pocket-tts` package (e.g. english_18m_2026-10)."""
-    from pocket_tts.utils.config import CONFIGS_DIR
-
-    return yaml.safe_load((CONFIGS_DIR / f"{name}.yaml").read_text())
-
-
-def kyutai_model(raw: dict[str, Any], state_dict: dict[str, torch.Tensor]) -> Any:
-    _patch_tokenizer()
-    from pocket_tts.models.mimi import build_mimi
-    from pocket_tts.models.tts_model import TTSModel, stamp_state_names
-    from pocket_tts.utils.config import Config
-
-    cfg = Config(**raw)
-    model = TTSModel._from_pydantic_config(
-        cfg,
-        temp=0.0,
-        sampler_decode_steps=1,
-        noise_clamp=None,
-        eos_threshold=cfg.default_eos_threshold,
-        origin=None,
-    )
-    speaker = state_dict["flow_lm.speaker_proj_weight"]
-    model.flow_lm.speaker_proj_weight = torch.nn.Parameter(torch.zeros_like(speaker))
-    model.mimi = build_mimi(cfg.mimi)
-    model.load_state_dict(state_dict, strict=True)
-    model.eval()
-    stamp_state_names(model)
-    return model
+__all__ = ["kyutai_generate", "kyutai_model", "release_config"]
 
 
 @torch.no_grad()

@@ -184,17 +184,9 @@ def named_config(name: str) -> dict[str, Any]:
         if not path.is_file():
             raise BadInput(f"config not found: {path}")
         return yaml.safe_load(path.read_text())
-    try:
-        from pocket_tts.utils.config import CONFIGS_DIR
-    except ImportError:
-        raise BadInput(
-            f"release config {name!r} needs Kyutai's package (pip install pocket-tts), or give a YAML path"
-        ) from None
-    release = CONFIGS_DIR / f"{name}.yaml"
-    if not release.is_file():
-        known = ", ".join(sorted(p.stem for p in CONFIGS_DIR.glob("*.yaml")))
-        raise BadInput(f"no release config {name!r} in pocket-tts (known: {known})")
-    return yaml.safe_load(release.read_text())
+    from voxport.families.pocket_tts.kyutai import release_config
+
+    return release_config(name)
 
 
 def make_checkpoint(out_dir: Path, raw: dict[str, Any] | None = None, *, seed: int = 0) -> Path:
