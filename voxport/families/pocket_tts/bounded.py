@@ -24,7 +24,7 @@ import torch
 from voxport.errors import BadInput
 from voxport.families.base import GraphSpec
 from voxport.families.pocket_tts.graphs import BackboneGraph
-from voxport.families.pocket_tts.modules import FlowLM, layer_step
+from voxport.families.pocket_tts.modules import FlowLM, layer_step, output_heads
 
 #: name of the fixed-capacity backbone graph (the loop falls back to it when `backbone` is absent)
 GRAPH = "backbone_cache"
@@ -71,10 +71,7 @@ def backbone_cache_step(
         x, keys, values = layer_step(layer, x, positions, ck, cv, mask, t.max_period)
         new_k, new_v = keys[:, :, capacity:], values[:, :, capacity:]
         updated.append((torch.where(written, hot @ new_k, ck), torch.where(written, hot @ new_v, cv)))
-    hidden = flow_lm.out_norm(x)
-    if flow_lm.z_proj is not None:
-        hidden = flow_lm.z_proj(hidden)
-    return hidden, flow_lm.out_eos(hidden), updated
+    return (*output_heads(flow_lm, x), updated)
 
 
 class BackboneCacheGraph(BackboneGraph):

@@ -440,10 +440,15 @@ def backbone_step(
     for layer, (pk, pv) in zip(t.layers, past, strict=True):
         x, k, v = layer_step(layer, x, positions, pk, pv, mask, t.max_period)
         present.append((k, v))
+    return (*output_heads(flow_lm, x), present)
+
+
+def output_heads(flow_lm: FlowLM, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The transformer's output → (the condition the flow head reads, the end-of-speech logit)."""
     hidden = flow_lm.out_norm(x)
     if flow_lm.z_proj is not None:
         hidden = flow_lm.z_proj(hidden)
-    return hidden, flow_lm.out_eos(hidden), present
+    return hidden, flow_lm.out_eos(hidden)
 
 
 def streaming_conv(conv: Conv, x: torch.Tensor, previous: torch.Tensor | None):
