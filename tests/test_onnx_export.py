@@ -376,9 +376,12 @@ def test_ort_equals_torch_with_dequantized_weights(tiny_vits, exported, ids, ref
         forced_durations=forced,
     )
     snr_exact = waveform_snr_db(expected.audio, exact.audio)
-    assert snr_exact is not None and snr_exact > 100, snr_exact
-    # fp16 has no DequantizeLinear to fuse; int8/int4 lose ~50 dB to MatMulNBits' int8 activations
-    assert snr_default is not None and snr_default > (100 if precision == "fp16" else 55), snr_default
+    # measured 115.7-116.7 dB (torch vs ORT, fp32 kernels of each); 95 = 20 dB for another CPU's
+    # kernels, still far above a wrong weight (< 60 dB) and above quantization's own figure (to_fp32)
+    assert snr_exact is not None and snr_exact > 95, snr_exact
+    # fp16 has no DequantizeLinear to fuse (measured 116.7, same margin as above); int8/int4 lose ~50 dB
+    # to MatMulNBits' int8 activations (measured 65.8-66.3: quantization error, not kernel rounding)
+    assert snr_default is not None and snr_default > (95 if precision == "fp16" else 55), snr_default
 
     # quantization itself moves the audio away from fp32, int4 more than int8
     to_fp32 = waveform_snr_db(reference.audio, exact.audio)

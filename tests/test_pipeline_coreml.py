@@ -49,7 +49,8 @@ def test_packages_per_graph_and_fp32_parity_in_the_interpreter(built: Path) -> N
     assert {f.graph for f in fp32.files} == {"encoder", "decoder"}  # type: ignore[attr-defined]
     assert all(f.path.endswith(".mlpackage") for f in fp32.files)  # type: ignore[attr-defined]
     metrics = fp32.parity.metrics  # type: ignore[attr-defined]
-    assert metrics["forced_snr_db"] > 100 and metrics["duration_match"] == 1.0
+    # measured 115.1-117.1 dB (torch vs the numpy MIL interpreter: both CPU-dependent fp32); 95 leaves 20 dB
+    assert metrics["forced_snr_db"] > 95 and metrics["duration_match"] == 1.0
     assert metrics["tts_snr_db"] is None  # no primary graph in this artifact, so not measured
 
 

@@ -133,6 +133,7 @@ def piper_weights(voice_files: tuple[Path, Path]) -> PiperWeights:
 
 def test_onnx_import_writes_the_voxport_layout(joe_dir: Path, voice_files: tuple[Path, Path]) -> None:
     assert sorted(p.name for p in joe_dir.iterdir()) == [
+        "MODEL_CARD",  # the voice package's card, kept for its license (GGUF general.license)
         "config.json",
         "model.safetensors",
         "piper.json",
@@ -171,18 +172,19 @@ def joe_primary_audio(joe_model: FamilyModel, phrase_ids: list[list[int]]) -> li
 def test_primary_graph_matches_piper_onnx(
     joe_primary_audio: list[np.ndarray], piper_reference: list[dict[str, np.ndarray]]
 ) -> None:
-    """Same length at noise off, and ≥ 90 dB on at least 3 of the 4 phrases (measured ~100-105 dB).
+    """Same length at noise off, and ≥ 70 dB on every phrase.
 
-    "hello world" sits at ~87 dB (86.9 with one thread, 87.8 with two): fp32 rounding in the text
+    The figure depends on the CPU's fp32 kernels on both sides (torch and ONNX Runtime): "hello world"
+    measured 86.9 dB on one machine, 98.1 on an AMD EPYC (AVX2), 93.2 there with torch's portable
+    kernels (ATEN_CPU_CAPABILITY=default); the other phrases 99-108 dB. fp32 rounding in the text
     encoder (~2e-6 on the prior means, as large as ONNX Runtime's own) lands in a direction the flow
-    and vocoder amplify by ~40 dB. `test_float64_matches_piper_onnx` shows that the recovered weights
-    reproduce Piper there at > 100 dB, so the floor for every phrase is a looser 80 dB."""
+    and vocoder amplify by ~40 dB. 70 dB is 17 dB under the lowest of those and still 10 dB above
+    what a wrong weight gives (26-60 dB, see `test_float64_matches_piper_onnx`)."""
     snrs = []
     for audio, ref in zip(joe_primary_audio, piper_reference, strict=True):
         assert audio.shape == ref["audio"].shape, "durations differ from Piper's (ceil rounding)"
         snrs.append(waveform_snr_db(ref["audio"], audio))
-    assert min(snrs) >= 80.0, snrs
-    assert sum(s >= 90.0 for s in snrs) >= 3, snrs
+    assert min(snrs) >= 70.0, snrs
 
 
 def test_split_graphs_match_piper_durations_and_audio(
@@ -195,15 +197,24 @@ def test_split_graphs_match_piper_durations_and_audio(
         free = joe_model.synthesize(runner, ids, NOISE_OFF)
         np.testing.assert_array_equal(free.graph_outputs["encoder"]["durations"], ref["durations"])
         forced = joe_model.synthesize(runner, ids, NOISE_OFF, forced_durations=ref["durations"])
-        assert waveform_snr_db(ref["audio"], forced.audio) >= 90.0
-        assert waveform_snr_db(ref["audio"], free.audio) >= 90.0
+        # measured 99.1-107.9 dB (EPYC, native and portable torch kernels); 80: the margin and the
+        # reason of test_primary_graph_matches_piper_onnx (CPU-dependent fp32 on both sides)
+        assert waveform_snr_db(ref["audio"], forced.audio) >= 80.0
+        assert waveform_snr_db(ref["audio"], free.audio) >= 80.0
 
 
 def test_float64_matches_piper_onnx(
     joe_model: FamilyModel, phrase_ids: list[list[int]], piper_reference: list[dict[str, np.ndarray]]
 ) -> None:
-    """In float64 the recovered model is closer to Piper's ONNX than fp32 torch is, on the phrase
-    where fp32 rounding costs most: the remaining gap is Piper's own fp32 noise, not a wrong weight."""
+    """In float64 the recovered model reproduces Piper's ONNX on the phrase where fp32 rounding costs
+    most: the remaining gap is Piper's own fp32 noise in ONNX Runtime, not a wrong weight.
+
+    Bound 80 dB, not the ~100 dB one machine measured. That noise depends on the CPU's kernels: 98.4 dB
+    on an AMD EPYC (AVX2), 100+ on another machine, and 91.8 / 92.5 dB here when ONNX Runtime's graph
+    optimisation level alone is changed (basic / none: other fusions, another summation order, a proxy
+    for another CPU's kernels). 80 dB leaves 12 dB below the worst of those. A wrong weight is far
+    below it (measured in float64, this phrase): one text-encoder projection scaled by 1.001 gives 26 dB,
+    a flow conv by 1.001 41 dB, the vocoder's last conv by 1.001 60 dB, one element of it doubled 40 dB."""
     model = copy.deepcopy(joe_model.model).double()
     ids, ref = phrase_ids[0], piper_reference[0]
     tokens = len(ids)
@@ -219,7 +230,7 @@ def test_float64_matches_piper_onnx(
         np.testing.assert_array_equal(durations.numpy(), ref["durations"])
         noise = torch.zeros(1, m_p.shape[1], int(durations.sum()), dtype=torch.float64)
         audio = decode(model, m_p, logs_p, durations, noise, None).reshape(-1).numpy()
-    assert waveform_snr_db(audio, ref["audio"].astype(np.float64)) >= 100.0
+    assert waveform_snr_db(audio, ref["audio"].astype(np.float64)) >= 80.0
 
 
 def test_refuses_to_replace_a_foreign_directory(joe_dir: Path, voice_files: tuple[Path, Path]) -> None:
@@ -303,7 +314,9 @@ def test_ckpt_imports_to_the_onnx_model(
     worst = max(float((ours[k] - theirs[k]).abs().max()) for k in ours)
     assert worst < 1e-6  # weight norm folded back to within float32 rounding
     audio = model.synthesize_primary(model.torch_runner(), phrase_ids[1], SynthesisSettings()).audio
-    assert waveform_snr_db(joe_primary_audio[1], audio) >= 100.0
+    # measured 108.2 dB (113.3 with portable torch kernels): weights equal to ~2e-7, amplified by the
+    # flows; 90 leaves 18 dB for another CPU's rounding, a wrong weight gives < 60 dB
+    assert waveform_snr_db(joe_primary_audio[1], audio) >= 90.0
     assert (out / "piper.json").read_bytes() == voice_files[1].read_bytes()
 
 

@@ -134,8 +134,11 @@ def test_fixed_cache_backbone_is_the_growing_backbone(model: PocketTTSAdapter) -
         with torch.no_grad():
             a = growing.module(*inputs, *past)
             b = fixed.module(*inputs, *cache)
-        torch.testing.assert_close(b[0], a[0], rtol=0, atol=1e-5)
-        torch.testing.assert_close(b[1], a[1], rtol=0, atol=1e-5)
+        # measured up to 1.6e-6, 7.6e-6 with torch's portable kernels (one fp32 ulp of a logit near 100),
+        # so another CPU's kernels can exceed 1e-5 absolute: allow 1e-5 relative too (~80 ulps); a stale
+        # cache slot read or a wrong mask moves them by O(1)
+        torch.testing.assert_close(b[0], a[0], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(b[1], a[1], rtol=1e-5, atol=1e-5)
         for present, full, old in zip(a[2:], b[2:], stale, strict=True):
             torch.testing.assert_close(full[:, :, : position + s], present, rtol=0, atol=1e-5)
             assert torch.equal(full[:, :, position + s :], old[:, :, position + s :])
@@ -256,7 +259,8 @@ def test_synthesis_loop_in_the_interpreter_matches_torch(built: Path, model: Poc
 def test_pipeline_parity_figures(built: Path) -> None:
     """validate ran the same loop through `CoremlRunner`: fp32 is round-off, precisions in order."""
     figures = {a.precision: a.parity.metrics for a in read_manifest(built).artifacts}
-    assert figures["fp32"]["hidden_snr_db"] > 90 and figures["fp32"]["latent_snr_db"] > 90
+    # measured 107.1-107.4 dB (torch vs the numpy MIL interpreter); 85 leaves 22 dB for other kernels
+    assert figures["fp32"]["hidden_snr_db"] > 85 and figures["fp32"]["latent_snr_db"] > 85
     assert figures["fp32"]["forced_snr_db"] > 80
     for metric in ("hidden_snr_db", "latent_snr_db", "forced_snr_db"):
         values = [figures[p][metric] for p in PRECISIONS]

@@ -6,8 +6,10 @@
 - transformers' `PocketTTSForConditionalGeneration` is the reference for the second checkpoint layout:
   its hidden states on a prompt must equal voxport's after the layout mapping (including the per-head
   RoPE row permutation).
-SNR floors sit 9-28 dB below the values measured here (fp32 round-off accumulates through a
-free-running loop, so the floor is a margin for other machines, far above what any wiring bug gives).
+SNR floors sit 20 dB or more below the lowest value measured on two machines, and with torch's
+portable kernels (ATEN_CPU_CAPABILITY=default), because fp32 round-off depends on the CPU's kernels and
+accumulates through a free-running loop; they stay far above what a wrong weight gives (one tensor
+scaled by 1.001: 54-64 dB).
 """
 
 from __future__ import annotations
@@ -114,8 +116,11 @@ def test_tiny_matches_kyutai_with_voice_and_noise(endless, kyutai_tiny, voice_np
     latents, audio = kyutai_generate(kyutai_tiny, IDS, frames, voice=np.load(voice_npy), noise=noise)
     assert ours.tensors["latent"].shape == latents.shape == (frames, 32)
     assert ours.audio.shape == audio.shape == (frames * 1920,)
-    assert tensor_snr_db(latents, ours.tensors["latent"]) >= 100.0
-    assert tensor_snr_db(audio, ours.audio) >= 100.0
+    # measured 118.6 / 115.4 dB on one machine, 112.2 / 109.8 on an AMD EPYC (118.8 / 116.9 there with
+    # torch's portable kernels, ATEN_CPU_CAPABILITY=default): 90 leaves 20 dB for another CPU's fp32
+    # kernels; one weight tensor scaled by 1.001 gives 54-64 dB (flow head, codec decoder), by 1.01 34-44
+    assert tensor_snr_db(latents, ours.tensors["latent"]) >= 90.0
+    assert tensor_snr_db(audio, ours.audio) >= 90.0
 
 
 @pytest.mark.parametrize(
@@ -138,9 +143,11 @@ def test_release_configs_match_kyutai_greedy(name, voice_npy):
         kyutai_model(raw, model.state_dict()), IDS, frames, voice=np.load(voice_npy)
     )
     assert ours.audio.shape == audio.shape == (frames * 1920,)
-    assert tensor_snr_db(latents[0], ours.tensors["latent"][0]) >= 105.0
-    assert tensor_snr_db(latents, ours.tensors["latent"]) >= 80.0
-    assert tensor_snr_db(audio, ours.audio) >= 80.0
+    # bounds 20 dB under the lowest measured (116 first frame, 92.1 latents, 93.3 audio): the
+    # round-off, and so its amplification, depends on the CPU's kernels
+    assert tensor_snr_db(latents[0], ours.tensors["latent"][0]) >= 95.0
+    assert tensor_snr_db(latents, ours.tensors["latent"]) >= 70.0
+    assert tensor_snr_db(audio, ours.audio) >= 70.0
 
 
 # --- voice encoding ---------------------------------------------------------------------------------------
@@ -307,8 +314,9 @@ def test_backbone_equals_transformers_forward(transformers_dirs):
         ).last_hidden_state
         eos = reference.eos_head(hidden)
     assert out["hidden"].shape == hidden.shape == (1, 20, 64)
-    assert tensor_snr_db(hidden.numpy(), out["hidden"]) >= 120.0
-    assert tensor_snr_db(eos.numpy(), out["eos_logit"]) >= 115.0
+    # measured 129.0-129.3 / 127.7-128.4 dB on two machines; 105 leaves > 20 dB for other kernels
+    assert tensor_snr_db(hidden.numpy(), out["hidden"]) >= 105.0
+    assert tensor_snr_db(eos.numpy(), out["eos_logit"]) >= 105.0
 
 
 def test_transformers_dir_without_audio_tokenizer(transformers_dirs, tmp_path):
