@@ -7,12 +7,20 @@ directory holding copies of the files the stage wrote (paths relative to the bui
 JSON `result`:
 
     <cache>/<key[:2]>/<key>/files/...     the outputs
-    <cache>/<key[:2]>/<key>/entry.json    {"stage", "files": [...], "result": ...}, written last
+    <cache>/<key[:2]>/<key>/entry.json    {"stage", "files", "hashes", "result", "checksum"}, written last
 
 An entry is built in a temporary sibling and renamed into place, and `entry.json` is checked on read,
 so a build killed at any point leaves either a whole entry or none: the next build recomputes what is
 missing and restores the rest. Restoring copies files into the build directory through temporary names
 too, so a half-restored artifact never looks finished.
+
+Nothing in an entry is trusted blindly. A cache shared between CI runs lives for months on disks that
+flip bits and in tarballs that get truncated, and a damaged file restored as "cached" would be shipped
+with the validation result that was measured on the good one. So `entry.json` records the sha256 and
+size of every file it holds and a checksum over its own content; `restore` re-hashes each file before
+using it, and a mismatch drops the entry (`EntryDamaged`) so the caller recomputes. Hashing runs at
+about 1 GB/s, a fraction of a second for the largest artifact, and each hash is memoised per build
+(`Digests`) so a file verified on restore is not read again for the manifest.
 """
 
 from __future__ import annotations
@@ -26,11 +34,12 @@ import secrets
 import shutil
 import time
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from voxport import __version__
-from voxport.io import atomic_path, sha256_path, to_jsonable
+from voxport.io import atomic_path, path_size, sha256_path, to_jsonable
 
 ENV_CACHE_DIR = "VOXPORT_CACHE_DIR"
 
@@ -69,14 +78,91 @@ def hash_inputs(path: Path) -> str:
     return sha256_path(path)
 
 
+class EntryDamaged(Exception):
+    """A cache entry whose files or record do not match what was stored; `reason` names the file."""
+
+    def __init__(self, key: str, reason: str) -> None:
+        super().__init__(f"{key[:12]}: {reason}")
+        self.key = key
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class FileDigest:
+    sha256: str
+    bytes: int
+
+
+def _signature(path: Path) -> tuple[Any, ...] | None:
+    """What changes whenever a file's bytes change: size, mtime, ctime and inode of every file under
+    `path`. ctime cannot be set back by any tool, and voxport (like copy tools) replaces files, which
+    changes the inode, so an unchanged signature means unchanged bytes. The one blind spot, an in-place
+    rewrite within one kernel clock tick (a few ms) of the hash, is too narrow for anything but a
+    process racing the build, which the output directory's lock rules out."""
+    try:
+        files = [path] if not path.is_dir() else sorted(p for p in path.rglob("*") if p.is_file())
+        stats = [(p.as_posix(), p.stat()) for p in files]
+    except OSError:
+        return None
+    return tuple((name, s.st_size, s.st_mtime_ns, s.st_ctime_ns, s.st_ino) for name, s in stats)
+
+
+class Digests:
+    """sha256 and size of files, memoised while their stat signature is unchanged.
+
+    One build hashes an artifact when the cache restores (or stores) it, when validation checks that
+    it still holds the exported bytes, and when the manifest records it: the memo makes that one read."""
+
+    def __init__(self) -> None:
+        self._memo: dict[Path, tuple[tuple[Any, ...], FileDigest]] = {}
+
+    def of(self, path: Path) -> FileDigest:
+        """The digest of a file or `.mlpackage` directory (OSError if it is missing)."""
+        path = Path(os.path.abspath(path))
+        signature = _signature(path)
+        if signature is not None:
+            known = self._memo.get(path)
+            if known is not None and known[0] == signature:
+                return known[1]
+        digest = FileDigest(sha256_path(path), path_size(path))
+        if signature is not None and _signature(path) == signature:  # not rewritten while we read it
+            self._memo[path] = (signature, digest)
+        return digest
+
+    def remember(self, path: Path, digest: FileDigest) -> None:
+        """Record a digest known without reading (a copy of bytes that were just hashed)."""
+        path = Path(os.path.abspath(path))
+        signature = _signature(path)
+        if signature is not None:
+            self._memo[path] = (signature, digest)
+
+    def matches(self, path: Path, expected: FileDigest) -> bool:
+        """Size first (a stat), then the hash: a truncated file is told apart without reading it."""
+        try:
+            if path_size(path) != expected.bytes:
+                return False
+            return self.of(path) == expected
+        except OSError:
+            return False
+
+
+def entry_checksum(entry: Mapping[str, Any]) -> str:
+    """sha256 of an entry's record without its checksum: a flipped digit in a cached parity figure is
+    as damaging as a flipped byte in an artifact."""
+    body = {k: v for k, v in entry.items() if k != "checksum"}
+    text = json.dumps(body, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
 class StageCache:
     """Entries under one directory; safe to share between builds and to keep between CI runs."""
 
     #: a temporary entry older than this was left by a killed build (a live one is minutes old at most)
     STALE_SECONDS = 3600.0
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, digests: Digests | None = None) -> None:
         self.root = Path(root)
+        self.digests = digests if digests is not None else Digests()
         #: keys this process read or wrote: what `prune` keeps
         self.touched: set[str] = set()
         self._sweep()
@@ -94,51 +180,103 @@ class StageCache:
         return self.root / key[:2] / key
 
     def get(self, key: str) -> dict[str, Any] | None:
-        """The entry for `key` if it is complete and every file it lists is present, else None."""
+        """The entry for `key` if it is complete and every file it lists is present, else None.
+
+        Only cheap checks (parse, presence); the contents are checked by `restore`, which reads them."""
         entry_dir = self._dir(key)
         try:
             entry = json.loads((entry_dir / "entry.json").read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return None
-        if not all((entry_dir / "files" / rel).exists() for rel in entry.get("files", [])):
+        if not isinstance(entry, dict) or not isinstance(entry.get("files"), list):
+            return None
+        if not all((entry_dir / "files" / rel).exists() for rel in entry["files"]):
             return None
         self.touched.add(key)
         return entry
 
+    def check(self, key: str, entry: Mapping[str, Any]) -> dict[str, FileDigest]:
+        """Every file of the entry as recorded, or EntryDamaged: the record's checksum first, then
+        each file's size and sha256 against the record."""
+        if entry.get("checksum") != entry_checksum(entry):
+            raise EntryDamaged(key, "entry.json does not match its checksum")
+        hashes = entry.get("hashes")
+        if not isinstance(hashes, dict) or set(hashes) != set(entry["files"]):
+            raise EntryDamaged(key, "entry.json records no checksum for some files")
+        recorded = {rel: FileDigest(h["sha256"], h["bytes"]) for rel, h in hashes.items()}
+        source = self._dir(key) / "files"
+        for rel, expected in recorded.items():
+            try:
+                size = path_size(source / rel)
+            except OSError:
+                raise EntryDamaged(key, f"{rel} missing") from None
+            if size != expected.bytes:
+                raise EntryDamaged(key, f"{rel} is {size} bytes, {expected.bytes} recorded")
+            if sha256_path(source / rel) != expected.sha256:
+                raise EntryDamaged(key, f"{rel} sha256 mismatch")
+        return recorded
+
     def restore(self, key: str, out: Path) -> Any:
-        """Copy the entry's files into the build directory (atomically, one by one); return its result."""
+        """Check the entry, then copy its files into the build directory (atomically, one by one) and
+        return its result. A file already in the build directory with the recorded bytes is left as it
+        is (no rewrite, same mtime). EntryDamaged if the entry does not hold what it recorded."""
         entry = self.get(key)
         if entry is None:
             raise KeyError(key)
+        recorded = self.check(key, entry)
         source = self._dir(key) / "files"
         for rel in entry["files"]:
-            _copy_atomic(source / rel, out / rel)
+            dst = out / rel
+            if dst.exists() and self.digests.matches(dst, recorded[rel]):
+                continue
+            _copy_atomic(source / rel, dst)
+            self.digests.remember(dst, recorded[rel])  # a copy of bytes just checked: no second read
         return entry["result"]
+
+    def drop(self, key: str) -> None:
+        """Remove an entry (damaged, or replaced): moved aside first so no reader sees half of it."""
+        final = self._dir(key)
+        if not final.exists():
+            return
+        doomed = final.parent / f".{key}.tmp-{secrets.token_hex(6)}"
+        with contextlib.suppress(OSError):
+            os.replace(final, doomed)
+            shutil.rmtree(doomed, ignore_errors=True)
 
     def put(
         self, key: str, stage: str, out: Path, files: Iterable[str], result: Any, *, replace: bool = False
-    ) -> None:
-        """Store `files` (relative to `out`, restored in this order) and `result` under `key`.
+    ) -> dict[str, FileDigest]:
+        """Store `files` (relative to `out`, restored in this order) and `result` under `key`, recording
+        each file's sha256 and size; return those digests.
 
-        A no-op if the entry exists, unless `replace` (`--force` rebuilds repair a damaged cache)."""
+        A no-op (apart from hashing) if the entry exists, unless `replace` (`--force` rebuilds repair a
+        damaged cache)."""
         final = self._dir(key)
         self.touched.add(key)
+        rels = list(dict.fromkeys(files))
+        digests = {rel: self.digests.of(out / rel) for rel in rels}
         if not replace and self.get(key) is not None:
-            return
+            return digests
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = final.parent / f".{key}.tmp-{secrets.token_hex(6)}"
-        rels = list(dict.fromkeys(files))
         try:
             for rel in rels:
                 _copy_tree_or_file(out / rel, tmp / "files" / rel)
-            entry = {"stage": stage, "key": key, "files": rels, "result": to_jsonable(result)}
+            entry: dict[str, Any] = {
+                "stage": stage,
+                "key": key,
+                "files": rels,
+                "hashes": {rel: {"sha256": d.sha256, "bytes": d.bytes} for rel, d in digests.items()},
+                "result": to_jsonable(result),
+            }
+            entry["checksum"] = entry_checksum(entry)
             (tmp / "entry.json").write_text(json.dumps(entry, indent=1, ensure_ascii=False), encoding="utf-8")
-            if final.exists():  # an incomplete entry left by a killed build, or `replace`
-                shutil.rmtree(final, ignore_errors=True)
+            self.drop(key)  # an incomplete entry left by a killed build, or `replace`
             os.replace(tmp, final)
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
+        return digests
 
     def prune(self, keep: set[str]) -> tuple[int, int]:
         """Delete every entry not in `keep`; return (entries removed, bytes freed).
@@ -166,8 +304,6 @@ def _copy_tree_or_file(src: Path, dst: Path) -> None:
 
 def _copy_atomic(src: Path, dst: Path) -> None:
     dst.parent.mkdir(parents=True, exist_ok=True)
-    if dst.exists() and sha256_path(dst) == sha256_path(src):
-        return
     with atomic_path(dst, keep_suffix=dst.is_dir() or src.is_dir()) as tmp:
         _copy_tree_or_file(src, tmp)
 

@@ -14,24 +14,44 @@ key chains the input file hashes, the unit's own recipe options and the voxport 
 rebuild restores files instead of computing them, a changed export option re-runs only export and
 validate, and a build killed at any point resumes with the units that finished. Each stage command runs
 the units it depends on first (cached ones cost a copy), like `make`.
+
+Integrity, end to end: a cache entry is checked against the sha256 it recorded before it is restored (a
+damaged one is dropped and recomputed); the export result records the sha256 of every file it wrote;
+a validation's cache key includes those hashes, so a cached parity result can only certify the bytes it
+measured; and the manifest is written only if the files on disk still hold them. A build holds a lock
+on its output directory (voxport/lock.py), and removes the artifacts an earlier build wrote that this
+one does not produce (`stages/owned.json` lists what voxport wrote; a user's own files are left alone).
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import re
+import shutil
 import sys
 import time
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Iterable
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from voxport import __version__
-from voxport.cache import StageCache, default_cache_dir, hash_inputs, stage_key
-from voxport.errors import BadInput
+from voxport.cache import (
+    Digests,
+    EntryDamaged,
+    FileDigest,
+    StageCache,
+    default_cache_dir,
+    hash_inputs,
+    stage_key,
+)
+from voxport.errors import BadInput, VoxportError
 from voxport.export.formats import FORMATS, Format, get_format
 from voxport.families.base import FamilyModel, SynthesisSettings, load_model
 from voxport.io import atomic_write_json, ensure_writable_dir, sweep_temporaries
+from voxport.lock import OutputLock
 from voxport.manifest import (
     Artifact,
     ArtifactFile,
@@ -49,6 +69,12 @@ from voxport.validate.parity import Reference, aggregate, check, measure_sentenc
 #: formats this version can produce; a recipe asking for another fails before any work is done
 SUPPORTED_FORMATS = tuple(FORMATS)
 MARKER = "voxport.json"
+#: what a finished build leaves at the top of OUT; removed when a build starts, written at its end
+FINISHED = ("manifest.json", "report.json", "report.html")
+#: folders of OUT whose voxport-written files a later build removes when it no longer produces them
+ARTIFACT_DIRS = (*FORMATS, "phrases")
+REPORT_AUDIO = "report/audio"
+_OWNED_PREFIXES = tuple(f"{folder}/" for folder in (*ARTIFACT_DIRS, REPORT_AUDIO))
 
 
 class Layout:
@@ -76,6 +102,12 @@ class Layout:
     @property
     def phrases(self) -> Path:
         return self.out / "phrases"
+
+    @property
+    def owned(self) -> Path:
+        """Every path under OUT that voxport wrote (artifacts, phrases, report audio): what a later
+        build may remove. Anything else under OUT is the user's."""
+        return self.out / "stages" / "owned.json"
 
 
 def check_supported(recipe: Recipe) -> None:
@@ -128,15 +160,40 @@ class Build:
         self.out = self.layout.out
         self.progress = _as_progress(progress)
         self.force = force
-        self.cache = StageCache(default_cache_dir(self.out, cache_dir))
+        # first, before anything under OUT changes: a second build must not sweep the first's temporaries
+        self.lock = OutputLock(self.out, _recipe_label(recipe)).acquire()
+        self._finalizer = weakref.finalize(self, self.lock.release)
+        if self.lock.unsupported:
+            self.progress.log(
+                f"lock: cannot lock {self.out} ({self.lock.unsupported}); two builds into it would not be "
+                "noticed"
+            )
+        self.digests = Digests()
+        self.cache = StageCache(default_cache_dir(self.out, cache_dir), self.digests)
         self.formats: dict[str, Format] = {name: get_format(name) for name in recipe.formats}
-        # manifest.json present means "this directory holds a finished, validated build"; whatever
-        # this run changes, that stops being true until validate writes a new one.
-        (self.out / "manifest.json").unlink(missing_ok=True)
+        self.owned = _read_owned(self.layout)
+        # manifest.json present means "this directory holds a finished, validated build"; whatever this
+        # run changes, that stops being true until validate writes a new one. The report goes with it: a
+        # killed rebuild must not leave the previous report looking current.
+        for name in FINISHED:
+            (self.out / name).unlink(missing_ok=True)
         for path in sweep_temporaries(self.out, skip=self.cache.root):
             self.progress.log(f"removed {path.relative_to(self.out)} left by an interrupted build")
         self._prepared: dict[str, Any] = {}
         self._converted: dict[str, Any] | None = None
+        #: files the units of this run produced or restored (relative to OUT)
+        self.produced: set[str] = set()
+
+    def close(self) -> None:
+        """Release the output directory's lock (also done when the object is collected or the process
+        exits, however it exits)."""
+        self._finalizer()
+
+    def __enter__(self) -> Build:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # --- keys: everything that shapes a unit's output, and nothing else -------------------------------
     @cached_property
@@ -190,10 +247,14 @@ class Build:
         config = {"measure": self._measure_config(), "family": self.recipe.family}
         return stage_key("reference", config, [self.source_hash])
 
-    def key_validate(self, fmt: str, precision: str) -> str:
+    def key_validate(self, entry: dict[str, Any]) -> str:
+        """Bound to the sha256 of every file of the artifact measured: a cached result can never
+        certify other bytes, whatever happened to the export entry in between."""
+        fmt, precision = entry["format"], entry["precision"]
         # the platform picks the runtime for some formats (Core ML predict on macOS, else the interpreter)
         config = {"measure": self._measure_config(), "platform": sys.platform}
-        return stage_key("validate", config, [self.key_export(fmt, precision), self.key_reference])
+        hashes = [f"{rel}={sha}" for rel, sha in sorted(_recorded(entry).items())]
+        return stage_key("validate", config, [self.key_export(fmt, precision), self.key_reference, *hashes])
 
     @cached_property
     def key_phrases(self) -> str:
@@ -215,14 +276,74 @@ class Build:
         return load_model(self.recipe.model, family=self.recipe.family, trust_pickle=self.recipe.trust_pickle)
 
     def _unit(self, stage: str, label: str, key: str, run: Callable[[], tuple[list[str], Any]]) -> Any:
-        """Restore `key` from the cache, or run it and store its files and result."""
-        if not self.force and self.cache.get(key) is not None:
-            result = self.cache.restore(key, self.out)
-            self.progress.log(f"{label}: cached")
-            return result
+        """Restore `key` from the cache, or run it and store its files and result.
+
+        An entry whose files or record do not match the sha256 it recorded is dropped and recomputed:
+        a shared CI cache must never ship a flipped byte as "cached"."""
+        entry = None if self.force else self.cache.get(key)
+        if entry is not None:
+            try:
+                result = self.cache.restore(key, self.out)
+            except EntryDamaged as exc:
+                self.progress.log(f"cache: entry for {label} is damaged ({exc.reason}); recomputing")
+                self.cache.drop(key)
+            else:
+                self.progress.log(f"{label}: cached")
+                self._own(entry["files"])
+                return result
         files, result = run()
+        self._own(files)  # before the copy into the cache: a build killed there still knows its files
         self.cache.put(key, stage, self.out, files, result, replace=self.force)
         return result
+
+    # --- which files under OUT are voxport's --------------------------------------------------------
+    def _own(self, files: Iterable[str]) -> None:
+        """Record files this run wrote into OUT, in the ledger at once (a killed build's files stay
+        known, so the next build can remove them if it does not produce them again)."""
+        files = list(files)
+        self.produced.update(files)
+        mine = {rel for rel in files if rel.startswith(_OWNED_PREFIXES)}
+        if not mine <= self.owned:
+            self.owned.update(mine)
+            _write_owned(self.layout, self.owned)
+
+    def _remove_stale(self, prefixes: Iterable[str]) -> None:
+        """Delete files an earlier build wrote under `prefixes` that this build did not produce.
+
+        Only paths in the ledger are touched: a user's notes or scripts beside the artifacts stay (and
+        `verify` reports them as unlisted)."""
+        prefixes = tuple(p.rstrip("/") + "/" for p in prefixes)
+        stale = sorted(rel for rel in self.owned - self.produced if rel.startswith(prefixes))
+        for rel in stale:
+            path = self.out / rel
+            if _through_symlink(path.parent, self.out):
+                continue  # never delete outside OUT through a folder someone replaced with a link
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+            _remove_empty_parents(path.parent, self.out)
+            self.progress.log(f"removed {rel}: written by an earlier build, not produced by this one")
+        if stale:
+            self.owned.difference_update(stale)
+            _write_owned(self.layout, self.owned)
+
+    def _check_unchanged(self, entry: dict[str, Any]) -> dict[str, FileDigest]:
+        """The artifact's files as its export recorded them, or VoxportError: bytes that differ from the
+        exported ones (changed under a running build) must never be measured or certified."""
+        digests = {}
+        for rel, sha in _recorded(entry).items():
+            try:
+                digest = self.digests.of(self.out / rel)
+            except OSError:
+                digest = None
+            if digest is None or digest.sha256 != sha:
+                raise VoxportError(
+                    f"{rel} changed during the build: it no longer holds the bytes export wrote "
+                    f"(sha256 {sha[:12]}…); was something else writing into {self.out}? build again"
+                )
+            digests[rel] = digest
+        return digests
 
     # --- units -------------------------------------------------------------------------------------
     def convert(self) -> dict[str, Any]:
@@ -306,6 +427,7 @@ class Build:
                 )
                 index.append(entry)
                 advance(1)
+        self._remove_stale(FORMATS)
         atomic_write_json(self.layout.export_index, index)
         return index
 
@@ -317,18 +439,21 @@ class Build:
         qm = load_quantized(self.layout.quantized(precision))
         entry = adapter.export(self.recipe, self.model, qm, self.out, self._prepared[fmt])
         files = [*entry["files"].values(), *entry.get("sidecars", {}).values()]
-        size = sum(ArtifactFile.from_path(self.out, rel, "x").bytes for rel in entry["files"].values())
+        size = sum(self.digests.of(self.out / rel).bytes for rel in entry["files"].values())
+        files = list(dict.fromkeys(files))
         entry = {
             "format": fmt,
             "precision": precision,
             **entry,
             "export_seconds": time.perf_counter() - started,
+            # what validate measures and the manifest certifies; hashed once (the cache reuses it)
+            "sha256": {rel: self.digests.of(self.out / rel).sha256 for rel in files},
         }
         count = len(entry["files"])
         self.progress.log(
             f"export: {fmt} {precision} → {entry['path']} ({size / 1e6:.2f} MB in {count} files)"
         )
-        return list(dict.fromkeys(files)), entry
+        return files, entry
 
     # --- reference, validate, phrases --------------------------------------------------------------
     @cached_property
@@ -358,13 +483,21 @@ class Build:
         return files, listing
 
     def measure(self, entry: dict[str, Any]) -> dict[str, Any]:
+        """Parity figures of one artifact, for exactly the bytes its export recorded."""
         fmt, precision = entry["format"], entry["precision"]
-        return self._unit(
+        self._check_unchanged(entry)
+        result: dict[str, Any] = self._unit(
             "validate",
             f"validate {fmt} {precision}",
-            self.key_validate(fmt, precision),
+            self.key_validate(entry),
             lambda: self._run_measure(entry),
         )
+        if result.get("artifact_sha256") != _recorded(entry):  # the key binds them; a record can rot
+            raise VoxportError(
+                f"the validation of {entry['path']} was measured on other bytes than the artifact's; "
+                "build again with --force"
+            )
+        return result
 
     def _run_measure(self, entry: dict[str, Any]) -> tuple[list[str], Any]:
         from voxport.say import write_wav
@@ -394,6 +527,7 @@ class Build:
             "sentences": sentences,
             "runner": runner.name,
             "validate_seconds": time.perf_counter() - started,
+            "artifact_sha256": _recorded(entry),
         }
         return files, result
 
@@ -462,7 +596,9 @@ class Build:
             verdict = "pass" if not failures else "FAIL: " + "; ".join(failures)
             self.progress.log(f"validate: {entry['format']} {entry['precision']}: {verdict}")
             artifact = _artifact(
-                self.out, entry, Parity(passed=not failures, metrics=metrics, failures=failures)
+                entry,
+                self._check_unchanged(entry),  # the bytes on disk now, against what was measured
+                Parity(passed=not failures, metrics=metrics, failures=failures),
             )
             artifacts.append(artifact)
             report.append(
@@ -483,6 +619,7 @@ class Build:
                 }
             )
         passed = all(a.parity.passed for a in artifacts)
+        self._remove_stale(["phrases", REPORT_AUDIO])
         atomic_write_json(
             self.layout.report,
             {
@@ -504,13 +641,17 @@ class Build:
                 family=info["family"], source=str(self.recipe.model), parameters=info["parameters"]
             ),
             artifacts=artifacts,
-            phrases=[ArtifactFile.from_path(self.out, f"phrases/{p['file']}", p["text"]) for p in phrases]
-            + ([ArtifactFile.from_path(self.out, "phrases/index.json", "index")] if phrases else []),
+            phrases=[self._file(f"phrases/{p['file']}", p["text"]) for p in phrases]
+            + ([self._file("phrases/index.json", "index")] if phrases else []),
             passed=passed,
             tool_versions=tool_versions(),
         )
         write_manifest(self.out, manifest)
         return manifest
+
+    def _file(self, rel: str, graph: str) -> ArtifactFile:
+        digest = self.digests.of(self.out / rel)
+        return ArtifactFile(graph=graph, path=rel, sha256=digest.sha256, bytes=digest.bytes)
 
     def _render_report(self) -> None:
         from voxport.validate.report_html import render_report
@@ -548,8 +689,14 @@ def settings_for(recipe: Recipe) -> SynthesisSettings:
     )
 
 
-def _artifact(out: Path, entry: dict[str, Any], parity: Parity) -> Artifact:
-    primary = ArtifactFile.from_path(out, entry["path"], "primary")
+def _recorded(entry: dict[str, Any]) -> dict[str, str]:
+    """sha256 per file of an export-index entry, as export recorded them."""
+    return dict(entry["sha256"])
+
+
+def _artifact(entry: dict[str, Any], digests: dict[str, FileDigest], parity: Parity) -> Artifact:
+    """The manifest's record of one artifact, from the digests `_check_unchanged` just confirmed."""
+    primary = digests[entry["path"]]
     return Artifact(
         format=entry["format"],
         precision=entry["precision"],
@@ -559,11 +706,75 @@ def _artifact(out: Path, entry: dict[str, Any], parity: Parity) -> Artifact:
         bits_per_weight=round(entry["bits_per_weight"], 4),
         skipped_weights=entry["skipped_weights"],
         files=[
-            ArtifactFile.from_path(out, rel, graph)
+            ArtifactFile(graph=graph, path=rel, sha256=digests[rel].sha256, bytes=digests[rel].bytes)
             for graph, rel in {**entry["files"], **entry.get("sidecars", {})}.items()
         ],
         parity=parity,
     )
+
+
+def _recipe_label(recipe: Recipe) -> str:
+    """How the lock names a build's recipe: its file as the user would type it, else its name."""
+    if recipe.source_path is None:
+        return recipe.name
+    path = Path(recipe.source_path).absolute()
+    with contextlib.suppress(ValueError):
+        return path.relative_to(Path.cwd()).as_posix()
+    return str(path)
+
+
+def _read_owned(layout: Layout) -> set[str]:
+    """The ledger, plus what the previous build's manifest, export index and report list (a directory
+    built before the ledger existed still has its old artifacts and audio recognised)."""
+    owned: set[str] = set()
+    with contextlib.suppress(OSError, ValueError, TypeError):
+        owned.update(json.loads(layout.owned.read_text(encoding="utf-8"))["files"])
+    with contextlib.suppress(OSError, ValueError, TypeError, KeyError, AttributeError):
+        for entry in json.loads(layout.export_index.read_text(encoding="utf-8")):
+            owned.update(entry["files"].values())
+            owned.update(entry.get("sidecars", {}).values())
+    with contextlib.suppress(OSError, ValueError, TypeError, KeyError, AttributeError):
+        manifest = json.loads((layout.out / "manifest.json").read_text(encoding="utf-8"))
+        for artifact in manifest["artifacts"]:
+            owned.add(artifact["path"])
+            owned.update(f["path"] for f in artifact.get("files", []))
+        owned.update(f["path"] for f in manifest.get("phrases", []))
+    with contextlib.suppress(OSError, ValueError, TypeError, KeyError, AttributeError):
+        report = json.loads(layout.report.read_text(encoding="utf-8"))
+        owned.update(r["audio"] for r in report.get("reference", []))
+        owned.update(s["audio"] for a in report.get("artifacts", []) for s in a.get("sentences", []))
+    return {rel for rel in owned if isinstance(rel, str) and _inside(rel)}
+
+
+def _inside(rel: str) -> bool:
+    """A ledger entry voxport may delete: relative, no `..`, under one of the folders it writes (a
+    hand-edited ledger or manifest must not make a build delete anything else)."""
+    path = Path(rel)
+    return not path.is_absolute() and ".." not in path.parts and rel.startswith(_OWNED_PREFIXES)
+
+
+def _write_owned(layout: Layout, owned: set[str]) -> None:
+    layout.owned.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(layout.owned, {"files": sorted(owned)})
+
+
+def _through_symlink(folder: Path, stop: Path) -> bool:
+    """Whether a folder between OUT (exclusive) and `folder` (inclusive) is a symbolic link."""
+    while folder != stop and stop in folder.parents:
+        if folder.is_symlink():
+            return True
+        folder = folder.parent
+    return False
+
+
+def _remove_empty_parents(folder: Path, stop: Path) -> None:
+    """rmdir folders emptied by a removal, up to (not including) OUT; a folder with anything left stays."""
+    while folder != stop and stop in folder.parents:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+        folder = folder.parent
 
 
 # --- the stage functions the CLI calls ------------------------------------------------------------------
@@ -578,9 +789,9 @@ def convert(
     force: bool = False,
     cache_dir: Path | None = None,
 ) -> FamilyModel:
-    build_ = Build(recipe, out, progress, force=force, cache_dir=cache_dir)
-    build_.convert()
-    return build_.model
+    with Build(recipe, out, progress, force=force, cache_dir=cache_dir) as build_:
+        build_.convert()
+        return build_.model
 
 
 def quantize(
@@ -591,9 +802,9 @@ def quantize(
     force: bool = False,
     cache_dir: Path | None = None,
 ) -> None:
-    build_ = Build(recipe, out, progress, force=force, cache_dir=cache_dir)
-    build_.convert()
-    build_.quantize()
+    with Build(recipe, out, progress, force=force, cache_dir=cache_dir) as build_:
+        build_.convert()
+        build_.quantize()
 
 
 def export(
@@ -604,7 +815,8 @@ def export(
     force: bool = False,
     cache_dir: Path | None = None,
 ) -> list[dict[str, Any]]:
-    return Build(recipe, out, progress, force=force, cache_dir=cache_dir).export()
+    with Build(recipe, out, progress, force=force, cache_dir=cache_dir) as build_:
+        return build_.export()
 
 
 def validate(
@@ -615,7 +827,8 @@ def validate(
     force: bool = False,
     cache_dir: Path | None = None,
 ) -> Manifest:
-    return Build(recipe, out, progress, force=force, cache_dir=cache_dir).validate()
+    with Build(recipe, out, progress, force=force, cache_dir=cache_dir) as build_:
+        return build_.validate()
 
 
 def build(
@@ -633,9 +846,9 @@ def build(
     check_supported(recipe)
     if recipe.validation is None:
         raise BadInput("the recipe has no validate: section; add validate.texts or validate.ids")
-    run = Build(recipe, out, progress, force=force, cache_dir=cache_dir)
-    manifest = run.validate()
-    if prune_cache:
-        removed, freed = run.cache.prune(run.cache.touched)
-        run.progress.log(f"cache: pruned {removed} unused entries ({freed / 1e6:.1f} MB)")
-    return manifest
+    with Build(recipe, out, progress, force=force, cache_dir=cache_dir) as run:
+        manifest = run.validate()
+        if prune_cache:
+            removed, freed = run.cache.prune(run.cache.touched)
+            run.progress.log(f"cache: pruned {removed} unused entries ({freed / 1e6:.1f} MB)")
+        return manifest

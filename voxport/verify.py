@@ -5,20 +5,29 @@ can truncate or alter a file. For every file the manifest lists this checks that
 size and sha256 match, and that the artifact still opens in the runtime users run it in: a matching
 hash proves the bytes are the validated ones, the load proves the runtime on *this* machine accepts them.
 
+Every recorded figure is checked, an artifact's top-level `sha256`/`bytes` as well as its `files[]`
+(they name the same primary file and must agree with it and with the disk). A manifest that lists no
+file at all certifies nothing and is refused (exit 2), and a file in an artifact folder (onnx/, gguf/,
+coreml/, phrases/) that the manifest does not list is a problem: it is either a leftover of another
+build or something added after validation, and a folder shipped whole would ship it unverified.
+
 Loaders are keyed by the manifest's `format` in `LOADERS`; a format without a loader (or a sidecar such
 as `tokens.txt`, whose suffix is not the format's) is hashed but not loaded.
 """
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Callable
+import struct
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from voxport.errors import BadInput
 from voxport.io import path_size, sha256_path
-from voxport.manifest import Manifest, read_manifest
+from voxport.manifest import MANIFEST_NAME, Manifest, read_manifest
 from voxport.progress import NullProgress, Progress
 
 
@@ -43,10 +52,73 @@ def _load_gguf(path: Path) -> None:
 
 
 def _load_coreml(path: Path) -> None:
-    # skip_model_load: parse and check the package without compiling it, which only macOS can do
+    """Parse the package and check the weight blobs its program references.
+
+    skip_model_load parses without compiling (which only macOS can do), so it also skips reading the
+    weights: a package missing `weights/weight.bin` parsed fine. Every blob a const op points at must
+    be in a present, readable weight file, start with the blob sentinel and end inside the file."""
     import coremltools as ct
 
-    ct.models.MLModel(str(path), skip_model_load=True)
+    model = ct.models.MLModel(str(path), skip_model_load=True)
+    model_dir = _coreml_model_dir(path)
+    refs: dict[str, list[int]] = {}
+    for name, offset in _blob_refs(model.get_spec()):
+        refs.setdefault(name, []).append(offset)
+    for name, offsets in sorted(refs.items()):
+        weights = model_dir / name.removeprefix("@model_path/")
+        try:
+            with open(weights, "rb") as fh:  # one handle, one 24-byte read per blob: never the whole file
+                size = os.fstat(fh.fileno()).st_size
+                records = {offset: os.pread(fh.fileno(), _BLOB_METADATA.size, offset) for offset in offsets}
+        except OSError as exc:
+            rel = weights.relative_to(path).as_posix() if path in weights.parents else name
+            raise OSError(f"weight file {rel} is not readable: {exc.strerror or exc}") from None
+        for offset, record in sorted(records.items()):
+            _check_blob(record, size, offset, name)
+
+
+def _coreml_model_dir(package: Path) -> Path:
+    """Where `@model_path` points: the folder of the package's root model item (Manifest.json)."""
+    manifest = json.loads((package / "Manifest.json").read_text(encoding="utf-8"))
+    item = manifest["itemInfoEntries"][manifest["rootModelIdentifier"]]
+    return (package / "Data" / str(item["path"])).parent
+
+
+def _blob_refs(message: Any) -> set[tuple[str, int]]:
+    """(file name, offset) of every BlobFileValue in a Core ML spec, whatever op or block holds it."""
+    found: set[tuple[str, int]] = set()
+    stack = [message]
+    while stack:
+        msg = stack.pop()
+        if msg.DESCRIPTOR.name == "BlobFileValue":
+            found.add((msg.fileName, msg.offset))
+            continue
+        for fd, value in msg.ListFields():
+            if fd.type != fd.TYPE_MESSAGE:
+                continue
+            if fd.message_type.GetOptions().map_entry:
+                value_field = fd.message_type.fields_by_name["value"]
+                if value_field.type == value_field.TYPE_MESSAGE:
+                    stack.extend(value.values())
+            elif getattr(fd, "is_repeated", None) or getattr(fd, "label", None) == 3:  # LABEL_REPEATED
+                stack.extend(value)
+            else:
+                stack.append(value)
+    return found
+
+
+#: a Core ML weight blob's metadata: sentinel, data type, data size, data offset (MIL blob storage v2)
+_BLOB_METADATA = struct.Struct("<IIQQ")
+_BLOB_SENTINEL = 0xDEADBEEF
+
+
+def _check_blob(record: bytes, file_size: int, offset: int, name: str) -> None:
+    """One blob's metadata record (read at `offset`): the sentinel, and data that ends inside the file."""
+    if len(record) < _BLOB_METADATA.size:
+        raise ValueError(f"{name} is {file_size} bytes: the weight at offset {offset} is damaged or cut off")
+    sentinel, _dtype, size, start = _BLOB_METADATA.unpack(record)
+    if sentinel != _BLOB_SENTINEL or start + size > file_size:
+        raise ValueError(f"{name}: the weight at offset {offset} is damaged or cut off")
 
 
 def _load_wav(path: Path) -> None:
@@ -92,45 +164,77 @@ class FileCheck:
 class VerifyResult:
     out_dir: str
     files: list[FileCheck]
+    #: files in artifact folders that the manifest does not list (relative to the build directory)
+    unlisted: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return all(f.ok for f in self.files)
+        return all(f.ok for f in self.files) and not self.unlisted
 
     def problems(self) -> list[str]:
         """Every mismatch as `path: what`, for stderr and CI logs."""
-        return [f"{f.path}: {p}" for f in self.files for p in f.problems]
+        listed = [f"{f.path}: {p}" for f in self.files for p in f.problems]
+        return listed + [f"{rel}: {UNLISTED}" for rel in self.unlisted]
 
     def to_json(self) -> dict[str, Any]:
         return {
             "out": self.out_dir,
             "passed": self.ok,
             "files": [{**asdict(f), "ok": f.ok} for f in self.files],
+            "unlisted": self.unlisted,
             "problems": self.problems(),
         }
 
 
-def _listed_files(manifest: Manifest) -> list[tuple[str, str, str, str, str, int]]:
-    """(path, format, precision, graph, sha256, bytes) per file, each path once: every artifact file (the
-    primary one even if an older manifest left it out of `files`), then the pre-rendered phrases."""
-    seen: set[str] = set()
-    rows = []
+UNLISTED = (
+    "not listed in the manifest (left by another build, or added after validation); remove it or rebuild"
+)
+#: folders whose every file a manifest must list, besides the folders its artifacts are in
+ARTIFACT_FOLDERS = ("onnx", "gguf", "coreml", PHRASES)
+
+
+#: (path, format, precision, graph, sha256, bytes): one recorded figure set of one file
+Row = tuple[str, str, str, str, str, int]
+
+
+def _listed_files(manifest: Manifest) -> list[Row]:
+    """(path, format, precision, graph, sha256, bytes) per recorded figure: every artifact file, the
+    artifact's own top-level record of its primary file unless `files` records the same figures for
+    it (a disagreeing top-level record is its own row, so it is checked, not hidden), then the phrases."""
+    seen: set[tuple[str, str, int]] = set()
+    rows: list[Row] = []
     for a in manifest.artifacts:
         for graph, rel, sha, size in [(f.graph, f.path, f.sha256, f.bytes) for f in a.files] + [
             ("primary", a.path, a.sha256, a.bytes)
         ]:
-            if rel not in seen:
-                seen.add(rel)
+            if (rel, sha, size) not in seen:
+                seen.add((rel, sha, size))
                 rows.append((rel, a.format, a.precision, graph, sha, size))
     for f in manifest.phrases:
-        if f.path not in seen:
-            seen.add(f.path)
+        if (f.path, f.sha256, f.bytes) not in seen:
+            seen.add((f.path, f.sha256, f.bytes))
             rows.append((f.path, PHRASES, "", f.graph, f.sha256, f.bytes))
     return rows
 
 
-def check_file(out: Path, rel: str, fmt: str, precision: str, graph: str, sha: str, size: int) -> FileCheck:
-    """Size first (cheap, catches truncation), then hash, then a load in the format's runtime."""
+def check_file(
+    out: Path,
+    rel: str,
+    fmt: str,
+    precision: str,
+    graph: str,
+    sha: str,
+    size: int,
+    *,
+    hashes: dict[str, str] | None = None,
+    loaded: dict[str, str | None] | None = None,
+) -> FileCheck:
+    """Size first (cheap, catches truncation), then hash, then a load in the format's runtime.
+
+    `hashes` and `loaded` memoise per path, so a file recorded twice (in `files` and at the top level)
+    is read and loaded once."""
+    hashes = {} if hashes is None else hashes
+    loaded = {} if loaded is None else loaded
     check = FileCheck(path=rel, format=fmt, precision=precision, graph=graph, expected_bytes=size)
     full = out / rel
     check.exists = full.exists()
@@ -140,34 +244,94 @@ def check_file(out: Path, rel: str, fmt: str, precision: str, graph: str, sha: s
     check.bytes = path_size(full)
     check.bytes_ok = check.bytes == size
     if not check.bytes_ok:
-        check.problems.append(f"{check.bytes} bytes on disk, manifest says {size}")
+        check.problems.append(f"{check.bytes} bytes on disk, {_what(graph)} says {size}")
     else:
-        actual = sha256_path(full)
+        if rel not in hashes:
+            hashes[rel] = sha256_path(full)
+        actual = hashes[rel]
         check.sha_ok = actual == sha
         if not check.sha_ok:
-            check.problems.append(f"sha256 {actual[:12]}… does not match the manifest's {sha[:12]}…")
+            check.problems.append(f"sha256 {actual[:12]}… does not match the {_what(graph)}'s {sha[:12]}…")
     loader = LOADERS.get(fmt)
     if loader is not None and full.name.endswith(loader.suffix):
-        try:
-            loader.load(full)
-            check.loads_ok = True
-        except Exception as exc:  # any runtime error means users cannot load it either
-            check.loads_ok = False
-            first = (str(exc).splitlines() or [type(exc).__name__])[0]
-            check.problems.append(f"does not load as {fmt}: {first}")
+        if rel not in loaded:
+            loaded[rel] = _load_error(loader, full)
+        check.loads_ok = loaded[rel] is None
+        if loaded[rel] is not None:
+            check.problems.append(f"does not load as {fmt}: {loaded[rel]}")
     return check
 
 
+def _what(graph: str) -> str:
+    return "artifact's top-level record" if graph == "primary" else "manifest"
+
+
+def _load_error(loader: Loader, path: Path) -> str | None:
+    """None if the file loads, else the first line of why not."""
+    try:
+        loader.load(path)
+    except Exception as exc:  # any runtime error means users cannot load it either
+        return (str(exc).splitlines() or [type(exc).__name__])[0] or type(exc).__name__
+    return None
+
+
+def _build_dir(given: Path) -> Path:
+    """The build directory to verify, or BadInput (exit 2): verify reads a build directory (or its
+    manifest.json), and anything else would fail later as a confusing parse error."""
+    if given.is_dir():
+        return given
+    if given.is_file() and given.name == MANIFEST_NAME:
+        return given.parent
+    if given.exists():
+        raise BadInput(
+            f"{given} is a file: verify takes a build directory (the --out of a build, holding "
+            f"{MANIFEST_NAME})"
+        )
+    return given  # read_manifest says there is no manifest.json there
+
+
+def unlisted_files(out: Path, rows: list[Row]) -> list[str]:
+    """Files in artifact folders not covered by a listed path (a listed `.mlpackage` covers its tree)."""
+    listed = {rel for rel, *_ in rows}
+    folders = set(ARTIFACT_FOLDERS) | {rel.split("/")[0] for rel in listed if "/" in rel}
+    found = []
+    for folder in sorted(folders):
+        for rel in _files_under(out, folder):
+            parts = rel.split("/")
+            if not any("/".join(parts[:i]) in listed for i in range(1, len(parts) + 1)):
+                found.append(rel)
+    return found
+
+
+def _files_under(out: Path, folder: str) -> Iterator[str]:
+    root = out / folder
+    if not root.is_dir() or root.is_symlink():
+        return
+    for dirpath, _dirs, names in os.walk(root):
+        for name in sorted(names):
+            yield (Path(dirpath) / name).relative_to(out).as_posix()
+
+
 def verify_dir(out_dir: str | os.PathLike[str], progress: Progress | None = None) -> VerifyResult:
-    """Check every file the manifest in `out_dir` lists; BadInput (exit 2) if there is no valid manifest."""
+    """Check every figure the manifest in `out_dir` records and every file in its artifact folders;
+    BadInput (exit 2) if there is no valid manifest or it describes no artifact."""
     progress = progress if progress is not None else NullProgress()
-    out = Path(out_dir)
+    out = _build_dir(Path(out_dir))
     manifest = read_manifest(out)
-    out = out if out.is_dir() else out.parent  # read_manifest also takes the manifest file itself
+    if not manifest.artifacts and not manifest.phrases:
+        # a build always writes at least one artifact: this manifest was truncated or hand-made
+        raise BadInput(
+            f"{out / MANIFEST_NAME}: manifest describes no artifacts, so it certifies nothing; "
+            "rebuild the directory with voxport build"
+        )
     rows = _listed_files(manifest)
-    checks = []
+    checks: list[FileCheck] = []
+    hashes: dict[str, str] = {}
+    loaded: dict[str, str | None] = {}
     with progress.task(f"verify {len(rows)} files", total=len(rows)) as advance:
         for rel, fmt, precision, graph, sha, size in rows:
-            checks.append(check_file(out, rel, fmt, precision, graph, sha, size))
+            checks.append(
+                check_file(out, rel, fmt, precision, graph, sha, size, hashes=hashes, loaded=loaded)
+            )
             advance(1)
-    return VerifyResult(out_dir=str(out_dir), files=checks)
+    return VerifyResult(out_dir=str(out_dir), files=checks, unlisted=unlisted_files(out, rows))
