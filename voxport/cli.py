@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Annotated, Any
@@ -22,7 +22,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from voxport import __version__
-from voxport.errors import VoxportError
+from voxport.errors import VoxportError, explain_os_error
 from voxport.progress import LineProgress, NullProgress, Progress, RichProgress
 
 app = typer.Typer(
@@ -95,11 +95,23 @@ def _fail(exc: VoxportError, as_json: bool = False) -> None:
     raise typer.Exit(exc.exit_code)
 
 
-def _run(fn: Callable[[], Any], as_json: bool = False) -> Any:
+#: (directory, option) pairs the user chose on the command line, for `explain_os_error`'s hint
+Places = Sequence[tuple[Path | None, str]]
+
+
+def _run(fn: Callable[[], Any], as_json: bool = False, places: Places = ()) -> Any:
+    """Call a command's work; a user-facing failure becomes one `error:` line (and the JSON error
+    document) with its exit code, never a traceback.
+
+    File system errors (a full disk, a read-only mount, a file where a directory should be) are the
+    user's to fix, so an `OSError` gets the same treatment, naming the path and, through `places`,
+    the option that chose it. Any other exception is a bug in voxport and keeps its traceback."""
     try:
         return fn()
     except VoxportError as exc:
         _fail(exc, as_json)
+    except OSError as exc:
+        _fail(explain_os_error(exc, places), as_json)
     except KeyboardInterrupt:
         err.print("interrupted")
         if as_json:
@@ -203,9 +215,25 @@ def _stage(
     from voxport import pipeline
 
     r, o = _run(lambda: _recipe_and_out(recipe, out_dir), as_json)
-    with _silenced(quiet), _progress(quiet) as progress:
-        result = _run(lambda: getattr(pipeline, stage)(r, o, progress, **options), as_json)
+    cache_dir = options.get("cache_dir")
+    if cache_dir is not None:
+        _run(lambda: _writable_cache(cache_dir), as_json)
+
+    def run() -> Any:
+        # the error line is printed after the progress display is torn down, so it is the last line
+        with _silenced(quiet), _progress(quiet) as progress:
+            return getattr(pipeline, stage)(r, o, progress, **options)
+
+    result = _run(run, as_json, places=[(cache_dir, "--cache-dir"), (o, "--out")])
     return r, result, o
+
+
+def _writable_cache(cache_dir: Path) -> None:
+    """A file, a read-only mount or an unwritable directory as --cache-dir fails now, not after the
+    first stage has run for minutes and tries to store its result."""
+    from voxport.io import ensure_writable_dir
+
+    ensure_writable_dir(cache_dir, what="cache directory", option="--cache-dir")
 
 
 def _finish(manifest: Any, out_dir: Path, as_json: bool) -> None:
@@ -215,6 +243,13 @@ def _finish(manifest: Any, out_dir: Path, as_json: bool) -> None:
         _print_manifest(manifest, out_dir)
     _print_parity_failures(manifest)
     if not manifest.passed:
+        # a CI log's last line is what people read first: make it the verdict, as for any failure
+        missed = sum(not a.parity.passed for a in manifest.artifacts)
+        err.print(
+            f"[red]error:[/red] {missed} of {len(manifest.artifacts)} artifacts missed the recipe's parity "
+            f"thresholds; see {escape(str(out_dir / 'report.html'))}",
+            soft_wrap=True,
+        )
         raise typer.Exit(1)
 
 
@@ -459,8 +494,10 @@ def say(
     quiet: QuietOpt = False,
 ) -> None:
     """Synthesise TEXT with a checkpoint or an exported artifact and write a WAV file (`-o -`: raw
-    16-bit PCM on stdout). Autoregressive models stream: audio is written frame by frame as it is
-    produced, and the time to first audio is printed.
+    16-bit PCM on stdout). Long text is spoken sentence by sentence (Pocket TTS: in chunks of up to
+    50 tokens) in bounded memory, each piece written as soon as it is made; autoregressive models
+    also stream frame by frame, and the time to first audio is printed. `pieces` in --json counts
+    the audio pieces written: sentences or chunks for VITS, frames for Pocket TTS.
 
     Example: voxport say build/joe-medium/onnx/joe-medium.int8.onnx "Hello there." -o hello.wav
     """
@@ -472,15 +509,7 @@ def say(
             raise VoxportError("give the text to say, or --ids, but not both")
         if str(output) == "-" and as_json:
             raise VoxportError("-o - writes audio to stdout; it cannot be combined with --json")
-        voice = open_voice(source)
-        if ids is not None:
-            try:
-                tokens = [int(t) for t in ids.split(",") if t.strip()]
-            except ValueError:
-                raise VoxportError(f"--ids must be comma-separated integers, got {ids!r}") from None
-        else:
-            tokens = voice.text_to_ids(text or "")
-        settings = SynthesisSettings(
+        settings = SynthesisSettings(  # checks every setting (NaN, ranges) before a model loads
             seed=seed,
             noise_scale=noise_scale,
             noise_scale_duration=noise_w,
@@ -490,10 +519,18 @@ def say(
             max_frames=max_frames,
             voice=voice_prompt,
         )
-        return voice.sample_rate, speak_to(voice, tokens, settings, output)
+        if ids is not None:
+            try:
+                tokens = [int(t) for t in ids.split(",") if t.strip()]
+            except ValueError:
+                raise VoxportError(f"--ids must be comma-separated integers, got {ids!r}") from None
+        voice = open_voice(source)
+        # long input in bounded pieces (sentences, chunks), spoken and written one after another
+        pieces = voice.id_pieces(tokens) if ids is not None else voice.text_pieces(text or "")
+        return voice.sample_rate, speak_to(voice, pieces, settings, output)
 
     with _silenced(quiet):
-        rate, spoken = _run(run, as_json)
+        rate, spoken = _run(run, as_json, places=[(output.parent, "-o")])
     rtf = spoken.compute_seconds / spoken.seconds if spoken.seconds else None
     if as_json:
         _emit_json(
@@ -508,7 +545,7 @@ def say(
         )
     message = f"wrote {output} ({spoken.seconds:.2f} s at {rate} Hz"
     if spoken.pieces > 1:
-        message += f"; first audio after {spoken.first_audio_seconds * 1000:.0f} ms, {spoken.pieces} frames"
+        message += f"; first audio after {spoken.first_audio_seconds * 1000:.0f} ms, {spoken.pieces} pieces"
     if rtf is not None:
         message += f", real-time factor {rtf:.2f}"
     _info(message + ")", quiet)
@@ -557,7 +594,8 @@ def verify(
 ) -> None:
     """Re-check a build dir against its manifest: files present, size and sha256, loads in its runtime.
 
-    Exit 0 all match, 1 a file is missing, altered or does not load (named on stderr), 2 no valid manifest.
+    Exit 0 all match; 1 a file is missing, altered or does not load, or an artifact folder holds a file the
+    manifest does not list (named on stderr); 2 not a build directory, no valid manifest, or no artifacts.
 
     Example: voxport verify build/demo
     """
@@ -573,6 +611,8 @@ def verify(
             table.add_column(col, no_wrap=col == "file")
         for f in result.files:
             table.add_row(f.path, f.format, _mark(f.bytes_ok), _mark(f.sha_ok), _mark(f.loads_ok))
+        for rel in result.unlisted:  # in an artifact folder, not in the manifest: shipped unverified
+            table.add_row(rel, "[red]unlisted[/red]", _mark(None), _mark(None), _mark(None))
         out.print(table)
     for problem in result.problems():
         err.print(f"[red]verify failed[/red] {escape(problem)}", soft_wrap=True)

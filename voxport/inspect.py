@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -24,10 +25,18 @@ _ONNX_BITS = {
 
 
 def inspect_path(path: Path, *, trust_pickle: bool = False) -> dict[str, Any]:
+    """What `path` holds; a BadInput saying what the thing is when it is not something voxport reads."""
     if not path.exists():
         raise BadInput(f"{path}: no such file or directory")
     if path.is_dir() and (path / "manifest.json").is_file():
         return _inspect_build(path)
+    if _is_build_dir(path):
+        raise BadInput(
+            f"{path} is a build directory without manifest.json (the build did not finish): run "
+            "`voxport build` again, or inspect one of its files"
+        )
+    if path.is_file() and path.stat().st_size == 0:
+        raise BadInput(f"{path}: {_empty_file(path)}")
     if path.suffix == ".onnx":
         return _inspect_onnx(path)
     if path.suffix == ".mlpackage":
@@ -72,6 +81,9 @@ def _inspect_onnx(path: Path) -> dict[str, Any]:
         model = onnx.load(str(path))
     except Exception as exc:  # protobuf's DecodeError and friends
         raise BadInput(f"{path}: not a readable ONNX file ({type(exc).__name__})") from None
+    if not model.graph.node:
+        # protobuf parses many byte strings (even a few bytes of text) as an empty model
+        raise BadInput(f"{path}: not a valid ONNX model (no graph nodes); re-export or re-download it")
     scale_like = ("__scale", "__shape")
     elements: Counter[str] = Counter()
     bits = 0
@@ -111,7 +123,14 @@ def _inspect_mlpackage(path: Path) -> dict[str, Any]:
     from voxport.io import path_size
     from voxport.validate.mil import load_mlpackage
 
-    package = load_mlpackage(path)
+    _check_weights_present(path)
+    try:
+        package = load_mlpackage(path)
+    except (ValueError, IndexError, RuntimeError) as exc:  # coremltools' blob reader on a damaged file
+        raise BadInput(
+            f"{path}: damaged Core ML package: its weights do not read back ({type(exc).__name__}: {exc}); "
+            "re-export it or copy the whole .mlpackage directory again"
+        ) from None
     ops: Counter[str] = Counter()
     weights = 0
     for function in package.program.functions.values():
@@ -161,3 +180,87 @@ def _inspect_build(path: Path) -> dict[str, Any]:
 
     manifest = read_manifest(path)
     return {"kind": "build", "path": str(path), **manifest.model_dump(mode="json")}
+
+
+_MLPACKAGE_WEIGHTS = Path("Data") / "com.apple.CoreML" / "weights"
+
+
+def _check_weights_present(package: Path) -> None:
+    """Every weight file the model spec points at (`@model_path/weights/weight.bin`) must exist:
+    coremltools' MIL reader fails with a bare traceback when one is missing (a partial copy)."""
+    spec_dir = package / "Data" / "com.apple.CoreML"
+    specs = sorted(spec_dir.glob("*.mlmodel")) if spec_dir.is_dir() else []
+    if not package.is_dir() or not specs:
+        raise BadInput(
+            f"{package}: not a Core ML package (no Data/com.apple.CoreML/*.mlmodel inside); "
+            "re-export it or copy the whole .mlpackage directory"
+        )
+    referenced = set(re.findall(rb"@model_path/weights/([A-Za-z0-9_.-]+)", specs[0].read_bytes()))
+    missing = sorted(
+        n.decode() for n in referenced if not (package / _MLPACKAGE_WEIGHTS / n.decode()).is_file()
+    )
+    if missing:
+        raise BadInput(
+            f"{package}: incomplete Core ML package: {_MLPACKAGE_WEIGHTS / missing[0]} is missing; "
+            "re-export it or copy the whole .mlpackage directory"
+        )
+
+
+def _is_build_dir(path: Path) -> bool:
+    """A voxport output directory: a manifest, or the stage folder every build writes first."""
+    return path.is_dir() and ((path / "manifest.json").is_file() or (path / "stages").is_dir())
+
+
+def _empty_file(path: Path) -> str:
+    kind = {".onnx": "ONNX model", ".gguf": "GGUF file", ".safetensors": "safetensors file"}.get(path.suffix)
+    what = f"not a valid {kind}" if kind else "not a model"
+    return f"{what} (0 bytes): an interrupted copy or build? rebuild or copy it again"
+
+
+def not_a_voice(path: Path) -> str | None:
+    """Why `say` cannot speak with `path` when it is a thing voxport knows but does not run (a build
+    directory, a GGUF file, a Core ML package, an empty file), with what to pass instead; None
+    otherwise, and then the family detection has its say.
+
+    `say` runs ONNX artifacts (in ONNX Runtime) and checkpoints (in torch). A GGUF file needs a
+    llama.cpp-style runtime and a Core ML package needs Apple's: both are checked by `voxport
+    validate`, but there is nothing here to speak with them."""
+    runs = "say runs ONNX artifacts and checkpoints"
+    if _is_build_dir(path):
+        example = _onnx_artifacts(path)
+        instead = f"e.g. {example[0]}" if example else "e.g. DIR/onnx/NAME.int8.onnx"
+        return f"{path} is a build directory; pass one of its artifacts, {instead}"
+    if path.suffix == ".gguf" and path.is_file():
+        return f"{path}: {runs}; this is a GGUF file (for llama.cpp-style runtimes); {_use_onnx(path)}"
+    if path.suffix == ".mlpackage":
+        return f"{path}: {runs}; this is a Core ML package (runs on Apple devices); {_use_onnx(path)}"
+    if path.is_file() and path.stat().st_size == 0:
+        return f"{path}: {_empty_file(path)}"
+    return None
+
+
+def _use_onnx(artifact: Path) -> str:
+    """Point at the same build's ONNX artifact of the same precision (OUT/gguf/NAME.int8.gguf →
+    OUT/onnx/NAME.int8.onnx), found through the manifest when there is one."""
+    build = artifact.parent.parent
+    onnx = _onnx_artifacts(build, precision_of=artifact) if _is_build_dir(build) else []
+    return f"use the .onnx artifact of the same build{f': {onnx[0]}' if onnx else ''}"
+
+
+def _onnx_artifacts(build: Path, precision_of: Path | None = None) -> list[Path]:
+    """The build's ONNX artifacts, int8 first (what say runs): the manifest's, of the same precision as
+    `precision_of` when that file is one of its artifacts; without a manifest, the onnx/ folder's."""
+    from voxport.manifest import read_manifest
+
+    try:
+        artifacts = read_manifest(build).artifacts
+    except BadInput:
+        found = sorted((build / "onnx").glob("*.onnx")) if (build / "onnx").is_dir() else []
+        return sorted(found, key=lambda p: (".int8." not in p.name, len(p.name), p.name))
+    precision = None
+    if precision_of is not None:
+        rel = precision_of.absolute().relative_to(build.absolute()).as_posix()
+        owners = [a for a in artifacts if a.path == rel or any(f.path == rel for f in a.files)]
+        precision = owners[0].precision if owners else None
+    onnx = [a for a in artifacts if a.format == "onnx" and precision in (None, a.precision)]
+    return [build / a.path for a in sorted(onnx, key=lambda a: a.precision != "int8")]

@@ -118,9 +118,29 @@ def atomic_path(path: str | os.PathLike[str], *, keep_suffix: bool = False) -> I
         else:
             os.replace(tmp, target)
         _fsync_dir(target.parent)
-    except BaseException:
+    except BaseException as exc:
         _remove(tmp)
+        if isinstance(exc, OSError):
+            _name_the_target(exc, tmp, target)
         raise
+
+
+def _name_the_target(exc: OSError, tmp: Path, target: Path) -> None:
+    """Make a failed write name the file the user asked for: `write()` reports ENOSPC or EFBIG with no
+    file name at all, and `open()` names the temporary sibling, which was deleted and means nothing to
+    the user. A copy names its source first and the temporary second (`shutil.copyfile`): only the
+    temporary is replaced. Names of other files (e.g. a missing input) are left alone."""
+
+    def is_temporary(name: Any) -> bool:
+        named = Path(os.fsdecode(name))
+        return named == tmp or tmp in named.parents
+
+    if exc.errno is None:  # raised by Python code, not the OS: its message is all it has
+        return
+    if exc.filename is None or is_temporary(exc.filename):
+        exc.filename, exc.filename2 = str(target), None
+    elif exc.filename2 is not None and is_temporary(exc.filename2):
+        exc.filename2 = str(target)
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
@@ -204,11 +224,14 @@ def path_size(path: str | os.PathLike[str]) -> int:
     return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
 
 
-def ensure_writable_dir(path: str | os.PathLike[str]) -> Path:
+def ensure_writable_dir(
+    path: str | os.PathLike[str], *, what: str = "output directory", option: str = "--out"
+) -> Path:
     """Create the output directory and prove it is writable before hours of work go into it.
 
     Permission bits are not consulted (root ignores them, ACLs and read-only mounts override them):
-    a probe file is actually created and removed.
+    a probe file is actually created and removed. `what` and `option` name the directory in the error
+    (e.g. "cache directory", "--cache-dir").
     """
     target = Path(path).expanduser()
     try:
@@ -221,5 +244,5 @@ def ensure_writable_dir(path: str | os.PathLike[str]) -> Path:
         reason = exc.strerror or str(exc)
         if isinstance(exc, FileExistsError) or (target.exists() and not target.is_dir()):
             reason = "it exists and is not a directory"
-        raise BadInput(f"output directory {target} is not writable: {reason}; choose another --out") from exc
+        raise BadInput(f"{what} {target} is not writable: {reason}; choose another {option}") from exc
     return target.absolute()

@@ -9,6 +9,7 @@ error's `loc`, because the plain Python objects that `yaml.safe_load` returns ha
 import math
 import os
 import re
+import stat
 import types
 import typing
 from collections.abc import Mapping
@@ -29,6 +30,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from voxport.errors import BadInput
 
@@ -53,6 +55,16 @@ METRIC_DIRECTIONS: dict[str, Direction] = {
     # autoregressive families, teacher-forced: worst step's SNR of the backbone state and the latent
     "hidden_snr_db": "min",
     "latent_snr_db": "min",
+}
+
+# The values each metric can take, where bounded: distances and errors are never negative, the duration
+# match is a fraction and a length ratio is never negative. SNRs can be any number.
+METRIC_RANGES: dict[str, tuple[float, float]] = {
+    "logmel_dtw_db": (0.0, math.inf),
+    "mcd_db": (0.0, math.inf),
+    "max_abs_error": (0.0, math.inf),
+    "duration_match": (0.0, 1.0),
+    "length_ratio": (0.0, math.inf),
 }
 
 # YAML gives real ints, floats and bools, so strict types only reject mistakes: lax pydantic would
@@ -148,7 +160,9 @@ class Threshold(_Base):
     @classmethod
     def _mapping_only(cls, data: Any) -> Any:
         # Bare numbers were turned into mappings by ValidateConfig, which knows the metric's direction.
-        # The only one left over is a negative length_ratio tolerance.
+        # The ones left over are NaN/infinity and a negative length_ratio tolerance.
+        if _is_number(data) and not math.isfinite(data):
+            raise ValueError(f"must be a finite number, got {data}")
         if _is_number(data):
             raise ValueError(
                 f"a bare length_ratio tolerance means |ratio − 1| ≤ t and must be ≥ 0, got {data}"
@@ -175,7 +189,7 @@ class Threshold(_Base):
             return cls(min=value)
         if direction == "max":
             return cls(max=value)
-        return cls(min=round(1.0 - value, 12), max=round(1.0 + value, 12))
+        return cls(min=max(0.0, round(1.0 - value, 12)), max=round(1.0 + value, 12))  # a ratio is ≥ 0
 
     def check(self, value: float | None) -> bool:
         """False when the metric is missing or NaN: an unmeasured limit must not pass silently."""
@@ -273,12 +287,51 @@ class ValidateConfig(_Base):
             raise ValueError("give at least one sentence under texts: or one id list under ids:")
         return self
 
+    @model_validator(mode="after")
+    def _limits_within_range(self) -> "ValidateConfig":
+        """A limit outside what its metric can measure never passes (`logmel_dtw_db: -5`) or checks
+        nothing (`duration_match: -1`): either way the recipe is wrong, so say where."""
+        located = [(("thresholds",), self.thresholds)] + [
+            (("precision_thresholds", p), limits) for p, limits in self.precision_thresholds.items()
+        ]
+        problems = [
+            InitErrorDetails(
+                type=PydanticCustomError("threshold_range", "{error}", {"error": problem}),
+                loc=(*where, metric),
+                input=limit.model_dump(exclude_none=True),
+            )
+            for where, limits in located
+            for metric, limit in limits.items()
+            if (problem := _out_of_range(metric, limit)) is not None
+        ]
+        if problems:
+            raise ValidationError.from_exception_data(type(self).__name__, problems)
+        return self
+
+
+def _out_of_range(metric: str, limit: Threshold) -> str | None:
+    """Why `limit` cannot be meant for `metric`, or None when each bound lies in the metric's range."""
+    low, high = METRIC_RANGES.get(metric, (-math.inf, math.inf))
+    for name, bound in (("min", limit.min), ("max", limit.max)):
+        if bound is None or low <= bound <= high:
+            continue
+        never = (name == "max" and bound < low) or (name == "min" and bound > high)
+        fact = (
+            f"{metric} is never below {_fmt_num(low)}"
+            if bound < low
+            else f"{metric} is at most {_fmt_num(high)}"
+        )
+        span = f"between {_fmt_num(low)} and {_fmt_num(high)}" if high < math.inf else f"≥ {_fmt_num(low)}"
+        effect = "can never pass" if never else "checks nothing"
+        return f"{name} {_fmt_num(bound)} {effect}: {fact}; use a limit {span}"
+    return None
+
 
 def _convert_bare(thresholds: dict[Any, Any]) -> dict[Any, Any]:
     converted: dict[Any, Any] = {}
     for metric, value in thresholds.items():
-        if not _is_number(value):
-            converted[metric] = value
+        if not _is_number(value) or not math.isfinite(value):
+            converted[metric] = value  # Threshold rejects NaN/inf with a message at this key's line
         elif metric not in METRIC_DIRECTIONS:
             converted[metric] = {"min": value}  # the key error says what is wrong; avoid a 2nd error
         elif METRIC_DIRECTIONS[metric] == "band" and value < 0:
@@ -547,7 +600,8 @@ def _load_layers(file: Path, label: str, chain: tuple[Path, ...]) -> tuple[dict[
         base_file = file.absolute().parent / base_file
     if not base_file.is_file():
         line = _line_for(root, ("extends",))
-        raise BadInput(f"{label}:{line}: extends: {base} not found (looked at {base_file})")
+        problem = "is not a regular file" if base_file.exists() else "not found"
+        raise BadInput(f"{label}:{line}: extends: {base} {problem} (looked at {base_file})")
     parent, parent_layers = _load_layers(base_file, str(base_file), (*chain, me))
     parent = dict(parent)
     parent.pop("extends", None)
@@ -568,15 +622,51 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def _read_mapping(file: Path, label: str) -> tuple[dict[str, Any], yaml.Node]:
+#: the largest recipe file read: real ones are a few KiB; a mistyped path such as /dev/zero or a model
+#: file must fail at once instead of being read into memory (/dev/zero reached 7.2 GB in 15 s)
+MAX_RECIPE_BYTES = 1 << 20
+
+
+def _read_recipe_bytes(file: Path, label: str) -> bytes:
+    """The file's bytes, refusing anything but a regular file of at most MAX_RECIPE_BYTES.
+
+    Checked with stat before opening: opening a FIFO for reading blocks until a writer appears, and a
+    device reads forever. The read itself is bounded too, in case the file grows after the stat."""
     try:
-        raw = file.read_bytes()
+        info = file.stat()
     except FileNotFoundError:
         raise BadInput(f"{label}: recipe file not found") from None
-    except IsADirectoryError:
-        raise BadInput(f"{label}: is a directory, not a recipe file") from None
     except OSError as exc:
         raise BadInput(f"{label}: cannot read the recipe: {exc.strerror or exc}") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise BadInput(f"{label}: is a directory, not a recipe file")
+    if not stat.S_ISREG(info.st_mode):
+        raise BadInput(f"{label}: is {_file_kind(info.st_mode)}, not a recipe file; give a .yaml file")
+    too_big = f"{label}: is larger than {MAX_RECIPE_BYTES >> 20} MiB, which no recipe is; check the path"
+    if info.st_size > MAX_RECIPE_BYTES:
+        raise BadInput(too_big)
+    try:
+        with open(file, "rb") as fh:
+            raw = fh.read(MAX_RECIPE_BYTES + 1)
+    except OSError as exc:
+        raise BadInput(f"{label}: cannot read the recipe: {exc.strerror or exc}") from None
+    if len(raw) > MAX_RECIPE_BYTES:
+        raise BadInput(too_big)
+    return raw
+
+
+def _file_kind(mode: int) -> str:
+    kinds = {
+        stat.S_ISFIFO: "a named pipe (FIFO)",
+        stat.S_ISCHR: "a character device",
+        stat.S_ISBLK: "a block device",
+        stat.S_ISSOCK: "a socket",
+    }
+    return next((name for test, name in kinds.items() if test(mode)), "not a regular file")
+
+
+def _read_mapping(file: Path, label: str) -> tuple[dict[str, Any], yaml.Node]:
+    raw = _read_recipe_bytes(file, label)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:

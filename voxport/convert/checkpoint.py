@@ -1,8 +1,9 @@
 """Reading tensors from checkpoint files, safetensors first, pickle only when the user opts in.
 
 A pickled checkpoint can run arbitrary code when loaded, so `.bin/.pt/.pth/.ckpt` files are refused
-unless the user passes `--trust-pickle`; even then they are loaded with `weights_only=True` first,
-which refuses anything that is not plain tensors and containers.
+unless the user opts in (`trust_pickle: true` in a recipe, `--trust-pickle` on inspect and import);
+even then they are loaded with `weights_only=True` first, which refuses anything that is not plain
+tensors and containers.
 """
 
 from __future__ import annotations
@@ -52,7 +53,8 @@ def load_tensors(path: Path, *, trust_pickle: bool = False) -> dict[str, torch.T
         if not trust_pickle:
             raise BadInput(
                 f"{path}: pickled checkpoints can run code when loaded; convert it to safetensors, "
-                "or pass --trust-pickle if you trust its source"
+                "or, if you trust its source, set `trust_pickle: true` in the recipe (build, convert) "
+                "or pass --trust-pickle (inspect, import piper)"
             )
         return _load_pickle(path)
     raise BadInput(f"{path}: unsupported weights file type '{suffix}' (use .safetensors)")
