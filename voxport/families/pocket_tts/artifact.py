@@ -2,7 +2,8 @@
 
 The primary file is the backbone (`<name>.<precision>.onnx`); the flow head and codec sit beside it
 (`.flow_head.onnx`, `.codec.onnx`), the tokenizer as `<name>.tokenizer.model|json`. The loop's
-numbers come from the backbone's metadata, so no checkpoint is needed.
+numbers come from the backbone's metadata, so no checkpoint is needed. Ids are checked against the
+vocabulary recorded there (`pocket_tts_bins`, as the checkpoint checks its own) before any graph runs.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from voxport.errors import BadInput
-from voxport.families.base import SynthesisSettings
+from voxport.families.base import SynthesisSettings, check_ids
 from voxport.families.pocket_tts.frontend import (
     TOKENIZER_FILES,
     Tokenizer,
@@ -22,6 +23,7 @@ from voxport.families.pocket_tts.frontend import (
     prepare_text,
 )
 from voxport.families.pocket_tts.loop import DEFAULT_FRAMES_AFTER_EOS, LoopSettings, LoopSpec, stream
+from voxport.pieces import POCKET_CHUNK_TOKENS, id_pieces, text_pieces
 from voxport.validate.runners import OrtRunner, ort_session
 
 
@@ -38,6 +40,9 @@ class PocketArtifactVoice:
         self.text_options = json.loads(meta.get("pocket_tts_text", "{}"))
         self.n_bins = int(meta.get("pocket_tts_bins", 4000))
         self.sample_rate = self.spec.sample_rate
+        #: n_bins text embeddings plus Kyutai's padding row, as the checkpoint's own check
+        self.vocab_size = self.n_bins + 1
+        self.num_speakers = 1
         self._after_eos: dict[tuple[int, ...], int] = {}
         base = path.name[: -len(".onnx")]
         files = {"backbone": path}
@@ -64,6 +69,14 @@ class PocketArtifactVoice:
         self._after_eos[tuple(ids)] = frames_after_eos_for(text)
         return ids
 
+    def text_pieces(self, text: str) -> list[list[int]]:
+        """Kyutai's chunking: sentences packed into chunks of at most 50 tokens, each prepared and
+        spoken on its own (with its own frames-after-EOS rule), so no prompt grows with the text."""
+        return text_pieces(text, self.text_to_ids, POCKET_CHUNK_TOKENS, group=True)
+
+    def id_pieces(self, ids: Sequence[int]) -> list[list[int]]:
+        return id_pieces(ids, POCKET_CHUNK_TOKENS)
+
     def _settings(self, settings: SynthesisSettings, ids: Sequence[int]) -> LoopSettings:
         after = settings.frames_after_eos
         if after is None:
@@ -84,7 +97,7 @@ class PocketArtifactVoice:
         return stream(
             self.runner,
             self.spec,
-            list(ids),
+            check_ids(ids, self.vocab_size),
             self._settings(settings, list(ids)),
             voice=self._voice(settings),
         )

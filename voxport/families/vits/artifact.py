@@ -1,7 +1,9 @@
 """Speaking with an exported VITS artifact: its one-graph ONNX in ONNX Runtime, Piper's interface.
 
 Text goes through the same frontend as the checkpoint: the Piper voice config written beside the
-artifact (`<name>.onnx.json`) when there is one; otherwise the caller gives ids.
+artifact (`<name>.onnx.json`) when there is one; otherwise the caller gives ids. The artifact checks
+its inputs as the checkpoint does (`check_ids` against the vocabulary its own graph embeds, the
+speaker against its `n_speakers`), so a bad id is one clear error and not an ONNX Runtime traceback.
 """
 
 from __future__ import annotations
@@ -12,9 +14,15 @@ from pathlib import Path
 import numpy as np
 
 from voxport.errors import BadInput
-from voxport.families.base import SynthesisSettings
+from voxport.families.base import SynthesisSettings, check_ids
 from voxport.families.vits.frontend import PiperFrontend
+from voxport.pieces import VITS_PIECE_IDS, id_pieces
 from voxport.validate.runners import ort_session
+
+#: the graph input that carries the token ids (Piper's interface)
+IDS_INPUT = "input"
+#: ops that pass an embedding table through unchanged in shape[0] (quantized and cast tables)
+_TABLE_OPS = {"DequantizeLinear", "Cast", "Identity"}
 
 
 class VitsArtifactVoice:
@@ -27,28 +35,68 @@ class VitsArtifactVoice:
                 f"{path}: a '{meta.get('graph')}' graph; speak with the primary <name>.<precision>.onnx"
             )
         self.sample_rate = int(meta.get("sample_rate", 22050))
+        self.num_speakers = int(meta.get("n_speakers", 1))
         sidecar = path.with_name(path.name + ".json")
         self.frontend = (
             PiperFrontend.from_bytes(sidecar.read_bytes(), source=str(sidecar)) if sidecar.is_file() else None
         )
+        self.vocab_size = embedding_rows(path) or self._vocab_from_frontend()
         self.inputs = {i.name for i in self.session.get_inputs()}
+
+    def _vocab_from_frontend(self) -> int:
+        """The Piper config's `num_symbols`, for a graph whose embedding table could not be traced."""
+        if self.frontend is None:
+            raise BadInput(
+                f"{self.path}: cannot tell this graph's vocabulary size (no embedding table feeding "
+                f"'{IDS_INPUT}' and no {self.path.name}.json beside it); re-export it with voxport"
+            )
+        return int(self.frontend.config["num_symbols"])
 
     def text_to_ids(self, text: str) -> list[int]:
         if self.frontend is None:
             raise BadInput(f"{self.path}: no text frontend beside this artifact; give ids with --ids")
         return self.frontend.text_to_ids(text)
 
+    def text_pieces(self, text: str) -> list[list[int]]:
+        if self.frontend is None:
+            raise BadInput(f"{self.path}: no text frontend beside this artifact; give ids with --ids")
+        return self.frontend.sentence_ids(text, VITS_PIECE_IDS)
+
+    def id_pieces(self, ids: Sequence[int]) -> list[list[int]]:
+        pauses, words = self.frontend.boundary_ids() if self.frontend is not None else ((), ())
+        return id_pieces(ids, VITS_PIECE_IDS, pauses=pauses, words=words)
+
     def speak(self, ids: Sequence[int], settings: SynthesisSettings) -> np.ndarray:
-        if not ids:
-            raise BadInput("empty input: give at least one token id")
+        checked = check_ids(ids, self.vocab_size)
+        speaker = settings.speaker_id or 0
+        if not 0 <= speaker < self.num_speakers:
+            raise BadInput(f"speaker id {speaker} out of range 0..{self.num_speakers - 1}")
         feed = {
-            "input": np.asarray([list(ids)], dtype=np.int64),
-            "input_lengths": np.asarray([len(ids)], dtype=np.int64),
+            IDS_INPUT: np.asarray([checked], dtype=np.int64),
+            "input_lengths": np.asarray([len(checked)], dtype=np.int64),
             "scales": np.asarray(
                 [settings.noise_scale, settings.length_scale, settings.noise_scale_duration], dtype=np.float32
             ),
         }
         if "sid" in self.inputs:
-            feed["sid"] = np.asarray([settings.speaker_id or 0], dtype=np.int64)
+            feed["sid"] = np.asarray([speaker], dtype=np.int64)
         (audio,) = self.session.run(["output"], feed)
         return audio.reshape(-1).astype(np.float32)
+
+
+def embedding_rows(path: Path) -> int | None:
+    """Rows of the embedding table the graph gathers the ids from: the artifact's vocabulary size.
+
+    Follows the table back through dequantize/cast nodes to its initializer (an int8/int4 artifact
+    stores the quantized table); None when the graph has no such table (a foreign export)."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    initializers = {t.name: t for t in graph.initializer}
+    producers = {out: node for node in graph.node for out in node.output}
+    gather = next((n for n in graph.node if n.op_type == "Gather" and n.input[1] == IDS_INPUT), None)
+    name = gather.input[0] if gather is not None else None
+    while name is not None and name not in initializers:
+        node = producers.get(name)
+        name = node.input[0] if node is not None and node.op_type in _TABLE_OPS else None
+    return int(initializers[name].dims[0]) if name is not None else None

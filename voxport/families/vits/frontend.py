@@ -28,6 +28,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from voxport.errors import BadInput
+from voxport.pieces import PAUSE_SYMBOLS, WORD_SYMBOLS, bisect_to_fit, symbol_ids, text_rank
 
 #: file name of the Piper voice config (the voice's `.onnx.json`, verbatim) inside a voxport checkpoint
 PIPER_CONFIG = "piper.json"
@@ -133,15 +134,35 @@ class PiperFrontend:
             raise BadInput(f"{self.source}: the Piper text frontend failed on {text!r}: {exc}") from None
         return [list(s) for s in sentences if s]
 
-    def sentence_ids(self, text: str) -> list[list[int]]:
+    def sentence_ids(self, text: str, max_ids: int | None = None) -> list[list[int]]:
         """One id list per sentence, each ``^ _ p1 _ … $``: exactly what Piper feeds its model.
 
-        Phonemes missing from the voice's map are dropped with a warning, as Piper does."""
+        `max_ids`: a sentence whose ids exceed it is cut at its phoneme pauses (``,``), else word
+        spaces, into pieces that fit, each its own ``^ … $`` (bounded memory for run-on text; Piper
+        itself has no bound). Sentences that fit are untouched. Phonemes missing from the voice's map
+        are dropped with a warning, as Piper does."""
         voice = self._piper_voice()
-        ids = [[int(i) for i in voice.phonemes_to_ids(s)] for s in self.phonemes(text)]
+
+        def to_ids(phonemes: list[str]) -> list[int]:
+            return [int(i) for i in voice.phonemes_to_ids(phonemes)]
+
+        def count(phonemes: list[str]) -> int:
+            return len(to_ids(phonemes))
+
+        limit = max_ids if max_ids is not None else float("inf")
+        ids = [
+            to_ids(part)
+            for sentence in self.phonemes(text)
+            for part in bisect_to_fit(sentence, count, limit, text_rank)  # type: ignore[arg-type]
+        ]
         if not ids:
             raise BadInput(f"text {text!r} has no phonemes for this voice")
         return ids
+
+    def boundary_ids(self) -> tuple[frozenset[int], frozenset[int]]:
+        """(pause ids, word-space ids) of the phoneme map: where a run of ids may be cut."""
+        id_map = self.config["phoneme_id_map"]
+        return symbol_ids(id_map, PAUSE_SYMBOLS), symbol_ids(id_map, WORD_SYMBOLS)
 
     def text_to_ids(self, text: str) -> list[int]:
         """One utterance: Piper's ids for a single sentence; several sentences joined by a word space.
