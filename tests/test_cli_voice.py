@@ -27,6 +27,7 @@ def joe_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_import_writes_a_checkpoint_the_pipeline_reads(joe_dir: Path) -> None:
     assert {p.name for p in joe_dir.iterdir()} == {
+        "MODEL_CARD",  # the voice package's card, kept for its license (GGUF general.license)
         "config.json",
         "model.safetensors",
         "voxport.json",

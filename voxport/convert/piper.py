@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import ast
 import json
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -518,13 +519,16 @@ def _param_name(
         if op == "Add":
             return f"{module}.beta", keep
     if module == "dp.flows.0" and value.shape == (2, 1):
-        # reverse ElementwiseAffine: (x - m) * exp(-logs); the exporter folds exp(-logs) into a constant
+        # reverse ElementwiseAffine: (x - m) * exp(-logs); the exporter folds exp(-logs) (older torch) or
+        # only -logs (torch 2.x TorchScript exporter) into a constant
         if op == "Sub" and index == 1:
             return "dp.flows.0.m", keep
         if op == "Mul":
             return "dp.flows.0.logs", lambda a: -np.log(a)
-        if op in ("Neg", "Exp") and index == 0:
+        if op == "Neg" and index == 0:
             return "dp.flows.0.logs", keep
+        if op == "Exp" and index == 0:  # the exporter folded Neg but not Exp: the constant is -logs
+            return "dp.flows.0.logs", lambda a: -a
     return None
 
 
@@ -617,8 +621,9 @@ def _onnx_facts(graph: Any, onnx_path: Path) -> dict[str, Any]:
         return int(values[0])
 
     ups = sorted(int(m.group(1)) for k in attrs if (m := re.fullmatch(r"dec\.ups\.(\d+)", k)))
+    # a set: ResBlock1 has two conv lists per block (convs1, convs2), each with a `.0` conv
     blocks = sorted(
-        int(m.group(1)) for k in attrs if (m := re.fullmatch(r"dec\.resblocks\.(\d+)\.\w+\.0", k))
+        {int(m.group(1)) for k in attrs if (m := re.fullmatch(r"dec\.resblocks\.(\d+)\.\w+\.0", k))}
     )
     if not ups or not blocks or len(blocks) % len(ups):
         raise BadInput(f"{onnx_path}: not a Piper VITS voice graph (decoder upsamplers/resblocks missing)")
@@ -754,7 +759,99 @@ def _read_voice_json(config_path: Path) -> tuple[bytes, dict[str, Any]]:
         ) from None
     if not isinstance(voice, dict):
         raise BadInput(f"{config_path}: not a Piper voice config (expected a JSON object)")
+    check_voice_json(voice, config_path)
     return data, voice
+
+
+#: sample rates speech vocoders are trained at lie well inside this (Piper: 16000 and 22050 Hz)
+SAMPLE_RATE_RANGE = (4000, 192000)
+#: the voice JSON's synthesis settings, all optional, read as numbers by voxport and Piper's runtime
+_INFERENCE_KEYS = ("noise_scale", "length_scale", "noise_w")
+
+
+def _voice_error(source: Path, field_name: str, problem: str) -> BadInput:
+    return BadInput(
+        f"{source}: {field_name} {problem}; fix the voice's .onnx.json (or use the one that came with it)"
+    )
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_voice_json(voice: Mapping[str, Any], source: Path) -> None:
+    """Every field of a Piper voice JSON that voxport or a runtime reads, checked when it is imported.
+
+    The JSON is copied into the checkpoint verbatim and drives the text frontend, the sample rate of
+    every WAV and the exported ONNX metadata: a broken field accepted here only fails later, in `say`
+    or on a device, far from its cause. Checks that need the weights (symbol and speaker counts against
+    the embeddings) follow in `_check_voice_counts`."""
+    audio = voice.get("audio")
+    if not isinstance(audio, Mapping):
+        raise _voice_error(source, "audio", "is missing or not an object (it holds sample_rate)")
+    rate, (low, high) = audio.get("sample_rate"), SAMPLE_RATE_RANGE
+    if not (_is_int(rate) and low <= rate <= high):
+        raise _voice_error(
+            source, "audio.sample_rate", f"must be a whole number of Hz in {low}..{high}, got {rate!r}"
+        )
+    for key in ("num_symbols", "num_speakers"):
+        count = voice.get(key)
+        if not (_is_int(count) and count >= 1):
+            raise _voice_error(source, key, f"must be a whole number >= 1, got {count!r}")
+    _check_phoneme_id_map(voice.get("phoneme_id_map"), int(voice["num_symbols"]), source)
+    _check_speaker_id_map(voice.get("speaker_id_map"), int(voice["num_speakers"]), source)
+    _check_inference(voice.get("inference"), source)
+    from voxport.families.vits.frontend import check_piper_config
+
+    check_piper_config(voice, source=str(source))  # what the exporter needs too (bos/pad/eos, espeak.voice)
+
+
+def _check_phoneme_id_map(id_map: Any, num_symbols: int, source: Path) -> None:
+    if id_map is None:
+        raise _voice_error(
+            source, "phoneme_id_map", "is missing (the text frontend maps phonemes to ids with it)"
+        )
+    if not isinstance(id_map, Mapping) or not id_map:
+        raise _voice_error(
+            source, "phoneme_id_map", f"must be a non-empty object, got {type(id_map).__name__}"
+        )
+    for symbol, ids in id_map.items():
+        if not (isinstance(ids, list) and ids and all(_is_int(i) and 0 <= i < num_symbols for i in ids)):
+            raise _voice_error(
+                source,
+                f"phoneme_id_map[{symbol!r}]",
+                f"must be a non-empty list of ids in 0..{num_symbols - 1} (num_symbols), got {ids!r}",
+            )
+
+
+def _check_speaker_id_map(speakers: Any, num_speakers: int, source: Path) -> None:
+    if speakers is None:
+        return
+    if not isinstance(speakers, Mapping):
+        raise _voice_error(source, "speaker_id_map", f"must be an object, got {type(speakers).__name__}")
+    for name, sid in speakers.items():
+        if not (_is_int(sid) and 0 <= sid < num_speakers):
+            raise _voice_error(
+                source, f"speaker_id_map[{name!r}]", f"must be an id in 0..{num_speakers - 1}, got {sid!r}"
+            )
+
+
+def _check_inference(inference: Any, source: Path) -> None:
+    if inference is None:
+        return
+    if not isinstance(inference, Mapping):
+        raise _voice_error(source, "inference", f"must be an object, got {type(inference).__name__}")
+    for key in _INFERENCE_KEYS:
+        value = inference.get(key)
+        if value is None:
+            continue
+        if not _is_number(value) or value < 0 or (key == "length_scale" and value == 0):
+            bound = "> 0" if key == "length_scale" else ">= 0"
+            raise _voice_error(source, f"inference.{key}", f"must be a finite number {bound}, got {value!r}")
 
 
 def _prepare_out_dir(out_dir: Path) -> None:
@@ -781,6 +878,9 @@ def _write(
         tmp.mkdir()
         adapter.save(tmp)
         atomic_write_bytes(tmp / "piper.json", voice_bytes)
+        card = source.with_name("MODEL_CARD")  # a voice package's card: the license GGUF files declare
+        if card.is_file():
+            atomic_write_bytes(tmp / "MODEL_CARD", card.read_bytes())
     return out_dir
 
 
@@ -792,9 +892,11 @@ def load_piper_onnx(onnx_path: Path, config_path: Path | None = None) -> Any:
     config_path = Path(config_path) if config_path else onnx_path.with_name(onnx_path.name + ".json")
     voice_bytes, voice = _read_voice_json(config_path)
     model = build_model(read_piper_onnx(onnx_path), voice, onnx_path)
-    return VitsModelAdapter(
-        model, source=f"piper-onnx:{onnx_path}", tokenizer_files={"piper.json": voice_bytes}
-    )
+    files = {"piper.json": voice_bytes}
+    card = onnx_path.with_name("MODEL_CARD")
+    if card.is_file():
+        files["MODEL_CARD"] = card.read_bytes()
+    return VitsModelAdapter(model, source=f"piper-onnx:{onnx_path}", tokenizer_files=files)
 
 
 def resolve_voice_package(name: str) -> tuple[Path, Path]:

@@ -66,8 +66,14 @@ def frames_after_eos_for(text: str) -> int:
 class Tokenizer:
     """Text → ids with the checkpoint's own tokenizer file."""
 
-    def __init__(self, name: str, data: bytes, n_bins: int) -> None:
+    def __init__(self, name: str, data: bytes, n_bins: int, *, source: str | None = None) -> None:
+        """Parse the file now: a corrupt tokenizer must fail when the checkpoint is loaded (with its
+        path), not later inside an exporter or a runtime's sidecar that reads the same bytes.
+
+        `source`: the checkpoint or artifact the file belongs to, named in errors."""
         self.name = name
+        where = f"{name} in {source}" if source else name
+        fix = "replace it with the tokenizer file of the release the weights come from"
         if name == "tokenizer.model":
             import sentencepiece
 
@@ -75,7 +81,9 @@ class Tokenizer:
             try:
                 sp.LoadFromSerializedProto(data)
             except Exception as exc:  # sentencepiece raises RuntimeError/OSError variants
-                raise BadInput(f"{name}: not a sentencepiece model ({exc})") from None
+                raise BadInput(
+                    f"{where} is not a valid sentencepiece model ({_first_line(exc)}); {fix}"
+                ) from None
             self._encode = lambda text: sp.encode(text, out_type=int)
             size = sp.get_piece_size()
         else:
@@ -83,12 +91,19 @@ class Tokenizer:
 
             try:
                 tok = tokenizers.Tokenizer.from_str(data.decode("utf-8"))
-            except Exception as exc:  # tokenizers raises its own Exception type
-                raise BadInput(f"{name}: not a tokenizers JSON file ({exc})") from None
+            except Exception as exc:  # tokenizers raises its own Exception type; UnicodeDecodeError
+                raise BadInput(
+                    f"{where} is not a valid tokenizers JSON file ({_first_line(exc)}); {fix}"
+                ) from None
             self._encode = lambda text: tok.encode(text).ids
             size = tok.get_vocab_size()
         if size > n_bins:
-            raise BadInput(f"{name}: {size} pieces, more than the model's {n_bins} text embeddings")
+            raise BadInput(f"{where}: {size} pieces, more than the model's {n_bins} text embeddings")
 
     def encode(self, text: str) -> list[int]:
         return [int(i) for i in self._encode(text)]
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -28,6 +28,7 @@ from voxport.families.base import (
     Runner,
     Synthesis,
     SynthesisSettings,
+    check_ids,
     register,
 )
 from voxport.families.pocket_tts import layouts
@@ -82,6 +83,7 @@ class PocketTTSAdapter(FamilyModel):
             "family": self.family,
             "layout": self.layout,
             **self.cfg.describe(),
+            "vocab_size": self.cfg.n_bins + 1,
             "voice_encoder": self.modules.mimi.has_encoder,
             "tokenizer": next((n for n in TOKENIZER_FILES if n in self.tokenizer_files), None),
         }
@@ -259,7 +261,7 @@ class PocketTTSAdapter(FamilyModel):
     def tokenizer(self) -> Tokenizer | None:
         for name in TOKENIZER_FILES:
             if name in self.tokenizer_files:
-                return Tokenizer(name, self.tokenizer_files[name], self.cfg.n_bins)
+                return Tokenizer(name, self.tokenizer_files[name], self.cfg.n_bins, source=self.source)
         return None
 
     def text_to_ids(self, text: str) -> list[int]:
@@ -298,12 +300,7 @@ class PocketTTSAdapter(FamilyModel):
         )
 
     def _check_ids(self, ids: Sequence[int]) -> list[int]:
-        ids = [int(i) for i in ids]
-        if not ids:
-            raise BadInput("empty input: give at least one token id")
-        if min(ids) < 0 or max(ids) > self.cfg.n_bins:
-            raise BadInput(f"input ids must lie in 0..{self.cfg.n_bins}")
-        return ids
+        return check_ids(ids, self.cfg.n_bins + 1)  # n_bins + 1 rows: Kyutai's LUT has a padding row
 
     def synthesize(
         self,
@@ -491,7 +488,10 @@ class PocketTTSFamily(Family):
         tensors = load_tensors(weights, trust_pickle=trust_pickle)
         raw = _config_for(directory, tensors)
         modules = build_modules(raw, tensors, str(weights))
-        return PocketTTSAdapter(modules, source=str(path), tokenizer_files=tokenizer_files, layout="kyutai")
+        adapter = PocketTTSAdapter(
+            modules, source=str(path), tokenizer_files=tokenizer_files, layout="kyutai"
+        )
+        return _tokenizer_checked(adapter)
 
     @classmethod
     def open_artifact(cls, path: Path) -> Any:
@@ -530,6 +530,15 @@ def _load_transformers(directory: Path, tokenizer_files: Mapping[str, bytes]) ->
         )
     )
     modules = build_modules(raw, tensors, str(directory))
-    return PocketTTSAdapter(
+    adapter = PocketTTSAdapter(
         modules, source=str(directory), tokenizer_files=tokenizer_files, layout="transformers"
     )
+    return _tokenizer_checked(adapter)
+
+
+def _tokenizer_checked(adapter: PocketTTSAdapter) -> PocketTTSAdapter:
+    """Parse the tokenizer file once at load (`convert` loads here): a corrupt one is a one-line error
+    naming the checkpoint before any artifact exists, instead of a sentencepiece traceback from the
+    sherpa-onnx sidecar after the fp32 graphs were written. Cheap: one protobuf parse."""
+    _ = adapter.tokenizer  # the cached property parses the file and raises BadInput
+    return adapter
