@@ -24,6 +24,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType, GGUFWrit
 from gguf import quants as gguf_quants
 
 from voxport.errors import BadInput
+from voxport.export.gguf.general import general_metadata
 from voxport.export.gguf.writer import (
     GGUF_PY_TYPES,
     TensorPlan,
@@ -251,6 +252,7 @@ def write_layout(
     tensor_types: Counter[str] = Counter()
     total_bytes = total_elements = 0
     file_types: dict[str, str] = {}
+    general = general_metadata(model, name)
     for spec in files:
         path = paths[spec.role]
         plans = [p.plan for p in planned[spec.role]]
@@ -260,7 +262,9 @@ def write_layout(
         with atomic_path(path) as tmp:
             writer = GGUFWriter(tmp, spec.architecture)
             try:
-                writer.add_string("general.name", name)
+                for key, value in general.items():
+                    if key not in spec.metadata:  # the layout's own value wins (e.g. general.type)
+                        _add_meta(writer, key, _meta_of(value))
                 writer.add_uint32("general.file_type", file_type)
                 writer.add_uint32("general.quantization_version", 2)
                 for key, meta in spec.metadata.items():
@@ -313,6 +317,8 @@ def _meta_of(value: Any) -> MetaValue:
         return MetaValue(value, GGUFValueType.UINT32 if 0 <= value < 2**32 else GGUFValueType.INT64)
     if isinstance(value, float):
         return MetaValue(value, GGUFValueType.FLOAT32)
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):  # general.languages, .tags
+        return MetaValue(value, GGUFValueType.ARRAY, GGUFValueType.STRING)
     return MetaValue(str(value), GGUFValueType.STRING)
 
 

@@ -24,6 +24,7 @@ from gguf import quants as gguf_quants
 
 from voxport import __version__
 from voxport.errors import BadInput
+from voxport.export.gguf.general import general_metadata
 from voxport.export.gguf.names import NAMING_VERSION, to_gguf
 from voxport.families.base import FamilyModel
 from voxport.io import atomic_path
@@ -356,6 +357,8 @@ def _add_value(writer: GGUFWriter, key: str, value: Any) -> None:
         writer.add_key_value(key, list(bytes(value)), GGUFValueType.ARRAY, sub_type=GGUFValueType.UINT8)
     elif value is None:
         return
+    elif isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+        writer.add_array(key, value)  # general.languages, general.tags: arrays of strings per the spec
     else:
         writer.add_string(key, json.dumps(value, sort_keys=True, default=str))
 
@@ -371,11 +374,9 @@ def build_metadata(
     """Every key/value the file carries except general.architecture (which GGUFWriter adds)."""
     arch = model.family
     kv: dict[str, Any] = {
-        "general.type": "model",
-        "general.name": name,
+        **general_metadata(model, name),
         "general.file_type": _file_type(plans),
         "general.quantization_version": 2,
-        "general.quantized_by": f"voxport {__version__}",
     }
     for key, value in model.describe().items():
         if key != "family":
@@ -383,7 +384,8 @@ def build_metadata(
     kv[f"{arch}.sample_rate"] = int(model.sample_rate)
     # What the family needs to rebuild the model and drive synthesis (config, phoneme map, license).
     for key, value in model.embedded_metadata().items():
-        kv[key if key.startswith("general.") else f"{arch}.{key}"] = value
+        if not key.startswith("general."):  # those are in general_metadata
+            kv[f"{arch}.{key}"] = value
     kv["voxport.version"] = __version__
     kv["voxport.precision"] = qm.precision
     kv["voxport.method"] = qm.method

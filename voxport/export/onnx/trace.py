@@ -52,8 +52,38 @@ def trace_graph(spec: GraphSpec, opset: int = MAX_TRACE_OPSET) -> onnx.ModelProt
             for module, training in modes.items():
                 module.training = training
     model = onnx.load_from_string(buffer.getvalue())
+    _unshare_initializers(model)
     _drop_dangling_initializers(model)
     return model
+
+
+def _unshare_initializers(model: onnx.ModelProto) -> None:
+    """Give every parameter its own initializer again where the exporter merged identical ones.
+
+    The TorchScript exporter stores parameters with identical values once and names the others as
+    `Identity(kept)` outputs (freshly initialised norms, all ones; frozen fine-tuned copies). Two things
+    break on that: ONNX Runtime's EliminateIdentity pass (1.32, any optimisation level) drops the
+    Identity but leaves its consumers reading the vanished name, so the session refuses the file ("is
+    not a graph input, initializer, or output"); and `apply_stored_weights` only finds parameters that
+    are initializers, so a merged one would silently keep the other's precision. A copy under its own
+    name costs the bytes the model has anyway."""
+    graph = model.graph
+    inits = {init.name: init for init in graph.initializer}
+    outputs = {o.name for o in graph.output}
+    keep: list[onnx.NodeProto] = []
+    for node in graph.node:  # topological: an Identity of an Identity finds its source already copied
+        source = node.input[0] if node.op_type == "Identity" and node.input else None
+        if source in inits and node.output[0] not in outputs:
+            copy = onnx.TensorProto()
+            copy.CopyFrom(inits[source])
+            copy.name = node.output[0]
+            graph.initializer.append(copy)
+            inits[copy.name] = copy
+        else:
+            keep.append(node)
+    if len(keep) != len(graph.node):
+        del graph.node[:]
+        graph.node.extend(keep)
 
 
 def _drop_dangling_initializers(model: onnx.ModelProto) -> None:

@@ -16,8 +16,8 @@ Core ML exports cover every size).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -61,6 +61,9 @@ TOKENIZER_KEYS = {
     "precompiled_charsmap": "tokenizer.ggml.precompiled_charsmap",
     "add_bos": "tokenizer.ggml.add_bos_token",
     "add_eos": "tokenizer.ggml.add_eos_token",
+    "unk_id": "tokenizer.ggml.unknown_token_id",
+    "bos_id": "tokenizer.ggml.bos_token_id",
+    "eos_id": "tokenizer.ggml.eos_token_id",
 }
 #: mmproj keys (Keys.Clip, Keys.ClipAudio, Keys.ClipGenAudio; clip.cpp KEY_* in clip-impl.h)
 CLIP_KEYS = {
@@ -233,7 +236,50 @@ def tokenizer_metadata(model_bytes: bytes, n_vocab: int, extra: list[str]) -> di
         )
     meta[k["add_bos"]] = MetaValue(False, V.BOOL)
     meta[k["add_eos"]] = MetaValue(False, V.BOOL)
+    meta.update(special_token_ids(sp))
     return meta
+
+
+def special_token_ids(sp: Any) -> dict[str, MetaValue]:
+    """The sentencepiece model's own unk/bos/eos ids (a disabled one, -1, is left out).
+
+    Without them llama.cpp's UGM vocab keeps T5's defaults (unk 2, eos 1), so a character outside the
+    vocabulary became `</s>` instead of `<unk>`; upstream's converter has the same gap."""
+    k = TOKENIZER_KEYS
+    ids = {k["unk_id"]: sp.unk_id(), k["bos_id"]: sp.bos_id(), k["eos_id"]: sp.eos_id()}
+    return {key: MetaValue(int(i), V.UINT32) for key, i in ids.items() if i >= 0}
+
+
+def source_metadata(raw: Mapping[str, Any]) -> dict[str, MetaValue]:
+    """general.source.* from the config's `weights_path` (hf://<org>/<repo>/<file>@<rev>), and the
+    release name as general.version: where a Kyutai release's weights were published."""
+    match = re.match(r"hf://([^/@]+/[^/@]+)/", str(raw.get("weights_path", "")))
+    if not match:
+        return {}
+    repo = match.group(1)
+    meta = {
+        "general.source.url": MetaValue(f"https://huggingface.co/{repo}", V.STRING),
+        "general.source.huggingface.repository": MetaValue(repo, V.STRING),
+    }
+    release = release_name(raw)
+    if release:
+        meta["general.version"] = MetaValue(release, V.STRING)
+    return meta
+
+
+#: what `clip.gen.audio.model_variant` holds for a config that names no Kyutai release
+UNKNOWN_VARIANT = "custom"
+
+
+def release_name(raw: Mapping[str, Any]) -> str | None:
+    """The Kyutai release a config came from (`english_2026-10`, ...), read from its `weights_path`
+    (hf://kyutai/pocket-tts/languages/<release>/model.safetensors@rev), which every release YAML in the
+    `pocket-tts` package carries and which the checkpoint's saved config keeps. None: not a release."""
+    for key in ("weights_path", "weights_path_without_voice_cloning"):
+        match = re.search(r"/languages/([^/]+)/", str(raw.get(key, "")))
+        if match:
+            return match.group(1)
+    return None
 
 
 # --- the layout ----------------------------------------------------------------------------------------
@@ -281,6 +327,7 @@ class PocketGgufLayout:
                 [float(x) for x in weights("flow_lm.bos_emb").reshape(-1)], V.ARRAY, V.FLOAT32
             ),
             CONFIG_KEY: MetaValue(yaml.safe_dump(c.raw, sort_keys=True), V.STRING),
+            **source_metadata(c.raw),
         }
         sources = ["flow_lm.conditioner.embed.weight", "flow_lm.bos_emb", "flow_lm.input_linear.weight"]
         if self.has_bos_before_voice:
@@ -357,7 +404,8 @@ class PocketGgufLayout:
         c = self.model.cfg
         enc = c.encoder_transformer
         k = CLIP_KEYS
-        variant = Path(self.model.source).name or "voxport"
+        # llama.cpp picks its tuned temperature, tail frames and short-text padding by release name
+        variant = release_name(c.raw) or UNKNOWN_VARIANT
         meta = {
             k["type"]: MetaValue("mmproj", V.STRING),
             k["has_audio"]: MetaValue(True, V.BOOL),
@@ -379,6 +427,7 @@ class PocketGgufLayout:
             k["gen_head_count"]: MetaValue(enc.d_model // HEAD_DIM, V.UINT32),
             k["gen_layer_norm_eps"]: MetaValue(LAYER_NORM_EPS, V.FLOAT32),
             k["gen_model_variant"]: MetaValue(variant, V.STRING),
+            **source_metadata(c.raw),
         }
         t: list[LayoutTensor] = [
             LayoutTensor("a.speaker_proj.weight", "flow_lm.speaker_proj_weight"),

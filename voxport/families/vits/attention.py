@@ -52,14 +52,23 @@ def _window_index(length: torch.Tensor | int, window: int, device: torch.device)
 
 def relative_position_bias(logits: torch.Tensor, rel: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """[BH, L, 2W+1] relative logits → [BH, L, L] absolute bias (zero outside the window)."""
-    index = rel[None].expand(logits.shape[0], -1, -1)
-    return torch.where(valid[None], torch.gather(logits, 2, index), torch.zeros((), dtype=logits.dtype))
+    return torch.where(valid[None], _pick(logits, rel), torch.zeros((), dtype=logits.dtype))
 
 
 def relative_weights(probs: torch.Tensor, key: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """[BH, L, L] attention probabilities → [BH, L, 2W+1] weights per relative position."""
-    index = key[None].expand(probs.shape[0], -1, -1)
-    return torch.where(valid[None], torch.gather(probs, 2, index), torch.zeros((), dtype=probs.dtype))
+    return torch.where(valid[None], _pick(probs, key), torch.zeros((), dtype=probs.dtype))
+
+
+def _pick(values: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+    """out[b, i, k] = values[b, i, columns[i, k]], with no size of the batch*heads axis in the graph.
+
+    An index expanded to `values.shape[0]` is traced as the example's constant (the exporter cannot
+    infer that axis through the head split, so it takes the traced size), and a batch-2 input then
+    fails in ONNX Runtime; indexing with the batch axis last leaves it free. Same selection, same
+    values."""
+    rows = torch.arange(columns.shape[0], device=columns.device)[:, None]
+    return values.permute(1, 2, 0)[rows, columns].permute(2, 0, 1)
 
 
 class WindowedRelativeAttention(VitsAttention):

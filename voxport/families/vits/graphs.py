@@ -11,7 +11,12 @@ Two graphs for parity, one for users:
   ``scales`` → ``output``), which Piper and sherpa-onnx load. It samples its own noise like Piper's
   export does; parity runs it with noise off.
 
-All graphs assume batch size 1, the edge case; noise enters as an input wherever parity needs it.
+The split graphs assume batch size 1, the edge case; noise enters as an input wherever parity needs
+it. ``tts`` keeps Piper's dynamic batch: items of different lengths are padded, ``input_lengths`` masks
+the text encoder's attention, the duration predictor and the flow per item, and ``output`` is
+[batch, 1, 1, longest]. As in Piper's own graph, HiFi-GAN (no mask) sees the padded frames as zeros,
+so a shorter item's last samples differ from its batch-1 audio within the vocoder's receptive field;
+equal-length items match batch 1 to rounding.
 """
 
 from __future__ import annotations
@@ -52,6 +57,14 @@ def _speaker(model: VitsModel, sid: torch.Tensor | None) -> torch.Tensor | None:
     return model.embed_speaker(sid).unsqueeze(-1)
 
 
+def _key_mask(mask: torch.Tensor) -> torch.Tensor:
+    """[B,1,T] 1/0 padding mask → [B,1,1,T] additive attention bias (0 on tokens, -1e9 on padding).
+
+    transformers passes a prepared 4-D mask through unchanged; it is built here so that the trace has
+    no data-dependent "all ones, skip the mask" branch. Adding 0 leaves unpadded scores bit-identical."""
+    return ((mask - 1.0) * 1e9)[:, :, None, :]
+
+
 def encode(
     model: VitsModel,
     input_ids: torch.Tensor,
@@ -59,10 +72,19 @@ def encode(
     noise_w: torch.Tensor,
     length_scale: torch.Tensor,
     sid: torch.Tensor | None,
+    mask_attention: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """ids [1,T], mask [1,1,T] → durations [1,T], prior means and log-scales [1,C,T]."""
+    """ids [B,T], mask [B,1,T] → durations [B,T], prior means and log-scales [B,C,T].
+
+    `mask_attention`: keep padded keys out of the text encoder's attention (a padded batch); off,
+    every key is attended, which is the same for an unpadded item."""
     g = _speaker(model, sid)
-    out = model.text_encoder(input_ids=input_ids, padding_mask=mask.transpose(1, 2), return_dict=True)
+    out = model.text_encoder(
+        input_ids=input_ids,
+        padding_mask=mask.transpose(1, 2),
+        attention_mask=_key_mask(mask) if mask_attention else None,
+        return_dict=True,
+    )
     hidden = out.last_hidden_state.transpose(1, 2)
     m_p = out.prior_means.transpose(1, 2)
     logs_p = out.prior_log_variances.transpose(1, 2)
@@ -97,21 +119,27 @@ def decode(
     durations: torch.Tensor,
     noise: torch.Tensor,
     sid: torch.Tensor | None,
+    frame_lengths: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Expand the prior by the durations onto `noise`'s frame count, then flow + vocoder.
 
     The frame count comes from the noise input rather than from the durations' values, which keeps
-    output shapes free of data-dependent computation (and lets validate force durations)."""
+    output shapes free of data-dependent computation (and lets validate force durations).
+    `frame_lengths` [B]: each item's frame count in a padded batch (None: every frame is valid); the
+    flow is masked per item, as in Piper's graph, so padding does not leak into an item's frames."""
     g = _speaker(model, sid)
     frames = torch.arange(noise.shape[2], device=noise.device).to(durations.dtype)
     ends = torch.cumsum(durations, dim=-1)
     starts = ends - durations
     path = (frames[None, None, :] < ends[:, :, None]) & (frames[None, None, :] >= starts[:, :, None])
-    path = path.to(m_p.dtype)  # [1, T, F]
+    path = path.to(m_p.dtype)  # [B, T, F]
     m = torch.matmul(m_p, path)
     logs = torch.matmul(logs_p, path)
     z_p = m + noise * torch.exp(logs)
-    frame_mask = torch.ones_like(noise[:, :1, :])
+    if frame_lengths is None:
+        frame_mask = torch.ones_like(noise[:, :1, :])
+    else:
+        frame_mask = (frames[None, :] < frame_lengths[:, None]).to(noise.dtype)[:, None, :]
     z = model.flow(z_p, frame_mask, g, reverse=True)
     return model.decoder(z * frame_mask, g)[:, 0]
 
@@ -149,7 +177,10 @@ class DecoderGraph(nn.Module):
 
 
 class PiperGraph(nn.Module):
-    """Piper's one-graph interface: scales = [noise_scale, length_scale, noise_scale_w]."""
+    """Piper's one-graph interface: scales = [noise_scale, length_scale, noise_scale_w].
+
+    input [B, T] int64 (padded), input_lengths [B], sid [B] or [1] → output [B, 1, 1, frames * hop]
+    where frames is the longest item's (each item's own count is the sum of its durations)."""
 
     def __init__(self, model: VitsModel) -> None:
         super().__init__()
@@ -166,9 +197,12 @@ class PiperGraph(nn.Module):
         positions = torch.arange(length, device=input.device)
         mask = (positions[None, :] < input_lengths[:, None]).to(torch.float32)[:, None, :]
         noise_w = torch.randn_like(mask.expand(-1, 2, -1)) * scales[2]
-        durations, m_p, logs_p = encode(self.model, input, mask, noise_w, scales[1:2], sid)
-        total = torch.clamp(durations.sum(), min=1).to(torch.int64)
+        durations, m_p, logs_p = encode(
+            self.model, input, mask, noise_w, scales[1:2], sid, mask_attention=True
+        )
+        lengths = torch.clamp(durations.sum(dim=1), min=1)  # [B] frames per item
+        total = lengths.max().to(torch.int64)
         frames = torch.arange(total, device=input.device)
         noise = torch.randn_like(m_p[:, :, :1] * frames[None, None, :].to(m_p.dtype)) * scales[0]
-        audio = decode(self.model, m_p, logs_p, durations, noise, sid)
+        audio = decode(self.model, m_p, logs_p, durations, noise, sid, frame_lengths=lengths)
         return audio[:, None, None, :]

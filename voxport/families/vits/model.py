@@ -23,6 +23,7 @@ from voxport.families.base import (
     Runner,
     Synthesis,
     SynthesisSettings,
+    check_ids,
     register,
 )
 from voxport.families.vits.architecture import (
@@ -38,8 +39,11 @@ from voxport.io import atomic_write_bytes, atomic_write_json
 
 #: written beside a checkpoint that voxport itself saved (weight-norm folded, inference weights only)
 MARKER = "voxport.json"
-#: text-frontend files carried through load/save/prune unchanged; piper.json is a Piper voice's .onnx.json
-TOKENIZER_FILES = ("vocab.json", "tokenizer_config.json", "special_tokens_map.json", PIPER_CONFIG)
+#: text-frontend files carried through load/save/prune unchanged; piper.json is a Piper voice's .onnx.json,
+#: MODEL_CARD a Piper voice package's card (its license goes into GGUF's general.license)
+TOKENIZER_FILES = (
+    "vocab.json", "tokenizer_config.json", "special_tokens_map.json", PIPER_CONFIG, "MODEL_CARD"
+)
 
 
 class VitsModelAdapter(FamilyModel):
@@ -182,7 +186,13 @@ class VitsModelAdapter(FamilyModel):
                 torch.tensor([0.667, 1.0, 0.8], dtype=torch.float32),
                 *sid,
             ),
-            dynamic_axes={"input": {1: "phonemes"}, "output": {3: "time"}},
+            # Piper's own export: batch dynamic on every per-item input and the output
+            dynamic_axes={
+                "input": {0: "batch_size", 1: "phonemes"},
+                "input_lengths": {0: "batch_size"},
+                **({"sid": {0: "batch_size"}} if sid_names else {}),
+                "output": {0: "batch_size", 3: "time"},
+            },
             metadata={**meta, "model_type": "vits", "n_speakers": str(c.num_speakers), **self._piper_meta()},
             primary=True,
             value_dependent_shapes=True,
@@ -274,12 +284,7 @@ class VitsModelAdapter(FamilyModel):
         return {"sid": np.array([sid], dtype=np.int64)}
 
     def _check_ids(self, ids: Sequence[int]) -> np.ndarray:
-        arr = np.asarray(list(ids), dtype=np.int64)
-        if arr.size == 0:
-            raise BadInput("empty input: give at least one token id")
-        if arr.min() < 0 or arr.max() >= self.config.vocab_size:
-            raise BadInput(f"input ids must lie in 0..{self.config.vocab_size - 1}")
-        return arr[None, :]
+        return np.asarray(check_ids(ids, self.config.vocab_size), dtype=np.int64)[None, :]
 
     def synthesize(
         self,
