@@ -82,14 +82,15 @@ def _commit() -> str:
             ["git", "rev-parse", "--short=10", "HEAD"], capture_output=True, text=True, check=True
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", "voxport"],
             capture_output=True,
             text=True,
             check=True,
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
-    return head + (" (with uncommitted changes)" if dirty else "")
+    # the figures depend on voxport's code, not on the README being edited around them
+    return head + (" (with uncommitted changes to voxport/)" if dirty else "")
 
 
 def write_block(markdown: Path, lines: list[str]) -> None:
