@@ -55,8 +55,8 @@ from voxport.families.base import FamilyModel, Runner, SynthesisSettings, load_m
 from voxport.families.vits.synthetic import TINY_CONFIG, make_vits_checkpoint
 from voxport.manifest import Manifest
 from voxport.recipe import Recipe, load_recipe
+from voxport.runtime.ort import OrtRunner
 from voxport.validate.metrics import logmel_dtw_db, mcd_db
-from voxport.validate.runners import OrtRunner
 
 REPO = Path(__file__).resolve().parents[1]
 PRECISIONS = ("fp32", "fp16", "int8", "int4")

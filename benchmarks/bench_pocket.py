@@ -72,8 +72,8 @@ from voxport.families.pocket_tts.model import PocketTTSAdapter
 from voxport.families.pocket_tts.synthetic import random_model
 from voxport.quantize.stage import quantize_model
 from voxport.recipe import QuantizeConfig
+from voxport.runtime.ort import OrtRunner
 from voxport.validate.metrics import compare_audio, tensor_snr_db
-from voxport.validate.runners import OrtRunner
 
 #: ONNX variants: name → (precision, quantize overrides). "-bb" keeps Kyutai's anchor scope: only the
 #: backbone is quantized, the flow head and the codec stay fp32 (voxport's default quantizes the flow

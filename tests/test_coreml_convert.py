@@ -1,7 +1,7 @@
 """Core ML conversion of the tiny VITS graphs: packages, shapes, weights, metadata and clear errors.
 
 Each graph is converted once per module (a few seconds each); Core ML `predict` is macOS-only, so
-numerics are checked through the numpy MIL interpreter (`voxport.validate.coreml_runner`) instead.
+numerics are checked through the numpy MIL interpreter (`voxport.runtime.coreml`) instead.
 """
 
 from __future__ import annotations
@@ -204,7 +204,7 @@ def test_mil_interpreter_matches_torch_at_other_lengths(
     tiny_vits: FamilyModel, converted: dict[str, Converted]
 ) -> None:
     """The flexible programs compute the right thing at lengths other than the traced example."""
-    runners = pytest.importorskip("voxport.validate.coreml_runner")
+    runners = pytest.importorskip("voxport.runtime.coreml")
     coreml = runners.CoremlRunner({g: c.path for g, c in converted.items()})
     reference = tiny_vits.torch_runner()
     rng = np.random.default_rng(0)

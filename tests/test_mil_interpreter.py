@@ -19,8 +19,8 @@ from torch import nn
 from torch.nn import functional as F  # noqa: N812
 
 from voxport.errors import BadInput
-from voxport.validate.coreml_runner import CoremlRunner
-from voxport.validate.mil import MilInterpreter, constexpr, kernels, load_mlpackage
+from voxport.runtime.coreml import CoremlRunner
+from voxport.runtime.mil import MilInterpreter, constexpr, kernels, load_mlpackage
 
 ct = pytest.importorskip("coremltools")
 
@@ -255,7 +255,7 @@ def _constexpr_ops(path: Path) -> list:
 
 def _check_decoding(path: Path, op_type: str) -> dict[str, np.ndarray]:
     """Every constexpr op of `op_type` decodes to exactly what coremltools says; returns them by name."""
-    from voxport.validate.mil.interpreter import OpArgs
+    from voxport.runtime.mil.interpreter import OpArgs
 
     ops = [op for op in _constexpr_ops(path) if op.op_type == op_type]
     assert ops, f"no {op_type} in {path.name}"

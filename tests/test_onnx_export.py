@@ -31,8 +31,8 @@ import voxport
 from voxport.export.onnx.exporter import export_onnx, trace_all
 from voxport.families import SynthesisSettings, load_model
 from voxport.quantize import QuantizedTensor, quantize
+from voxport.runtime.ort import OrtRunner
 from voxport.validate.metrics import tensor_snr_db, waveform_snr_db
-from voxport.validate.runners import OrtRunner
 
 PRECISIONS = ("fp32", "fp16", "int8", "int4")
 GRAPHS = ("encoder", "decoder", "tts")

@@ -15,7 +15,7 @@ from voxport.families import SynthesisSettings, load_model
 from voxport.io import sha256_file
 from voxport.manifest import read_manifest, verify_files
 from voxport.recipe import Recipe
-from voxport.validate.runners import OrtRunner
+from voxport.runtime.ort import OrtRunner
 
 TEXTS = ["hello world, this is voxport.", "small models can still sound like big ones."]
 

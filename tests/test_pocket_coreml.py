@@ -30,8 +30,8 @@ from voxport.manifest import read_manifest, verify_files  # noqa: E402
 from voxport.quantize.stage import quantize_model  # noqa: E402
 from voxport.quantize.tensor import QuantizedTensor  # noqa: E402
 from voxport.recipe import Recipe  # noqa: E402
-from voxport.validate.coreml_runner import CoremlRunner, spec_input_shapes  # noqa: E402
-from voxport.validate.mil import load_mlpackage  # noqa: E402
+from voxport.runtime.coreml import CoremlRunner, spec_input_shapes  # noqa: E402
+from voxport.runtime.mil import load_mlpackage  # noqa: E402
 
 torch.set_num_threads(1)
 

@@ -17,8 +17,8 @@ from voxport.cli import app
 from voxport.families import SynthesisSettings, load_model
 from voxport.manifest import read_manifest, verify_files
 from voxport.recipe import load_recipe
+from voxport.runtime.ort import OrtRunner
 from voxport.say import open_voice
-from voxport.validate.runners import OrtRunner
 
 cli = CliRunner()
 RECIPE = Path(__file__).parent.parent / "recipes" / "demo-pocket-tts.yaml"

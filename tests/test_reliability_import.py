@@ -41,11 +41,12 @@ from test_piper_variants import (  # a sibling test module (tests/ is on sys.pat
     joe,
 )
 
-from voxport.convert.piper import SAMPLE_RATE_RANGE, import_piper_onnx
 from voxport.errors import BadInput
 from voxport.families import FamilyModel, SynthesisSettings, load_model
+from voxport.families.vits.importer import import_piper_onnx
+from voxport.families.vits.piper_import import SAMPLE_RATE_RANGE
+from voxport.runtime.ort import OrtRunner
 from voxport.validate.metrics import waveform_snr_db
-from voxport.validate.runners import OrtRunner
 
 VOXPORT = Path(sys.executable).with_name("voxport")
 

@@ -26,10 +26,10 @@ import soundfile as sf
 from voxport.families import FamilyModel
 from voxport.families.base import SynthesisSettings
 from voxport.recipe import Threshold
+from voxport.runtime.torch import TorchRunner
 from voxport.validate.metrics import compare_audio
 from voxport.validate.parity import SentenceParity, aggregate, check
 from voxport.validate.report_html import render_report, threshold_holds
-from voxport.validate.runners import TorchRunner
 from voxport.validate.spectrogram import encode_png
 
 CHROMIUM = Path("/usr/bin/chromium")

@@ -446,7 +446,8 @@ def import_piper(
 
     Example: voxport import piper en_US-joe-medium.onnx --out checkpoints/joe
     """
-    from voxport.convert import piper
+    from voxport.families.vits.importer import import_piper_checkpoint, import_piper_onnx
+    from voxport.families.vits.piper_import import resolve_voice_package
 
     def run() -> Path:
         source = Path(voice)
@@ -455,11 +456,11 @@ def import_piper(
                 raise VoxportError(
                     "a .ckpt needs --config VOICE.onnx.json (its phoneme map and audio settings)"
                 )
-            return piper.import_piper_checkpoint(source, config, out_dir, trust_pickle=trust_pickle)
+            return import_piper_checkpoint(source, config, out_dir, trust_pickle=trust_pickle)
         if source.exists():
-            return piper.import_piper_onnx(source, config, out_dir)
-        onnx_path, json_path = piper.resolve_voice_package(voice)
-        return piper.import_piper_onnx(onnx_path, config or json_path, out_dir)
+            return import_piper_onnx(source, config, out_dir)
+        onnx_path, json_path = resolve_voice_package(voice)
+        return import_piper_onnx(onnx_path, config or json_path, out_dir)
 
     with _silenced(quiet):
         written = _run(run, as_json)

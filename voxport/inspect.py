@@ -121,7 +121,7 @@ def _inspect_mlpackage(path: Path) -> dict[str, Any]:
 
     from voxport.export.coreml.metadata import read_metadata
     from voxport.io import path_size
-    from voxport.validate.mil import load_mlpackage
+    from voxport.runtime.mil import load_mlpackage
 
     _check_weights_present(path)
     try:

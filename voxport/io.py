@@ -19,9 +19,12 @@ import shutil
 import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path, PurePath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from voxport.errors import BadInput
+
+if TYPE_CHECKING:
+    import numpy as np
 
 _CHUNK = 1 << 20
 
@@ -246,3 +249,13 @@ def ensure_writable_dir(
             reason = "it exists and is not a directory"
         raise BadInput(f"{what} {target} is not writable: {reason}; choose another {option}") from exc
     return target.absolute()
+
+
+def write_wav(path: Path, audio: np.ndarray, sample_rate: int) -> None:
+    """16-bit PCM WAV, clipped to [-1, 1], written atomically (numpy and soundfile loaded on use)."""
+    import numpy as np
+    import soundfile as sf
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        sf.write(str(tmp), np.clip(audio, -1.0, 1.0), sample_rate, format="WAV", subtype="PCM_16")

@@ -50,7 +50,7 @@ from voxport.cache import (
 from voxport.errors import BadInput, VoxportError
 from voxport.export.formats import FORMATS, Format, get_format
 from voxport.families.base import FamilyModel, SynthesisSettings, load_model
-from voxport.io import atomic_write_json, ensure_writable_dir, sweep_temporaries
+from voxport.io import atomic_write_json, ensure_writable_dir, sweep_temporaries, write_wav
 from voxport.lock import OutputLock
 from voxport.manifest import (
     Artifact,
@@ -468,8 +468,6 @@ class Build:
         return self._unit("reference", "reference audio", self.key_reference, self._run_reference)
 
     def _run_reference(self) -> tuple[list[str], Any]:
-        from voxport.say import write_wav
-
         listing, files = [], []
         with self.progress.task("validate: reference audio", total=len(self.inputs)) as advance:
             for i, (label, ids) in enumerate(self.inputs):
@@ -500,8 +498,6 @@ class Build:
         return result
 
     def _run_measure(self, entry: dict[str, Any]) -> tuple[list[str], Any]:
-        from voxport.say import write_wav
-
         fmt, precision = entry["format"], entry["precision"]
         started = time.perf_counter()
         runner = self.formats[fmt].runner(self.model, entry, self.out)
@@ -538,8 +534,6 @@ class Build:
 
     def _run_phrases(self) -> tuple[list[str], Any]:
         """Render with the full-precision source model: the best audio the device could ever play."""
-        from voxport.say import write_wav
-
         config = self.recipe.phrases
         assert config is not None
         settings = SynthesisSettings(

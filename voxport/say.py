@@ -166,14 +166,6 @@ def _onnx_family(path: Path) -> str | None:
     return meta["family"]
 
 
-def write_wav(path: Path, audio: np.ndarray, sample_rate: int) -> None:
-    import soundfile as sf
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        sf.write(str(tmp), np.clip(audio, -1.0, 1.0), sample_rate, format="WAV", subtype="PCM_16")
-
-
 @dataclass(frozen=True)
 class Spoken:
     seconds: float

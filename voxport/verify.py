@@ -40,7 +40,7 @@ class Loader:
 
 
 def _load_onnx(path: Path) -> None:
-    from voxport.validate.runners import ort_session
+    from voxport.runtime.ort import ort_session
 
     ort_session(path)
 

@@ -82,7 +82,7 @@ class OnnxFormat:
         }
 
     def runner(self, model: FamilyModel, entry: dict[str, Any], out: Path) -> Runner:
-        from voxport.validate.runners import OrtRunner
+        from voxport.runtime.ort import OrtRunner
 
         return OrtRunner({graph: out / rel for graph, rel in entry["files"].items()})
 
@@ -285,7 +285,7 @@ class CoremlFormat:
     def runner(self, model: FamilyModel, entry: dict[str, Any], out: Path) -> Runner:
         """Core ML itself where it exists (macOS); elsewhere voxport's numpy MIL interpreter. The
         report names which one measured the figures (`runner`)."""
-        from voxport.validate.coreml_runner import CoremlPredictRunner, CoremlRunner
+        from voxport.runtime.coreml import CoremlPredictRunner, CoremlRunner
 
         files = {graph: out / rel for graph, rel in entry["files"].items()}
         return CoremlPredictRunner(files) if sys.platform == "darwin" else CoremlRunner(files)

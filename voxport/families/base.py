@@ -13,20 +13,14 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
 from voxport.errors import BadInput
-
-
-class Runner(Protocol):
-    """Calls one named graph with numpy inputs; implemented by torch, ONNX Runtime, ... runners."""
-
-    name: str
-
-    def run(self, graph: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+from voxport.runtime.base import Runner
+from voxport.runtime.torch import TorchRunner
 
 
 @dataclass
@@ -243,7 +237,7 @@ class FamilyModel(ABC):
     def gguf_layout(self) -> Any:
         """None: GGUF export writes voxport's own one-file layout (export/gguf/writer.py). A family whose
         models a GGUF runtime already runs under its own names and file split (llama.cpp's pockettts
-        text model + mmproj) returns a `voxport.export.gguf.split.GgufLayout` describing that layout,
+        text model + mmproj) returns a `voxport.families.layouts.gguf.GgufLayout` describing that layout,
         so the files load there; the format adapter never needs to know which family it is."""
         return None
 
@@ -254,8 +248,6 @@ class FamilyModel(ABC):
 
     def torch_runner(self) -> Runner:
         """The fp32 reference runner over this model's own graph modules."""
-        from voxport.validate.runners import TorchRunner
-
         return TorchRunner(self.graphs())
 
     def parameters(self) -> int:

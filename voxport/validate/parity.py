@@ -19,6 +19,7 @@ import numpy as np
 
 from voxport.families.base import FamilyModel, Runner, Synthesis, SynthesisSettings
 from voxport.recipe import METRIC_DIRECTIONS, Threshold
+from voxport.runtime.base import runs_graph
 from voxport.validate import metrics as m
 
 #: per-step tensors a family may report (`Synthesis.tensors`); each gives a `<name>_snr_db` metric
@@ -88,13 +89,6 @@ def _step_snrs(ref: Synthesis, forced: Synthesis) -> dict[str, float | None]:
             continue
         out[f"{name}_snr_db"] = min(m.tensor_snr_db(x, y) for x, y in zip(a, b, strict=True))
     return out
-
-
-def runs_graph(runner: Runner, graph: str) -> bool:
-    """Whether the artifact has `graph` (a Core ML artifact has no one-graph Piper form, for one);
-    runners over a subset of graphs say which via `graph_names`."""
-    names = getattr(runner, "graph_names", None)
-    return names is None or graph in names
 
 
 def measure_sentence(

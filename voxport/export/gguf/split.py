@@ -3,9 +3,10 @@
 The one-file writer (writer.py) uses voxport's own names, one tensor per weight. Some runtimes expect
 something else: other names, several files, weights split (a fused q|k|v) or folded together (learned
 vectors appended to an embedding table), convolution kernels kept 3-D and forced to a type. A family
-describes such a layout as data (`GgufLayout`); this module writes it with the same planning and
-encoding as writer.py (so a weight gets the same GGML type in either layout, int4 stays bit-exact
-Q4_0) and reads it back through the layout's exact inverse, for parity in the family's torch graphs.
+describes such a layout as data (`GgufLayout`, in families/layouts/gguf.py); this module writes it
+with the same planning and encoding as writer.py (so a weight gets the same GGML type in either
+layout, int4 stays bit-exact Q4_0) and reads it back through the layout's exact inverse, for parity in
+the family's torch graphs.
 
 Writing is streamed and atomic per file, like writer.py: header, metadata and tensor infos from a
 plan made from shapes alone, then one tensor encoded, written and dropped at a time.
@@ -15,9 +16,9 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType, GGUFWriter, LlamaFileType
@@ -34,69 +35,12 @@ from voxport.export.gguf.writer import (
     plan_tensor,
 )
 from voxport.families.base import FamilyModel
+from voxport.families.layouts.gguf import GgufLayout, LayoutFile, LayoutTensor, MetaValue, Weights
 from voxport.io import atomic_path
 from voxport.quantize.stage import QuantizedModel
 from voxport.quantize.tensor import QuantizedTensor
 
 T = GGMLQuantizationType
-#: a getter for a weight's float32 values as stored (dequantized when quantized)
-Weights = Callable[[str], np.ndarray]
-
-
-@dataclass(frozen=True)
-class LayoutTensor:
-    """One tensor of a layout file.
-
-    Plain tensors copy one voxport weight (`source`), optionally a row range of it (`rows`, for a
-    fused q|k|v) and optionally reshaped (`shape`, numpy order, e.g. a k=1 conv squeezed to 2-D).
-    Derived tensors (`build`) are computed from several weights' stored values; their `inverse`
-    gives those weights back from the file's values (and the state restored so far)."""
-
-    gguf_name: str
-    source: str | None = None
-    rows: tuple[int, int] | None = None
-    shape: tuple[int, ...] | None = None
-    #: GGML type the runtime requires whatever the precision ("F16", "F32")
-    force: str | None = None
-    build: Callable[[Weights], np.ndarray] | None = None
-    #: (file values, file metadata, state restored so far) -> {voxport name: values}
-    inverse: (
-        Callable[[np.ndarray, Mapping[str, Any], Mapping[str, np.ndarray]], dict[str, np.ndarray]] | None
-    ) = None
-    #: voxport weights a derived tensor is built from (for dtype and bookkeeping)
-    derived_from: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class MetaValue:
-    """A metadata value with its explicit GGUF type (arrays name their element type)."""
-
-    value: Any
-    type: GGUFValueType
-    sub_type: GGUFValueType | None = None
-
-
-@dataclass
-class LayoutFile:
-    """One file of a layout: `role` is its key in the export entry's "files"; `suffix` goes between the
-    precision and `.gguf` in the file name ("" for the primary file)."""
-
-    role: str
-    suffix: str
-    architecture: str
-    metadata: dict[str, MetaValue]
-    tensors: list[LayoutTensor] = field(default_factory=list)
-
-
-class GgufLayout(Protocol):
-    """What a family returns from `FamilyModel.gguf_layout()` to be written in a runtime's layout."""
-
-    #: short name recorded in the export entry (e.g. "llama.cpp pockettts")
-    name: str
-
-    def files(self, weights: Weights) -> list[LayoutFile]:
-        """The files, their metadata and tensors; raises BadInput when the model does not fit."""
-        ...
 
 
 def _rows(value: Any, rows: tuple[int, int] | None) -> Any:

@@ -24,7 +24,7 @@ from voxport.families.pocket_tts.frontend import (
 )
 from voxport.families.pocket_tts.loop import DEFAULT_FRAMES_AFTER_EOS, LoopSettings, LoopSpec, stream
 from voxport.pieces import POCKET_CHUNK_TOKENS, id_pieces, text_pieces
-from voxport.validate.runners import OrtRunner, ort_session
+from voxport.runtime.ort import OrtRunner, ort_session
 
 
 class PocketArtifactVoice:
@@ -89,7 +89,7 @@ class PocketArtifactVoice:
         )
 
     def _voice(self, settings: SynthesisSettings) -> np.ndarray | None:
-        from voxport.families.pocket_tts.model import load_voice
+        from voxport.families.pocket_tts.voice import load_voice
 
         return None if settings.voice is None else load_voice(settings.voice, None)
 

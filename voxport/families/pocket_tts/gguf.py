@@ -25,7 +25,7 @@ import yaml
 from gguf import GGUFValueType
 
 from voxport.errors import BadInput
-from voxport.export.gguf.split import LayoutFile, LayoutTensor, MetaValue, Weights
+from voxport.families.layouts.gguf import LayoutFile, LayoutTensor, MetaValue, Weights
 
 if TYPE_CHECKING:
     from voxport.families.pocket_tts.model import PocketTTSAdapter

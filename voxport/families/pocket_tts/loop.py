@@ -34,6 +34,7 @@ from voxport.families.pocket_tts.graphs import (
     KIND_TEXT,
     KIND_VOICE,
 )
+from voxport.runtime.base import runs_graph
 
 #: Kyutai's `_MIN_FRAMES_BEFORE_EOS`
 MIN_FRAMES_BEFORE_EOS = 6
@@ -153,7 +154,6 @@ def run_backbone(runner: Runner, inputs: Mapping[str, np.ndarray]) -> dict[str, 
     (Core ML, see bounded.py): the growing past is padded into the fixed cache, the call writes at
     position P, and the caches come back cut to present (P + S), so the loop sees one contract."""
     from voxport.families.pocket_tts.bounded import GRAPH
-    from voxport.validate.parity import runs_graph
 
     if runs_graph(runner, "backbone") or not runs_graph(runner, GRAPH):
         return runner.run("backbone", inputs)

@@ -18,7 +18,6 @@ import torch
 import yaml
 from torch import nn
 
-from voxport.convert.checkpoint import PICKLE_SUFFIXES, find_weights_file, load_tensors
 from voxport.errors import BadInput
 from voxport.families.base import (
     Family,
@@ -31,6 +30,7 @@ from voxport.families.base import (
     check_ids,
     register,
 )
+from voxport.families.checkpoint import PICKLE_SUFFIXES, find_weights_file, load_tensors
 from voxport.families.pocket_tts import layouts
 from voxport.families.pocket_tts.config import PocketConfig, infer_config
 from voxport.families.pocket_tts.frontend import (
@@ -48,7 +48,8 @@ from voxport.families.pocket_tts.loop import (
     generate,
     stream,
 )
-from voxport.families.pocket_tts.modules import PocketModules, codec_state_shapes, encode_voice
+from voxport.families.pocket_tts.modules import PocketModules, codec_state_shapes
+from voxport.families.pocket_tts.voice import load_voice
 from voxport.io import atomic_write_bytes, atomic_write_json
 
 MARKER = "voxport.json"
@@ -370,37 +371,6 @@ def _synthesis(run: Generation, sample_rate: int) -> Synthesis:
         },
         tensors={"hidden": run.hidden, "latent": run.latents},
     )
-
-
-def load_voice(voice: str, model: PocketTTSAdapter | None) -> np.ndarray:
-    path = Path(voice)
-    if not path.is_file():
-        raise BadInput(f"voice prompt not found: {path}")
-    if path.suffix == ".npy":
-        latents = np.load(path, allow_pickle=False)
-        return np.asarray(latents, np.float32).reshape(-1, latents.shape[-1])
-    if model is None:
-        raise BadInput(f"{path}: encoding a voice needs the checkpoint's codec encoder; give latents (.npy)")
-    if not model.modules.mimi.has_encoder:
-        raise BadInput(
-            f"{model.source}: this checkpoint has no codec encoder (mimi.encoder.*), so it cannot encode "
-            "a voice prompt; use a checkpoint with voice cloning weights or give latents (.npy)"
-        )
-    import librosa
-    import soundfile as sf
-
-    try:
-        audio, rate = sf.read(str(path), dtype="float32", always_2d=True)
-    except Exception as exc:  # soundfile raises LibsndfileError and RuntimeError variants
-        raise BadInput(f"{path}: not a readable audio file ({exc})") from None
-    mono = audio.mean(axis=1)
-    if rate != model.sample_rate:
-        mono = librosa.resample(mono, orig_sr=rate, target_sr=model.sample_rate)
-    with torch.no_grad():
-        latents = encode_voice(
-            model.modules.mimi, torch.from_numpy(np.ascontiguousarray(mono)), model.cfg.frame_size
-        )
-    return latents[0].numpy().astype(np.float32)
 
 
 def _config_for(directory: Path, tensors: Mapping[str, torch.Tensor]) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from voxport.errors import BadInput
 from voxport.families.base import SynthesisSettings, check_ids
 from voxport.families.vits.frontend import PiperFrontend
 from voxport.pieces import VITS_PIECE_IDS, id_pieces
-from voxport.validate.runners import ort_session
+from voxport.runtime.ort import ort_session
 
 #: the graph input that carries the token ids (Piper's interface)
 IDS_INPUT = "input"

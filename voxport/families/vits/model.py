@@ -13,7 +13,6 @@ import torch
 from torch import nn
 from transformers import VitsConfig, VitsModel
 
-from voxport.convert.checkpoint import PICKLE_SUFFIXES, find_weights_file, load_tensors
 from voxport.errors import BadInput
 from voxport.families.base import (
     Family,
@@ -26,6 +25,7 @@ from voxport.families.base import (
     check_ids,
     register,
 )
+from voxport.families.checkpoint import PICKLE_SUFFIXES, find_weights_file, load_tensors
 from voxport.families.vits.architecture import (
     TRAINING_ONLY_PREFIXES,
     build_inference_model,
@@ -203,7 +203,7 @@ class VitsModelAdapter(FamilyModel):
         """sherpa-onnx's Piper metadata for the tts graph, when this checkpoint is a Piper voice."""
         if PIPER_CONFIG not in self.tokenizer_files:
             return {}
-        from voxport.export.onnx.piper import piper_onnx_metadata
+        from voxport.families.vits.piper_files import piper_onnx_metadata
 
         return piper_onnx_metadata(
             self.piper_frontend().config, sample_rate=self.sample_rate, n_speakers=self.config.num_speakers
@@ -224,7 +224,7 @@ class VitsModelAdapter(FamilyModel):
         `weights` (the precision's stored weights) is unused: these sidecars hold no weights."""
         if PIPER_CONFIG not in self.tokenizer_files:
             return {}
-        from voxport.export.onnx.piper import write_piper_sidecars
+        from voxport.families.vits.piper_files import write_piper_sidecars
 
         config_path, tokens_path = write_piper_sidecars(
             primary,
@@ -399,8 +399,6 @@ class VitsFamily(Family):
     @classmethod
     def load(cls, path: Path, *, trust_pickle: bool = False) -> VitsModelAdapter:
         if path.suffix == ".onnx":
-            from voxport.convert.piper import load_piper_onnx
-
             return load_piper_onnx(path)
         directory = path if path.is_dir() else path.parent
         weights = find_weights_file(directory) if path.is_dir() else path
@@ -444,3 +442,18 @@ def _rename_weight_norm(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Ten
             name = name[: -len(".weight_v")] + ".parametrizations.weight.original1"
         out[name] = tensor
     return out
+
+
+def load_piper_onnx(onnx_path: Path, config_path: Path | None = None) -> VitsModelAdapter:
+    """A Piper voice as an in-memory VITS model (no files written): lets a recipe name a voice's .onnx."""
+    from voxport.families.vits.piper_import import _read_voice_json, build_model, read_piper_onnx
+
+    onnx_path = Path(onnx_path)
+    config_path = Path(config_path) if config_path else onnx_path.with_name(onnx_path.name + ".json")
+    voice_bytes, voice = _read_voice_json(config_path)
+    model = build_model(read_piper_onnx(onnx_path), voice, onnx_path)
+    files = {"piper.json": voice_bytes}
+    card = onnx_path.with_name("MODEL_CARD")
+    if card.is_file():
+        files["MODEL_CARD"] = card.read_bytes()
+    return VitsModelAdapter(model, source=f"piper-onnx:{onnx_path}", tokenizer_files=files)

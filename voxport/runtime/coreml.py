@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 
 from voxport.errors import BadInput
-from voxport.validate.mil import MilInterpreter, load_mlpackage
-from voxport.validate.mil.loader import array_features
+from voxport.runtime.mil import MilInterpreter, load_mlpackage
+from voxport.runtime.mil.loader import array_features
 
 
 def _to_declared(name: str, value: np.ndarray, dtype: np.dtype) -> np.ndarray:

@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 
 from voxport.errors import BadInput
-from voxport.validate.mil import constexpr, kernels
-from voxport.validate.mil.loader import MilPackage
+from voxport.runtime.mil import constexpr, kernels
+from voxport.runtime.mil.loader import MilPackage
 
 
 class OpArgs:
@@ -503,7 +503,7 @@ class MilInterpreter:
             elif op.op_type not in KERNELS:
                 raise BadInput(
                     f"MIL op '{op.op_type}' (name '{op.name}') is not supported by the MIL interpreter "
-                    "(see voxport.validate.mil.supported_ops())"
+                    "(see voxport.runtime.mil.supported_ops())"
                 )
             else:
                 self._compute.append(op)

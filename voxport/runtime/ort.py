@@ -1,36 +1,13 @@
-"""Runners: call a named graph with numpy inputs, whatever executes it.
-
-The family's synthesis loop only sees this interface, so the fp32 torch reference and every
-exported artifact are driven by the same code with the same inputs.
-"""
+"""The ONNX Runtime runner: exported ONNX graphs, one session per graph."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from voxport.errors import BadInput
-from voxport.families.base import GraphSpec
-
-
-class TorchRunner:
-    """Runs the family's own graph modules in eager torch (the reference)."""
-
-    name = "torch"
-
-    def __init__(self, graphs: Sequence[GraphSpec]) -> None:
-        self.graphs = {g.name: g for g in graphs}
-
-    def run(self, graph: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        spec = self.graphs[graph]
-        args = [torch.from_numpy(np.ascontiguousarray(inputs[n])) for n in spec.input_names if n in inputs]
-        with torch.no_grad():
-            out = spec.module(*args)
-        outs = out if isinstance(out, tuple) else (out,)
-        return {n: o.detach().numpy() for n, o in zip(spec.output_names, outs, strict=True)}
 
 
 def ort_session(path: Path, *, threads: int = 1):  # noqa: ANN201 - onnxruntime type is optional

@@ -1,1 +1,0 @@
-"""Stage 1: read a checkpoint into a full-precision model (and optionally prune it)."""

@@ -1,0 +1,1 @@
+"""Per-format layout data a family hands a format adapter (the adapter writes it)."""
