@@ -60,6 +60,8 @@ PEAK = (
     "resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024)"
     '"'
 )
+#: the decoder package's weight file in a Core ML build of the tiny recipe
+WEIGHT_BIN = "coreml/tv.fp32.decoder.mlpackage/Data/com.apple.CoreML/weights/weight.bin"
 FLIP = (
     "$PY -c \"import sys; p=sys.argv[1]; b=bytearray(open(p,'rb').read()); b[len(b)//2]^=1; "
     "open(p,'wb').write(b)\""
@@ -325,14 +327,13 @@ FAULTS: list[Fault] = [
     Fault(
         "inspect-mlpackage-no-weights",
         "inspect an .mlpackage whose weights/weight.bin is missing",
-        "cp -r $FX/coreml/coreml . && rm $(find coreml -name weight.bin | head -1) && "
-        "$VOX inspect $(ls -d coreml/*.mlpackage | head -1)",
+        f"cp -r $FX/coreml/coreml . && rm {WEIGHT_BIN} && $VOX inspect coreml/tv.fp32.decoder.mlpackage",
         2,
     ),
     Fault(
         "verify-mlpackage-no-weights",
         "verify a build whose .mlpackage lost weights/weight.bin",
-        "cp -r $FX/coreml out && rm $(find out -name weight.bin | head -1) && $VOX verify out",
+        f"cp -r $FX/coreml out && rm out/{WEIGHT_BIN} && $VOX verify out",
         1,
         r"verify failed",
     ),

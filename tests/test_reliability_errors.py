@@ -477,3 +477,28 @@ def test_say_on_things_it_does_not_run_says_what_they_are(
     assert not (tmp_path / "a.wav").exists()
     # inspect describes a build directory rather than calling it an unknown architecture
     assert inspect_path(built)["kind"] == "build"
+
+
+def test_say_onto_a_full_disk_or_a_directory_is_one_line(tiny_vits_dir: Path, tmp_path: Path) -> None:
+    """`say -o` past a 10 kB file size limit (the WAV's first second is 32 kB), and onto an existing
+    directory: one `error:` line naming -o, no WAV left behind (libsndfile used to raise its own
+    "System error." traceback for the first)."""
+    ids = ",".join(str(i) for i in range(1, 31))
+    full = voxport(
+        "say",
+        str(tiny_vits_dir),
+        "--ids",
+        ids,
+        "-o",
+        "x.wav",
+        cwd=tmp_path,
+        preexec_fn=file_size_limit(10_000),
+    )
+    assert full.returncode == 2 and "Traceback" not in full.stderr, full.stderr
+    last = full.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: file too large writing x.wav") and "-o" in last, last
+    (tmp_path / "d").mkdir()
+    onto_dir = voxport("say", str(tiny_vits_dir), "--ids", ids, "-o", "d", cwd=tmp_path)
+    assert onto_dir.returncode == 2, onto_dir.stderr
+    assert onto_dir.stderr.strip().splitlines()[-1].startswith("error: d is a directory"), onto_dir.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d"] and not any((tmp_path / "d").iterdir())

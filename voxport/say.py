@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import sys
 import time
+import wave
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -175,6 +176,11 @@ class Spoken:
     pieces: int
 
 
+def _pcm16(audio: np.ndarray) -> bytes:
+    """Little-endian 16-bit PCM, rounded to nearest as libsndfile's float-to-PCM_16 conversion does."""
+    return np.rint(np.clip(audio, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
+
+
 def speak_to(
     voice: Voice, pieces: Sequence[Sequence[int]], settings: SynthesisSettings, output: Path | str
 ) -> Spoken:
@@ -185,8 +191,6 @@ def speak_to(
 
     `Spoken.pieces` counts the audio pieces written: one per sentence or chunk for a voice that renders
     whole utterances (VITS), one per frame for a streaming voice (Pocket TTS)."""
-    import soundfile as sf
-
     check_inputs(voice, pieces, settings)
     started = time.perf_counter()
     first: float | None = None
@@ -211,18 +215,18 @@ def speak_to(
 
     if str(output) == "-":
         for piece in chunks():
-            sys.stdout.buffer.write((piece * 32767).astype("<i2").tobytes())
+            sys.stdout.buffer.write(_pcm16(piece))
             sys.stdout.buffer.flush()
     else:
         path = Path(output)
         path.parent.mkdir(parents=True, exist_ok=True)
-        with (
-            atomic_path(path) as tmp,
-            sf.SoundFile(
-                str(tmp), "w", samplerate=voice.sample_rate, channels=1, format="WAV", subtype="PCM_16"
-            ) as wav,
-        ):
+        # Python's own wave writer, not libsndfile: a full disk or a file size limit then surfaces as
+        # the OSError it is (libsndfile reports only "System error."), which the CLI turns into one line
+        with atomic_path(path) as tmp, wave.open(str(tmp), "wb") as wav:
+            wav.setnchannels(1)
+            wav.setsampwidth(2)
+            wav.setframerate(voice.sample_rate)
             for piece in chunks():
-                wav.write(piece)
+                wav.writeframes(_pcm16(piece))
     compute = time.perf_counter() - started
     return Spoken(samples / voice.sample_rate, first if first is not None else compute, compute, count)
