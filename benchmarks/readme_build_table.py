@@ -5,7 +5,8 @@
     .venv/bin/python benchmarks/readme_build_table.py build/joe-medium --write README.md
 
 `--write` replaces the block between `<!-- build-table:begin -->` and `<!-- build-table:end -->` in the
-given markdown file, and stamps it with the voxport version and the git commit the build ran on, so a
+given markdown file, and stamps it with the voxport version and the git commit checked out (run it right
+after the build, on the same checkout), so a
 reader can tell which code the figures describe.
 
 Two sizes per artifact, because they answer different questions: "file MB" is the one file a runtime
@@ -22,24 +23,10 @@ import re
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+
+from voxport.cli import METRIC_COLUMNS, OPTIONAL_METRICS
 
 BEGIN, END = "<!-- build-table:begin -->", "<!-- build-table:end -->"
-
-#: (header, metric, digits)
-COLUMNS = (
-    ("forced SNR dB", "forced_snr_db", 1),
-    ("SNR dB", "snr_db", 1),
-    ("log-mel dB", "logmel_dtw_db", 2),
-    ("MCD dB", "mcd_db", 2),
-    ("dur match", "duration_match", 3),
-    ("len ratio", "length_ratio", 3),
-)
-
-
-def _graph_bytes(artifact: dict[str, Any], graphs: set[str]) -> int:
-    """Bytes of the artifact's model files (its graphs), leaving out the sidecars a runtime reads beside."""
-    return sum(f["bytes"] for f in artifact["files"] if f["graph"] in graphs)
 
 
 def _fmt(value: float | None, digits: int) -> str:
@@ -51,7 +38,14 @@ def table(build_dir: Path) -> list[str]:
     report = json.loads((build_dir / "report.json").read_text(encoding="utf-8"))
     # report.json names which of an artifact's files are graphs (its "bytes" sums exactly those)
     graph_files = {(a["format"], a["precision"]): a for a in report["artifacts"]}
-    header = ["format", "precision", "file MB", "all MB", "bits/w", *[c for c, _, _ in COLUMNS], "parity"]
+    # the CLI's metric columns, an optional one (Pocket TTS's step SNRs) only where an artifact has it
+    columns = [
+        (col, metric, digits)
+        for col, metric, digits in METRIC_COLUMNS
+        if metric not in OPTIONAL_METRICS
+        or any(a["parity"]["metrics"].get(metric) is not None for a in manifest["artifacts"])
+    ]
+    header = ["format", "precision", "file MB", "all MB", "bits/w", *[c for c, _, _ in columns], "parity"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for a in manifest["artifacts"]:
         reported = graph_files[(a["format"], a["precision"])]
@@ -62,7 +56,7 @@ def table(build_dir: Path) -> list[str]:
             f"{a['bytes'] / 1e6:.2f}",
             f"{reported['bytes'] / 1e6:.2f}",
             f"{a['bits_per_weight']:.2f}",
-            *[_fmt(m.get(metric), digits) for _, metric, digits in COLUMNS],
+            *[_fmt(m.get(metric), digits) for _, metric, digits in columns],
             "pass" if a["parity"]["passed"] else "FAIL",
         ]
         lines.append("| " + " | ".join(row) + " |")

@@ -158,7 +158,7 @@ def _fmt(value: float | None, digits: int = 1) -> str:
 
 
 #: (column, metric, digits); the optional ones show only when some artifact reports them
-_METRIC_COLUMNS = (
+METRIC_COLUMNS = (
     ("forced SNR dB", "forced_snr_db", 1),
     ("SNR dB", "snr_db", 1),
     ("log-mel dB", "logmel_dtw_db", 2),
@@ -168,15 +168,15 @@ _METRIC_COLUMNS = (
     ("hidden SNR dB", "hidden_snr_db", 1),
     ("latent SNR dB", "latent_snr_db", 1),
 )
-_OPTIONAL_METRICS = ("hidden_snr_db", "latent_snr_db")
+OPTIONAL_METRICS = ("hidden_snr_db", "latent_snr_db")
 
 
 def _print_manifest(manifest: Any, out_dir: Path) -> None:
     table = Table(title=f"{manifest.recipe.get('name')} → {out_dir}", title_justify="left")
     columns = [
         (col, metric, digits)
-        for col, metric, digits in _METRIC_COLUMNS
-        if metric not in _OPTIONAL_METRICS
+        for col, metric, digits in METRIC_COLUMNS
+        if metric not in OPTIONAL_METRICS
         or any(a.parity.metrics.get(metric) is not None for a in manifest.artifacts)
     ]
     for col in ("format", "precision", "MB", "bits/w", *[c for c, _, _ in columns], "parity", "file"):
