@@ -6,8 +6,7 @@
 
 `--write` replaces the block between `<!-- build-table:begin -->` and `<!-- build-table:end -->` in the
 given markdown file, and stamps it with the voxport version and the git commit checked out (run it right
-after the build, on the same checkout), so a
-reader can tell which code the figures describe.
+after the build, on the same checkout), so a reader can tell which code the figures describe.
 
 Two sizes per artifact, because they answer different questions: "file MB" is the one file a runtime
 loads (Piper's one-graph `.onnx`, the `.gguf`); "all MB" counts every file of the artifact (for VITS
