@@ -50,7 +50,8 @@ def _from_piper_json(text: str | None) -> dict[str, Any]:
         out["general.languages"] = [language["code"]]
     if isinstance(voice.get("dataset"), str):
         out["general.basename"] = voice["dataset"]
-        quality = (voice.get("audio") or {}).get("quality") if isinstance(voice.get("audio"), dict) else None
+        audio = voice.get("audio")
+        quality = audio.get("quality") if isinstance(audio, dict) else None
         out["general.description"] = f"Piper voice {voice['dataset']}" + (f" ({quality})" if quality else "")
     return out
 
