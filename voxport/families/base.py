@@ -13,7 +13,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -145,6 +145,44 @@ class Synthesis:
 
 
 @dataclass(frozen=True)
+class MetricSpec:
+    """A parity metric: its report.json name, which way is better, and how the CLI and report show it.
+
+    The core metrics (SNR, log-mel distance, ...) are declared in `voxport.validate.thresholds`; a
+    family adds the per-step tensor figures only it produces (`tensor` names a key of
+    `Synthesis.tensors`, and the metric is that tensor's SNR between reference and artifact), so the
+    validate layer, the recipe's threshold check and the report never name a family's tensors."""
+
+    name: str
+    direction: Literal["min", "max", "band"]
+    label: str
+    digits: int = 1
+    tensor: str | None = None
+
+
+@dataclass(frozen=True)
+class CalibrationSet:
+    """What a calibrated quantization method runs the model on: token ids per sentence, and the
+    settings (seed, noise) that make the run reproducible."""
+
+    ids: tuple[tuple[int, ...], ...]
+    settings: SynthesisSettings
+
+
+@dataclass(frozen=True)
+class WeightInputs:
+    """The activations one quantizable weight saw during calibration, in the weight's own 2-D view.
+
+    `x` is (n, cols) float32 with columns aligned to the axis quantization blocks run along
+    (`reduction_axis` 1: Linear and Conv1d, unfolded as in_channels*kernel; 0: ConvTranspose1d, whose
+    rows are the input channels), which is what GPTQ's Hessian (XᵀX) and AWQ's per-column |x| need."""
+
+    name: str
+    x: np.ndarray
+    reduction_axis: Literal[0, 1]
+
+
+@dataclass(frozen=True)
 class PrunableStack:
     """A stack of identical layers that may lose some of its layers."""
 
@@ -250,6 +288,16 @@ class FamilyModel(ABC):
         """The fp32 reference runner over this model's own graph modules."""
         return TorchRunner(self.graphs())
 
+    def calibration_inputs(self, batch: CalibrationSet, names: Sequence[str]) -> Iterator[WeightInputs]:
+        """The inputs each named weight sees while this model speaks `batch` (the calibration hook).
+
+        The default records them from the family's own synthesis loop (`families.calibration.record`),
+        so a family gets calibrated quantization for free; one whose loop hides weights from
+        torch's function dispatch overrides this."""
+        from voxport.families.calibration import record
+
+        return record(self, batch, names)
+
     def parameters(self) -> int:
         return int(sum(t.numel() for t in self.state_dict().values()))
 
@@ -258,6 +306,8 @@ class Family(ABC):
     """Recognises and loads one architecture's checkpoints."""
 
     name: ClassVar[str]
+    #: parity metrics only this family produces (per-step tensor SNRs); see MetricSpec
+    metrics: ClassVar[tuple[MetricSpec, ...]] = ()
 
     @classmethod
     @abstractmethod

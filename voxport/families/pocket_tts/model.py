@@ -23,6 +23,7 @@ from voxport.families.base import (
     Family,
     FamilyModel,
     GraphSpec,
+    MetricSpec,
     PrunableStack,
     Runner,
     Synthesis,
@@ -423,6 +424,12 @@ def build_modules(raw: Mapping[str, Any], tensors: Mapping[str, torch.Tensor], s
 @register
 class PocketTTSFamily(Family):
     name: ClassVar[str] = FAMILY
+    #: under teacher forcing every step's backbone hidden state and sampled latent are compared too:
+    #: one early wrong frame makes free-running audio diverge, so these localise a fault to a step
+    metrics: ClassVar[tuple[MetricSpec, ...]] = (
+        MetricSpec("hidden_snr_db", "min", "hidden SNR dB", tensor="hidden"),
+        MetricSpec("latent_snr_db", "min", "latent SNR dB", tensor="latent"),
+    )
 
     @classmethod
     def recognizes(cls, path: Path) -> bool:
