@@ -29,6 +29,8 @@ class GraphSpec:
     """One graph an edge runtime runs: the torch module that computes it and how to export it."""
 
     name: str
+    #: holds the family's weights under `model.` (`model.<state_dict name>`): the exporters find a
+    #: quantized weight's initializer by that name
     module: torch.nn.Module
     input_names: list[str]
     output_names: list[str]
@@ -200,7 +202,8 @@ class FamilyModel(ABC):
 
     @abstractmethod
     def save(self, out_dir: Path) -> None:
-        """Write a full-precision checkpoint this family's `load` reads back (stage output)."""
+        """Write a full-precision checkpoint this family's `load` reads back (stage output), with
+        `voxport.json` written last: the convert stage takes its presence to mean a complete checkpoint."""
 
     @abstractmethod
     def describe(self) -> dict[str, Any]:
