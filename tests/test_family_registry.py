@@ -161,6 +161,24 @@ def test_without_family_the_detected_family_checks_at_build(tmp_path: Path) -> N
         recipe.synthesis_settings("phrases", PocketTTSFamily)
 
 
+def test_resolved_recipe_records_the_familys_settings(tmp_path: Path) -> None:
+    """The manifest's recipe: every setting the build used, defaults filled in, for its family only."""
+    path = _recipe(tmp_path, "name: p\nmodel: ckpt\nvalidate:\n  texts: [a]\n  noise_scale: 0.1\n")
+    recipe = load_recipe(path)
+    assert recipe.resolved()["validate"]["noise_scale"] == 0.1
+    assert "length_scale" not in recipe.resolved()["validate"]
+    resolved = recipe.resolved(VitsFamily)["validate"]
+    settings = {k: v for k, v in resolved.items() if k in VitsSettings.model_fields}
+    assert settings == {
+        "seed": 0,
+        "noise_scale": 0.1,
+        "noise_scale_duration": 0.8,
+        "length_scale": 1.0,
+        "speaker_id": None,
+    }
+    assert "temperature" not in recipe.resolved(VitsFamily)["validate"]
+
+
 def test_a_key_no_family_has_is_unknown(tmp_path: Path) -> None:
     path = _recipe(tmp_path, "name: p\nmodel: ckpt\nvalidate:\n  texts: [a]\n  nosie_scale: 1\n")
     pattern = rf"^{path}:5: validate\.nosie_scale: unknown key \(allowed: .*noise_scale"

@@ -50,7 +50,7 @@ from voxport.cache import (
 from voxport.errors import BadInput, VoxportError
 from voxport.export.formats import FORMATS, Format, get_format
 from voxport.families.base import FamilyModel, SynthesisSettings
-from voxport.families.registry import detect_family, family_of, load_model
+from voxport.families.registry import detect_family, families, family_of, load_model
 from voxport.io import atomic_write_json, ensure_writable_dir, sweep_temporaries, write_wav
 from voxport.lock import OutputLock
 from voxport.manifest import (
@@ -626,7 +626,7 @@ class Build:
         self._render_report()
         manifest = Manifest(
             voxport_version=__version__,
-            recipe=self.recipe.resolved(),
+            recipe=self.recipe.resolved(families()[info["family"]]),
             model=ModelInfo(
                 family=info["family"], source=str(self.recipe.model), parameters=info["parameters"]
             ),

@@ -653,9 +653,16 @@ class Recipe(_Base):
         """The recipe file this came from (absolute), or None when built with `from_mapping`."""
         return self._source_path
 
-    def resolved(self) -> dict[str, Any]:
-        """The recipe as the build used it, JSON-able: defaults filled in, model as an absolute path."""
-        return self.model_dump(mode="json", by_alias=True)
+    def resolved(self, family: "type[Family] | None" = None) -> dict[str, Any]:
+        """The recipe as the build used it, JSON-able: defaults filled in, model as an absolute path.
+        With the `family` that ran it, `validate:` and `phrases:` hold all of its synthesis settings
+        (its defaults where the recipe gave none, a voice prompt as an absolute path)."""
+        data = self.model_dump(mode="json", by_alias=True)
+        if family is not None:
+            for section in ("validate", "phrases"):
+                if data.get(section) is not None:
+                    data[section].update(self.synthesis_settings(section, family).model_dump(mode="json"))
+        return data
 
     @classmethod
     def from_mapping(
