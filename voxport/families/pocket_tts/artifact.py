@@ -17,6 +17,7 @@ import numpy as np
 from voxport.errors import BadInput
 from voxport.families.base import SynthesisSettings, check_ids
 from voxport.families.pocket_tts.frontend import (
+    POCKET_CHUNK_TOKENS,
     TOKENIZER_FILES,
     Tokenizer,
     frames_after_eos_for,
@@ -24,7 +25,7 @@ from voxport.families.pocket_tts.frontend import (
 )
 from voxport.families.pocket_tts.loop import DEFAULT_FRAMES_AFTER_EOS, LoopSettings, LoopSpec, stream
 from voxport.families.pocket_tts.settings import PocketSettings
-from voxport.pieces import POCKET_CHUNK_TOKENS, id_pieces, text_pieces
+from voxport.pieces import id_pieces, text_pieces
 from voxport.runtime.ort import OrtRunner, ort_session
 
 

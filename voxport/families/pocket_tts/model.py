@@ -33,6 +33,7 @@ from voxport.families.checkpoint import PICKLE_SUFFIXES, find_weights_file, load
 from voxport.families.pocket_tts import layouts
 from voxport.families.pocket_tts.config import PocketConfig, infer_config
 from voxport.families.pocket_tts.frontend import (
+    POCKET_CHUNK_TOKENS,
     TOKENIZER_FILES,
     Tokenizer,
     frames_after_eos_for,
@@ -51,7 +52,6 @@ from voxport.families.pocket_tts.modules import PocketModules, codec_state_shape
 from voxport.families.pocket_tts.settings import PocketSettings
 from voxport.families.pocket_tts.voice import load_voice
 from voxport.io import atomic_write_bytes, atomic_write_json
-from voxport.pieces import POCKET_CHUNK_TOKENS
 
 MARKER = "voxport.json"
 CONFIG_FILE = "config.yaml"

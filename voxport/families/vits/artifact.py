@@ -15,9 +15,9 @@ import numpy as np
 
 from voxport.errors import BadInput
 from voxport.families.base import SynthesisSettings, check_ids
-from voxport.families.vits.frontend import PiperFrontend
+from voxport.families.vits.frontend import VITS_PIECE_IDS, PiperFrontend
 from voxport.families.vits.settings import VitsSettings
-from voxport.pieces import VITS_PIECE_IDS, id_pieces
+from voxport.pieces import id_pieces
 from voxport.runtime.ort import ort_session
 
 #: the graph input that carries the token ids (Piper's interface)

@@ -32,11 +32,10 @@ from voxport.families.vits.architecture import (
     load_exact,
     resblock_variant,
 )
-from voxport.families.vits.frontend import PIPER_CONFIG, PiperFrontend
+from voxport.families.vits.frontend import PIPER_CONFIG, VITS_PIECE_IDS, PiperFrontend
 from voxport.families.vits.graphs import DecoderGraph, EncoderGraph, PiperGraph
 from voxport.families.vits.settings import VitsSettings
 from voxport.io import atomic_write_bytes, atomic_write_json
-from voxport.pieces import VITS_PIECE_IDS
 
 #: written beside a checkpoint that voxport itself saved (weight-norm folded, inference weights only)
 MARKER = "voxport.json"
