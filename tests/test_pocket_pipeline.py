@@ -147,3 +147,18 @@ def test_onnx_runtime_fuses_every_quantized_linear(built: Path, tmp_path: Path, 
         assert quantized > 0, graph
         assert ops.count("MatMulNBits") == quantized, (graph, quantized, ops.count("MatMulNBits"))
         assert "DequantizeLinear" not in ops, graph
+
+
+def test_the_build_table_shows_the_familys_step_metrics(built: Path) -> None:
+    """The hidden/latent columns come from the family's MetricSpecs (Family.metrics), not a CLI list."""
+    from voxport.cli import _family_columns, _print_manifest, out
+
+    manifest = read_manifest(built)
+    assert _family_columns(manifest) == [
+        ("hidden SNR dB", "hidden_snr_db", 1),
+        ("latent SNR dB", "latent_snr_db", 1),
+    ]
+    with out.capture() as captured:
+        _print_manifest(manifest, built)
+    table = captured.get()  # headers wrap in a 160-column table: look for their first words
+    assert "hidden" in table and "latent" in table and "log-mel" in table

@@ -121,3 +121,26 @@ def test_a_vits_setting_on_a_toy_recipe_names_its_line(site: Path, checkpoint: P
     assert done.returncode == 2
     want = "bad.yaml:6: validate.noise_scale: toy has no setting 'noise_scale' (its settings: seed, gain)"
     assert want in done.stderr
+
+
+def test_a_second_family_of_a_known_name_is_an_error(tmp_path: Path) -> None:
+    """Two packages claiming one family name: which one runs would depend on install order, so neither
+    does; the message names both providers."""
+    site = tmp_path / "site"
+    (site / "fake_vits-0.1.dist-info").mkdir(parents=True)
+    (site / "fake_vits.py").write_text(
+        "from voxport.families.vits import VitsFamily\n\n\nclass FakeVits(VitsFamily):\n    name = 'vits'\n"
+    )
+    (site / "fake_vits-0.1.dist-info" / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: fake-vits\nVersion: 0.1\n"
+    )
+    (site / "fake_vits-0.1.dist-info" / "entry_points.txt").write_text(
+        "[voxport.families]\nvits = fake_vits:FakeVits\n"
+    )
+    done = voxport(site, tmp_path, "demo", "x", "--family", "vits")
+    assert done.returncode == 2
+    assert (
+        "error: family 'vits' is provided twice: by voxport (built in) and by the package fake-vits 0.1; "
+        "uninstall one of them"
+    ) in done.stderr
+    assert not (tmp_path / "x").exists()

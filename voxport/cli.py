@@ -156,7 +156,7 @@ def _fmt(value: float | None, digits: int = 1) -> str:
     return "—" if value is None else f"{value:.{digits}f}"
 
 
-#: (column, metric, digits); the optional ones show only when some artifact reports them
+#: (column, metric, digits) of the metrics every family reports
 METRIC_COLUMNS = (
     ("forced SNR dB", "forced_snr_db", 1),
     ("SNR dB", "snr_db", 1),
@@ -164,20 +164,25 @@ METRIC_COLUMNS = (
     ("MCD dB", "mcd_db", 2),
     ("dur match", "duration_match", 3),
     ("len ratio", "length_ratio", 3),
-    ("hidden SNR dB", "hidden_snr_db", 1),
-    ("latent SNR dB", "latent_snr_db", 1),
 )
-OPTIONAL_METRICS = ("hidden_snr_db", "latent_snr_db")
+
+
+def _family_columns(manifest: Any) -> list[tuple[str, str, int]]:
+    """The built family's own metrics (`Family.metrics`) that some artifact reports, after the core ones."""
+    from voxport.families.registry import families
+
+    family = families().get(manifest.model.family)
+    specs = family.metrics if family is not None else ()
+    return [
+        (spec.label, spec.name, spec.digits)
+        for spec in specs
+        if any(a.parity.metrics.get(spec.name) is not None for a in manifest.artifacts)
+    ]
 
 
 def _print_manifest(manifest: Any, out_dir: Path) -> None:
     table = Table(title=f"{manifest.recipe.get('name')} → {out_dir}", title_justify="left")
-    columns = [
-        (col, metric, digits)
-        for col, metric, digits in METRIC_COLUMNS
-        if metric not in OPTIONAL_METRICS
-        or any(a.parity.metrics.get(metric) is not None for a in manifest.artifacts)
-    ]
+    columns = [*METRIC_COLUMNS, *_family_columns(manifest)]
     for col in ("format", "precision", "MB", "bits/w", *[c for c, _, _ in columns], "parity", "file"):
         table.add_column(
             col,
@@ -412,17 +417,18 @@ def demo(
     from voxport.families.registry import families
     from voxport.io import ensure_writable_dir
 
-    def run() -> None:
+    def run() -> str:
         known = families()
         name = family if family is not None else next(iter(known))
         if name not in known:
             raise VoxportError(f"unknown demo family {name!r} (known: {', '.join(sorted(known))})")
         known[name].demo(ensure_writable_dir(out_dir), seed=seed, config=config)
+        return name
 
     with _silenced(quiet):
-        _run(run, as_json)
+        written = _run(run, as_json)
     if as_json:
-        _emit_json({"checkpoint": out_dir, "seed": seed, "family": family})
+        _emit_json({"checkpoint": out_dir, "seed": seed, "family": written})
     _info(f"wrote {out_dir}", quiet)
 
 
