@@ -51,7 +51,8 @@ from safetensors.torch import load_file, save_file
 from transformers import VitsConfig
 
 from voxport import pipeline
-from voxport.families.base import FamilyModel, Runner, SynthesisSettings, load_model
+from voxport.families.base import FamilyModel, Runner, SynthesisSettings
+from voxport.families.registry import load_model
 from voxport.families.vits.synthetic import TINY_CONFIG, make_vits_checkpoint
 from voxport.manifest import Manifest
 from voxport.recipe import Recipe, load_recipe

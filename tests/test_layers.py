@@ -43,9 +43,6 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
 #: Imports that break the order or close a cycle today, as (importer, imported) module pairs; each with
 #: why it is still here and the work that removes it (issue 13's work packages, see its plan).
 KNOWN_BACK_EDGES: dict[tuple[str, str], str] = {
-    # families → families (a cycle): the registry imports the built-in families, which import the contract
-    ("voxport.families.base", "voxport.families.pocket_tts"): "_load_builtin; WP-B: entry points",
-    ("voxport.families.base", "voxport.families.vits"): "_load_builtin; WP-B: entry points",
     # families → export
     ("voxport.families.pocket_tts.sherpa", "voxport.export.onnx.exporter"): (
         "sherpa graphs traced by the exporter; WP-A: sherpa_layout() data + export/onnx/layouts.py"

@@ -29,7 +29,8 @@ from onnx import TensorProto, numpy_helper
 
 import voxport
 from voxport.export.onnx.exporter import export_onnx, trace_all
-from voxport.families import SynthesisSettings, load_model
+from voxport.families import load_model
+from voxport.families.vits import VitsSettings
 from voxport.quantize import QuantizedTensor, quantize
 from voxport.runtime.ort import OrtRunner
 from voxport.validate.metrics import tensor_snr_db, waveform_snr_db
@@ -37,7 +38,7 @@ from voxport.validate.metrics import tensor_snr_db, waveform_snr_db
 PRECISIONS = ("fp32", "fp16", "int8", "int4")
 GRAPHS = ("encoder", "decoder", "tts")
 SENTENCE = "hello world, this is a test."
-NOISE_OFF = SynthesisSettings(noise_scale=0.0, noise_scale_duration=0.0)
+NOISE_OFF = VitsSettings(noise_scale=0.0, noise_scale_duration=0.0)
 #: a Linear weight (traced as Transpose → MatMul), a Conv1d weight with a partial last int4 block
 #: (48 * 3 = 144 columns), a ConvTranspose1d weight
 LINEAR = "text_encoder.encoder.layers.0.attention.q_proj.weight"
@@ -153,7 +154,7 @@ def ids(tiny_vits):
 
 @pytest.fixture(scope="module")
 def reference(tiny_vits, ids):
-    return tiny_vits.synthesize(tiny_vits.torch_runner(), ids, SynthesisSettings())
+    return tiny_vits.synthesize(tiny_vits.torch_runner(), ids, VitsSettings())
 
 
 def _recorder(called: set[str], weight: str):
@@ -192,8 +193,8 @@ def test_tracing_leaves_the_model_in_eval_mode(tiny_vits, tiny_vits_dir, traced,
     """Regression: the exporter used to leave the shared VitsModel in training mode (dropout on)."""
     assert not [name for name, m in tiny_vits.model.named_modules() if m.training]
     fresh = load_model(tiny_vits_dir)
-    want = fresh.synthesize(fresh.torch_runner(), ids, SynthesisSettings()).audio
-    got = tiny_vits.synthesize(tiny_vits.torch_runner(), ids, SynthesisSettings()).audio
+    want = fresh.synthesize(fresh.torch_runner(), ids, VitsSettings()).audio
+    got = tiny_vits.synthesize(tiny_vits.torch_runner(), ids, VitsSettings()).audio
     np.testing.assert_array_equal(got, want)
 
 
@@ -208,7 +209,7 @@ def test_file_names_and_ort_loads_every_graph(exported):
 
 def test_fp32_split_graphs_match_torch(tiny_vits, exported, ids, reference):
     runner = OrtRunner(exported["fp32"][1])
-    out = tiny_vits.synthesize(runner, ids, SynthesisSettings())
+    out = tiny_vits.synthesize(runner, ids, VitsSettings())
     np.testing.assert_array_equal(out.durations, reference.durations)
     for name in ("m_p", "logs_p"):
         assert (
@@ -352,7 +353,7 @@ def test_int8_every_used_kernel_is_dequantized_per_channel(tiny_vits, traced, pr
 def test_ort_equals_torch_with_dequantized_weights(tiny_vits, exported, ids, reference, precision):
     weights, files = exported[precision]
     dequantized = tiny_vits.with_weights(_dequantized(weights))
-    settings = SynthesisSettings()
+    settings = VitsSettings()
     forced = reference.durations[None].astype(np.float32)
     expected = dequantized.synthesize(dequantized.torch_runner(), ids, settings, forced_durations=forced)
 

@@ -156,14 +156,14 @@ def test_rebuild_gives_byte_identical_artifacts(built: Path, tiny_vits_dir: Path
 @pytest.mark.skipif(sys.platform != "darwin", reason="MLModel.predict runs only on macOS")
 def test_predict_agrees_with_the_interpreter_and_torch(built: Path, tiny_vits: object) -> None:
     """macOS CI (.github/workflows/coreml-macos.yml): Core ML itself vs the numpy interpreter."""
-    from voxport.families import SynthesisSettings
+    from voxport.families.vits import VitsSettings
     from voxport.runtime.coreml import CoremlPredictRunner, CoremlRunner
     from voxport.validate.metrics import waveform_snr_db
 
     art = _artifacts(built)[("coreml", "fp32")]
     files = {f.graph: built / f.path for f in art.files}  # type: ignore[attr-defined]
     ids = tiny_vits.text_to_ids(TEXTS[0])  # type: ignore[attr-defined]
-    settings = SynthesisSettings(noise_scale=0.0, noise_scale_duration=0.0)
+    settings = VitsSettings(noise_scale=0.0, noise_scale_duration=0.0)
     predicted = tiny_vits.synthesize(CoremlPredictRunner(files), ids, settings).audio  # type: ignore[attr-defined]
     interpreted = tiny_vits.synthesize(CoremlRunner(files), ids, settings).audio  # type: ignore[attr-defined]
     reference = tiny_vits.synthesize(tiny_vits.torch_runner(), ids, settings).audio  # type: ignore[attr-defined]

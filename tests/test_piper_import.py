@@ -24,8 +24,8 @@ import pytest
 import torch
 
 from voxport.errors import BadInput
-from voxport.families import FamilyModel, SynthesisSettings, load_model
-from voxport.families.vits import importer
+from voxport.families import FamilyModel, load_model
+from voxport.families.vits import VitsSettings, importer
 from voxport.families.vits import piper_import as piper
 from voxport.families.vits.graphs import decode, encode
 from voxport.families.vits.importer import import_piper_checkpoint, import_piper_onnx
@@ -46,7 +46,7 @@ WEIGHT_NORMED = re.compile(
     r"flow\.flows\.\d+\.enc\.(?:in_layers\.\d+|res_skip_layers\.\d+|cond_layer)\.weight"
     r"|dec\.ups\.\d+\.weight|dec\.resblocks\.\d+\.convs[12]?\.\d+\.weight"
 )
-NOISE_OFF = SynthesisSettings(noise_scale=0.0, noise_scale_duration=0.0, length_scale=1.0)
+NOISE_OFF = VitsSettings(noise_scale=0.0, noise_scale_duration=0.0, length_scale=1.0)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -160,7 +160,7 @@ def test_inferred_config_is_joe_medium(joe_model: FamilyModel) -> None:
 def joe_primary_audio(joe_model: FamilyModel, phrase_ids: list[list[int]]) -> list[np.ndarray]:
     """voxport's one-graph (Piper interface) audio of the recovered voice, noise off."""
     runner = joe_model.torch_runner()
-    settings = SynthesisSettings(length_scale=1.0)
+    settings = VitsSettings(length_scale=1.0)
     return [joe_model.synthesize_primary(runner, ids, settings).audio for ids in phrase_ids]
 
 
@@ -308,7 +308,7 @@ def test_ckpt_imports_to_the_onnx_model(
     assert ours.keys() == theirs.keys()
     worst = max(float((ours[k] - theirs[k]).abs().max()) for k in ours)
     assert worst < 1e-6  # weight norm folded back to within float32 rounding
-    audio = model.synthesize_primary(model.torch_runner(), phrase_ids[1], SynthesisSettings()).audio
+    audio = model.synthesize_primary(model.torch_runner(), phrase_ids[1], VitsSettings()).audio
     # measured 108.2 dB (113.3 with portable torch kernels): weights equal to ~2e-7, amplified by the
     # flows; 90 leaves 18 dB for another CPU's rounding, a wrong weight gives < 60 dB
     assert waveform_snr_db(joe_primary_audio[1], audio) >= 90.0

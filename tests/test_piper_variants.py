@@ -29,7 +29,8 @@ import numpy as np
 import pytest
 import torch
 
-from voxport.families import FamilyModel, SynthesisSettings, load_model
+from voxport.families import FamilyModel, load_model
+from voxport.families.vits import VitsSettings
 from voxport.families.vits.importer import import_piper_checkpoint
 from voxport.families.vits.piper_import import PiperWeights, infer_config, read_piper_checkpoint
 from voxport.validate.metrics import waveform_snr_db
@@ -250,7 +251,7 @@ def test_torch_synthesis_matches_piper_infer(built: Built) -> None:
         # the comparison only means something if the reference is audio-like: not silent, not clipped
         assert float(np.sqrt(np.mean(reference**2))) > 1e-3 and float(np.abs(reference).max()) < 0.9
         assert reference.size > len(IDS) * HOP_LENGTH  # more than one frame per token on average
-        audio = built.model.synthesize_primary(runner, IDS, SynthesisSettings(speaker_id=sid)).audio
+        audio = built.model.synthesize_primary(runner, IDS, VitsSettings(speaker_id=sid)).audio
         assert audio.shape == reference.shape, "durations differ from Piper's"
         snr = waveform_snr_db(reference, audio)
         print(f"{built.preset.quality} ({built.preset.num_speakers} spk) sid={sid}: {snr:.1f} dB")
@@ -261,13 +262,13 @@ def test_torch_synthesis_matches_piper_infer(built: Built) -> None:
 def test_speakers_sound_different(built: Built) -> None:
     runner = built.model.torch_runner()
     a, b = (
-        built.model.synthesize_primary(runner, IDS, SynthesisSettings(speaker_id=k)).audio for k in (0, 3)
+        built.model.synthesize_primary(runner, IDS, VitsSettings(speaker_id=k)).audio for k in (0, 3)
     )
     similarity = waveform_snr_db(a, b) if a.shape == b.shape else None
     print(f"speaker 0 vs 3: lengths {a.size}/{b.size}, SNR {similarity}")
     assert similarity is None or similarity < 20.0
     with pytest.raises(Exception, match="speaker id 4 out of range"):
-        built.model.synthesize_primary(runner, IDS, SynthesisSettings(speaker_id=4))
+        built.model.synthesize_primary(runner, IDS, VitsSettings(speaker_id=4))
 
 
 @pytest.mark.parametrize("built", [MULTI, "high"], indirect=True)
@@ -299,7 +300,7 @@ def test_onnx_primary_graph_runs_in_onnxruntime(built: Built, tmp_path: Path) ->
 
     ort_runner, torch_runner = OrtRunner({spec.name: primary.path}), model.torch_runner()
     for sid in _speaker_ids(built.preset):
-        settings = SynthesisSettings(speaker_id=sid)
+        settings = VitsSettings(speaker_id=sid)
         ours = model.synthesize_primary(ort_runner, IDS, settings).audio
         ref = model.synthesize_primary(torch_runner, IDS, settings).audio
         assert ours.shape == ref.shape

@@ -15,7 +15,6 @@ scaled by 1.001: 54-64 dB).
 from __future__ import annotations
 
 import copy
-import dataclasses
 import math
 import shutil
 from pathlib import Path
@@ -29,13 +28,13 @@ from pocket_kyutai import kyutai_generate, kyutai_model, release_config
 from safetensors.torch import load_file, save_file
 
 from voxport.errors import BadInput
-from voxport.families import SynthesisSettings, detect_family, load_model
+from voxport.families import detect_family, load_model
+from voxport.families.pocket_tts import PocketSettings, PocketTTSAdapter, PocketTTSFamily
 from voxport.families.pocket_tts.config import PocketConfig, infer_config
 from voxport.families.pocket_tts.frontend import frames_after_eos_for, prepare_text
 from voxport.families.pocket_tts.graphs import KIND_LATENT
 from voxport.families.pocket_tts.layouts import to_transformers
 from voxport.families.pocket_tts.loop import MIN_FRAMES_BEFORE_EOS, frame_noise, prompt_inputs
-from voxport.families.pocket_tts.model import PocketTTSAdapter, PocketTTSFamily
 from voxport.families.pocket_tts.modules import PocketModules, encode_voice
 from voxport.families.pocket_tts.synthetic import TINY_CONFIG, make_checkpoint, random_model
 from voxport.validate.metrics import tensor_snr_db
@@ -109,7 +108,7 @@ def kyutai_tiny(endless: PocketTTSAdapter):
 def test_tiny_matches_kyutai_with_voice_and_noise(endless, kyutai_tiny, voice_npy):
     """Voice prompt + sampling noise at temperature 0.3, 12 frames: measured latent 118.6, audio 115.4 dB."""
     frames, temperature, seed = 12, 0.3, 4
-    settings = SynthesisSettings(seed=seed, temperature=temperature, max_frames=frames, voice=str(voice_npy))
+    settings = PocketSettings(seed=seed, temperature=temperature, max_frames=frames, voice=str(voice_npy))
     ours = endless.synthesize(endless.torch_runner(), IDS, settings)
     noise = np.concatenate([frame_noise(seed, f, 32, temperature) for f in range(frames)])
     assert np.abs(noise).max() > 0.1  # the noise is really on
@@ -137,7 +136,7 @@ def test_release_configs_match_kyutai_greedy(name, voice_npy):
     raw = release_config(name)
     model = _with_eos_bias(random_model(raw, seed=0), -100.0)
     frames = 8
-    settings = SynthesisSettings(temperature=0.0, max_frames=frames, voice=str(voice_npy))
+    settings = PocketSettings(temperature=0.0, max_frames=frames, voice=str(voice_npy))
     ours = model.synthesize(model.torch_runner(), IDS, settings)
     latents, audio = kyutai_generate(
         kyutai_model(raw, model.state_dict()), IDS, frames, voice=np.load(voice_npy)
@@ -186,9 +185,9 @@ def test_wav_voice_is_resampled_and_encoded(pocket, tmp_path):
 
     np.save(tmp_path / "same.npy", latents)
     runner = pocket.torch_runner()
-    base = SynthesisSettings(temperature=0.0, max_frames=4)
-    from_wav = pocket.synthesize(runner, IDS, dataclasses.replace(base, voice=str(path)))
-    from_npy = pocket.synthesize(runner, IDS, dataclasses.replace(base, voice=str(tmp_path / "same.npy")))
+    base = PocketSettings(temperature=0.0, max_frames=4)
+    from_wav = pocket.synthesize(runner, IDS, base.model_copy(update={"voice": str(path)}))
+    from_npy = pocket.synthesize(runner, IDS, base.model_copy(update={"voice": str(tmp_path / "same.npy")}))
     without = pocket.synthesize(runner, IDS, base)
     np.testing.assert_array_equal(from_wav.audio, from_npy.audio)
     assert not np.array_equal(from_wav.tensors["latent"], without.tensors["latent"])  # the voice is used
@@ -360,7 +359,7 @@ def test_checkpoint_without_yaml_loads(tmp_path):
     a, b = load_model(with_yaml), load_model(bare)
     assert _arch(b.cfg) == _arch(a.cfg)
     Config(**b.cfg.raw)
-    settings = SynthesisSettings(temperature=0.0, max_frames=3)
+    settings = PocketSettings(temperature=0.0, max_frames=3)
     np.testing.assert_array_equal(
         a.synthesize(a.torch_runner(), IDS, settings).audio,
         b.synthesize(b.torch_runner(), IDS, settings).audio,
@@ -436,7 +435,7 @@ def test_no_tokenizer_asks_for_ids(pocket_dir, tmp_path):
     model = load_model(ckpt)
     with pytest.raises(BadInput, match="give input ids"):
         model.text_to_ids("Hello there.")
-    assert len(model.synthesize(model.torch_runner(), IDS, SynthesisSettings(max_frames=2)).audio) == 2 * 1920
+    assert len(model.synthesize(model.torch_runner(), IDS, PocketSettings(max_frames=2)).audio) == 2 * 1920
 
 
 def test_pickled_checkpoint_needs_trust_pickle(pocket, pocket_dir, tmp_path):
@@ -454,7 +453,7 @@ def test_pickled_checkpoint_needs_trust_pickle(pocket, pocket_dir, tmp_path):
 )
 def test_bad_ids_are_bad_input(pocket, ids, pattern):
     with pytest.raises(BadInput, match=pattern):
-        pocket.synthesize(pocket.torch_runner(), ids, SynthesisSettings(max_frames=2))
+        pocket.synthesize(pocket.torch_runner(), ids, PocketSettings(max_frames=2))
 
 
 # --- text frontend ----------------------------------------------------------------------------------------
@@ -528,7 +527,7 @@ def test_eos_fires_at_first_allowed_frame(pocket, after):
     """A +100 EOS bias crosses the threshold at once; the rule holds it to frame 6, then keeps `after`."""
     eager = _with_eos_bias(pocket, 100.0)
     run = eager.synthesize(
-        eager.torch_runner(), IDS, SynthesisSettings(frames_after_eos=after, max_frames=40)
+        eager.torch_runner(), IDS, PocketSettings(frames_after_eos=after, max_frames=40)
     )
     frames = MIN_FRAMES_BEFORE_EOS + 1 + after
     assert run.durations.tolist() == [frames]
@@ -544,23 +543,23 @@ def test_frames_after_eos_follow_the_texts_length_like_kyutai(pocket):
     short = eager.text_to_ids("Turn left here.")
     long = eager.text_to_ids("Turn left at the next corner.")
     frames = {
-        "short": eager.synthesize(runner, short, SynthesisSettings()).durations[0],
-        "long": eager.synthesize(runner, long, SynthesisSettings()).durations[0],
-        "forced": eager.synthesize(runner, short, SynthesisSettings(frames_after_eos=0)).durations[0],
+        "short": eager.synthesize(runner, short, PocketSettings()).durations[0],
+        "long": eager.synthesize(runner, long, PocketSettings()).durations[0],
+        "forced": eager.synthesize(runner, short, PocketSettings(frames_after_eos=0)).durations[0],
     }
     assert frames == {"short": MIN_FRAMES_BEFORE_EOS + 5, "long": MIN_FRAMES_BEFORE_EOS + 3, "forced": 7}
 
 
 def test_eos_off_runs_to_max_frames_and_default_limit(endless):
     runner = endless.torch_runner()
-    assert endless.synthesize(runner, IDS, SynthesisSettings(max_frames=20)).durations.tolist() == [20]
-    default = endless.synthesize(runner, IDS, SynthesisSettings())
+    assert endless.synthesize(runner, IDS, PocketSettings(max_frames=20)).durations.tolist() == [20]
+    default = endless.synthesize(runner, IDS, PocketSettings())
     assert default.durations.tolist() == [math.ceil((len(IDS) / 3 + 2) * 12.5)] == [55]
     assert (default.graph_outputs["backbone"]["eos_logit"] < -50).all()
 
 
 def test_stream_concatenated_equals_synthesize(endless, voice_npy):
-    settings = SynthesisSettings(seed=3, temperature=0.3, max_frames=9, voice=str(voice_npy))
+    settings = PocketSettings(seed=3, temperature=0.3, max_frames=9, voice=str(voice_npy))
     runner = endless.torch_runner()
     chunks = list(endless.stream(runner, IDS, settings))
     assert [len(c) for c in chunks] == [1920] * 9
@@ -568,7 +567,7 @@ def test_stream_concatenated_equals_synthesize(endless, voice_npy):
 
 
 def test_teacher_forcing_reproduces_reference(pocket, voice_npy):
-    settings = SynthesisSettings(seed=1, temperature=0.3, frames_after_eos=1, voice=str(voice_npy))
+    settings = PocketSettings(seed=1, temperature=0.3, frames_after_eos=1, voice=str(voice_npy))
     eager = _with_eos_bias(pocket, 100.0)
     runner = eager.torch_runner()
     reference = eager.synthesize(runner, IDS, settings)
@@ -592,8 +591,8 @@ def test_pruned_backbone_runs(pocket):
         pocket.state_dict()["flow_lm.transformer.layers.1.linear1.weight"],
     )
     assert [g.name for g in pruned.graphs()] == ["backbone", "flow_head", "codec"]
-    run = pruned.synthesize(pruned.torch_runner(), IDS, SynthesisSettings(max_frames=3))
-    full = pocket.synthesize(pocket.torch_runner(), IDS, SynthesisSettings(max_frames=3))
+    run = pruned.synthesize(pruned.torch_runner(), IDS, PocketSettings(max_frames=3))
+    full = pocket.synthesize(pocket.torch_runner(), IDS, PocketSettings(max_frames=3))
     assert run.audio.shape == full.audio.shape and np.isfinite(run.audio).all()
     assert not np.array_equal(run.audio, full.audio)
     for stack, drop, pattern in [

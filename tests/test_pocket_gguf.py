@@ -23,7 +23,8 @@ from gguf import quants as gguf_quants
 from voxport import pipeline
 from voxport.errors import BadInput
 from voxport.export.gguf.split import LayoutRunner, read_file
-from voxport.families import SynthesisSettings, load_model
+from voxport.families import load_model
+from voxport.families.pocket_tts import PocketSettings
 from voxport.families.pocket_tts import gguf as pg
 from voxport.families.pocket_tts.synthetic import _SEANET, TINY_CONFIG, make_checkpoint, random_model
 from voxport.manifest import read_manifest, verify_files
@@ -319,7 +320,7 @@ def test_runner_reads_both_files_back_to_the_exact_weights(built: dict[str, Any]
         else:
             assert torch.equal(restored[name], tensor), name
     # free-running loop through the runner vs the torch reference, same noise
-    settings = SynthesisSettings(seed=1, temperature=0.3, max_frames=5)
+    settings = PocketSettings(seed=1, temperature=0.3, max_frames=5)
     ids = model.text_to_ids("Hello world.")
     ref = model.synthesize(model.torch_runner(), ids, settings)
     got = model.synthesize(runner, ids, settings)

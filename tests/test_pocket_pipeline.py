@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 
 from voxport import pipeline
 from voxport.cli import app
-from voxport.families import SynthesisSettings, load_model
+from voxport.families import load_model
+from voxport.families.pocket_tts import PocketSettings
 from voxport.manifest import read_manifest, verify_files
 from voxport.recipe import load_recipe
 from voxport.runtime.ort import OrtRunner
@@ -83,7 +84,7 @@ def test_onnx_loop_matches_the_torch_reference_with_recorded_noise(checkpoint: P
     graphs = ("backbone", "flow_head", "codec")
     runner = OrtRunner({f.graph: built / f.path for f in fp32.files if f.graph in graphs})
     ids = model.text_to_ids("Hello there.")
-    settings = SynthesisSettings(seed=4, temperature=0.3, max_frames=12)
+    settings = PocketSettings(seed=4, temperature=0.3, max_frames=12)
     ref = model.synthesize(model.torch_runner(), ids, settings)
     test = model.synthesize(runner, ids, settings)
     assert ref.durations.tolist() == test.durations.tolist()
@@ -91,7 +92,7 @@ def test_onnx_loop_matches_the_torch_reference_with_recorded_noise(checkpoint: P
     assert err < 1e-4 * max(np.abs(ref.audio).max(), 1e-3)
     # a different seed is different noise: the comparison above is not trivially equal
     other = model.synthesize(
-        model.torch_runner(), ids, SynthesisSettings(seed=5, temperature=0.3, max_frames=12)
+        model.torch_runner(), ids, PocketSettings(seed=5, temperature=0.3, max_frames=12)
     )
     assert np.abs(other.audio[: ref.audio.size] - ref.audio[: other.audio.size]).max() > 100 * err
 
@@ -112,7 +113,7 @@ def test_say_streams_frames_from_the_artifact_and_reports_time_to_first_audio(
     pcm = cli.invoke(app, ["say", str(primary), "--ids", "5,9,13", "--max-frames", "8", "-o", "-"])
     assert pcm.exit_code == 0
     samples = np.frombuffer(pcm.stdout_bytes, dtype="<i2")
-    spoken = voice.speak([5, 9, 13], SynthesisSettings(max_frames=8))
+    spoken = voice.speak([5, 9, 13], PocketSettings(max_frames=8))
     assert samples.size == spoken.size and samples.size % 1920 == 0
     np.testing.assert_allclose(samples / 32767, np.clip(spoken, -1, 1), atol=1.5 / 32767)
 
@@ -146,3 +147,18 @@ def test_onnx_runtime_fuses_every_quantized_linear(built: Path, tmp_path: Path, 
         assert quantized > 0, graph
         assert ops.count("MatMulNBits") == quantized, (graph, quantized, ops.count("MatMulNBits"))
         assert "DequantizeLinear" not in ops, graph
+
+
+def test_the_build_table_shows_the_familys_step_metrics(built: Path) -> None:
+    """The hidden/latent columns come from the family's MetricSpecs (Family.metrics), not a CLI list."""
+    from voxport.cli import _family_columns, _print_manifest, out
+
+    manifest = read_manifest(built)
+    assert _family_columns(manifest) == [
+        ("hidden SNR dB", "hidden_snr_db", 1),
+        ("latent SNR dB", "latent_snr_db", 1),
+    ]
+    with out.capture() as captured:
+        _print_manifest(manifest, built)
+    table = captured.get()  # headers wrap in a 160-column table: look for their first words
+    assert "hidden" in table and "latent" in table and "log-mel" in table

@@ -499,7 +499,7 @@ BAD_CASES = [
           length_scale: 0
         """,
         5,
-        "validate.length_scale: must be > 0, got 0",
+        "validate.length_scale: length scale must be in (0, 10] (1 = the voice's own pace",
         id="length-scale",
     ),
     pytest.param(

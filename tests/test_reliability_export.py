@@ -21,8 +21,8 @@ import torch
 
 from voxport.export.onnx.exporter import export_onnx, unplaced_quantized
 from voxport.families import load_model
+from voxport.families.pocket_tts import PocketTTSFamily
 from voxport.families.pocket_tts.config import PocketConfig
-from voxport.families.pocket_tts.model import PocketTTSFamily
 from voxport.families.pocket_tts.synthetic import TINY_CONFIG
 from voxport.quantize import QuantizedTensor, quantize
 from voxport.runtime.ort import OrtRunner

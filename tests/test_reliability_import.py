@@ -42,7 +42,8 @@ from test_piper_variants import (  # a sibling test module (tests/ is on sys.pat
 )
 
 from voxport.errors import BadInput
-from voxport.families import FamilyModel, SynthesisSettings, load_model
+from voxport.families import FamilyModel, load_model
+from voxport.families.vits import VitsSettings
 from voxport.families.vits.importer import import_piper_onnx
 from voxport.families.vits.piper_import import SAMPLE_RATE_RANGE
 from voxport.runtime.ort import OrtRunner
@@ -328,7 +329,7 @@ def test_piper_onnx_of_every_preset_imports_and_matches(piper_onnx_voice: PiperO
 
     onnx_runner, torch_runner = OrtRunner({"tts": voice.onnx}), voice.model.torch_runner()
     for sid, reference in voice.reference.items():
-        settings = SynthesisSettings(speaker_id=sid)
+        settings = VitsSettings(speaker_id=sid)
         ours = voice.model.synthesize_primary(torch_runner, IDS, settings).audio
         theirs = voice.model.synthesize_primary(onnx_runner, IDS, settings).audio  # Piper's ONNX
         assert ours.shape == theirs.shape == reference.shape, "durations differ from Piper's"
@@ -359,7 +360,7 @@ def test_onnx_parity_bound_fails_on_a_wrong_weight(piper_onnx_voice: PiperOnnxVo
     weights = model.state_dict()
     a, b = WRONG_WEIGHTS[mixup]
     wrong = model.with_weights({**weights, a: weights[b], b: weights[a]})
-    settings = SynthesisSettings(speaker_id=1)
+    settings = VitsSettings(speaker_id=1)
     theirs = model.synthesize_primary(OrtRunner({"tts": piper_onnx_voice.onnx}), IDS, settings).audio
     ours = wrong.synthesize_primary(wrong.torch_runner(), IDS, settings).audio
     snr = waveform_snr_db(theirs, ours)

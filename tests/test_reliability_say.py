@@ -15,8 +15,10 @@ import soundfile as sf
 
 from voxport.export.onnx.exporter import export_onnx
 from voxport.families import FamilyModel, SynthesisSettings, load_model
+from voxport.families.pocket_tts.frontend import POCKET_CHUNK_TOKENS
 from voxport.families.pocket_tts.synthetic import make_checkpoint, named_config
-from voxport.pieces import POCKET_CHUNK_TOKENS, VITS_PIECE_IDS, bisect_to_fit, split_sentences, text_rank
+from voxport.families.vits.frontend import VITS_PIECE_IDS
+from voxport.pieces import bisect_to_fit, split_sentences, text_rank
 from voxport.quantize import quantize
 from voxport.say import open_voice
 

@@ -24,7 +24,7 @@ import pytest
 import soundfile as sf
 
 from voxport.families import FamilyModel
-from voxport.families.base import SynthesisSettings
+from voxport.families.vits import VitsSettings
 from voxport.recipe import Threshold
 from voxport.runtime.torch import TorchRunner
 from voxport.validate.metrics import compare_audio
@@ -111,7 +111,7 @@ def report_dir(tiny_vits: FamilyModel, tmp_path_factory: pytest.TempPathFactory)
     a slower, noisier int4 one (fails log-mel distance, and SNR is not measurable)."""
     out = tmp_path_factory.mktemp("report")
     runner = TorchRunner(tiny_vits.graphs())
-    settings = SynthesisSettings(noise_scale=0, noise_scale_duration=0)
+    settings = VitsSettings(noise_scale=0, noise_scale_duration=0)
     refs, reference, sr = [], [], 0
     for i, (label, ids) in enumerate(SENTENCES):
         syn = tiny_vits.synthesize(runner, ids, settings)

@@ -20,12 +20,12 @@ from transformers.models.vits.modeling_vits import _unconstrained_rational_quadr
 
 from voxport.errors import BadInput
 from voxport.families import SynthesisSettings, detect_family, load_model
-from voxport.families.vits import VitsFamily
+from voxport.families.vits import VitsFamily, VitsSettings
 from voxport.families.vits.model import MARKER
 from voxport.families.vits.spline import rational_quadratic_spline
 
 SENTENCE = "hello world, this is a test."
-NOISE_OFF = SynthesisSettings(noise_scale=0.0, noise_scale_duration=0.0)
+NOISE_OFF = VitsSettings(noise_scale=0.0, noise_scale_duration=0.0)
 
 
 @pytest.fixture(scope="module")

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -22,8 +22,11 @@ from rich.markup import escape
 from rich.table import Table
 
 from voxport import __version__
-from voxport.errors import VoxportError, explain_os_error
+from voxport.errors import BadInput, VoxportError, explain_os_error
 from voxport.progress import LineProgress, NullProgress, Progress, RichProgress
+
+if TYPE_CHECKING:  # the families load torch: imported where a command needs them
+    from voxport.families.base import Family, SynthesisSettings
 
 app = typer.Typer(
     name="voxport",
@@ -34,10 +37,6 @@ app = typer.Typer(
 )
 recipes_app = typer.Typer(help="Validate recipes and print their JSON Schema.", no_args_is_help=True)
 app.add_typer(recipes_app, name="recipes")
-import_app = typer.Typer(
-    help="Bring checkpoints from other toolchains in as voxport checkpoints.", no_args_is_help=True
-)
-app.add_typer(import_app, name="import")
 
 # Wide enough for the parity table when output is piped (rich falls back to 80 columns there).
 err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 160)
@@ -157,7 +156,7 @@ def _fmt(value: float | None, digits: int = 1) -> str:
     return "—" if value is None else f"{value:.{digits}f}"
 
 
-#: (column, metric, digits); the optional ones show only when some artifact reports them
+#: (column, metric, digits) of the metrics every family reports
 METRIC_COLUMNS = (
     ("forced SNR dB", "forced_snr_db", 1),
     ("SNR dB", "snr_db", 1),
@@ -165,20 +164,25 @@ METRIC_COLUMNS = (
     ("MCD dB", "mcd_db", 2),
     ("dur match", "duration_match", 3),
     ("len ratio", "length_ratio", 3),
-    ("hidden SNR dB", "hidden_snr_db", 1),
-    ("latent SNR dB", "latent_snr_db", 1),
 )
-OPTIONAL_METRICS = ("hidden_snr_db", "latent_snr_db")
+
+
+def _family_columns(manifest: Any) -> list[tuple[str, str, int]]:
+    """The built family's own metrics (`Family.metrics`) that some artifact reports, after the core ones."""
+    from voxport.families.registry import families
+
+    family = families().get(manifest.model.family)
+    specs = family.metrics if family is not None else ()
+    return [
+        (spec.label, spec.name, spec.digits)
+        for spec in specs
+        if any(a.parity.metrics.get(spec.name) is not None for a in manifest.artifacts)
+    ]
 
 
 def _print_manifest(manifest: Any, out_dir: Path) -> None:
     table = Table(title=f"{manifest.recipe.get('name')} → {out_dir}", title_justify="left")
-    columns = [
-        (col, metric, digits)
-        for col, metric, digits in METRIC_COLUMNS
-        if metric not in OPTIONAL_METRICS
-        or any(a.parity.metrics.get(metric) is not None for a in manifest.artifacts)
-    ]
+    columns = [*METRIC_COLUMNS, *_family_columns(manifest)]
     for col in ("format", "precision", "MB", "bits/w", *[c for c, _, _ in columns], "parity", "file"):
         table.add_column(
             col,
@@ -394,93 +398,88 @@ def demo(
         "build/demo-checkpoint"
     ),
     seed: Annotated[int, typer.Option(help="Random seed of the weights.")] = 0,
-    family: Annotated[str, typer.Option(help="vits or pocket_tts.")] = "vits",
+    family: Annotated[
+        str | None,
+        typer.Option(help="A registered family (an unknown name lists them) [default: the first built-in]."),
+    ] = None,
     config: Annotated[
-        str,
-        typer.Option(
-            help="pocket_tts: 'tiny', a Kyutai config YAML, or a release name from the pocket-tts "
-            "package (e.g. english_18m_2026-10)."
-        ),
-    ] = "tiny",
+        str | None,
+        typer.Option(help="A size or variant, where the family has several (its demo's own default)."),
+    ] = None,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Write a small random-weight checkpoint the demo recipes use (deterministic, no download).
 
     Example: voxport demo build/demo-checkpoint
-    Example: voxport demo build/pocket-demo-checkpoint --family pocket_tts
+    Example: voxport demo build/pocket-demo-checkpoint --family pocket_tts --config tiny
     """
+    from voxport.families.registry import families
     from voxport.io import ensure_writable_dir
 
-    def run() -> None:
-        if family == "vits":
-            from voxport.families.vits.synthetic import make_vits_checkpoint
-
-            make_vits_checkpoint(ensure_writable_dir(out_dir), seed=seed)
-        elif family == "pocket_tts":
-            from voxport.families.pocket_tts.synthetic import make_checkpoint, named_config
-
-            make_checkpoint(ensure_writable_dir(out_dir), named_config(config), seed=seed)
-        else:
-            raise VoxportError(f"unknown demo family {family!r} (known: vits, pocket_tts)")
-
-    with _silenced(quiet):
-        _run(run, as_json)
-    if as_json:
-        _emit_json({"checkpoint": out_dir, "seed": seed, "family": family})
-    _info(f"wrote {out_dir}", quiet)
-
-
-@import_app.command("piper")
-def import_piper(
-    voice: Annotated[
-        str, typer.Argument(help="VOICE.onnx, a Piper training .ckpt, or an installed voice package.")
-    ],
-    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Checkpoint directory to write.")],
-    config: Annotated[Path | None, typer.Option(help="The voice's JSON [default: VOICE.onnx.json].")] = None,
-    trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="Allow a pickled .ckpt.")] = False,
-    as_json: JsonOpt = False,
-    quiet: QuietOpt = False,
-) -> None:
-    """Recover a full-precision checkpoint from a Piper voice (ONNX + JSON) or training checkpoint.
-
-    Example: voxport import piper en_US-joe-medium.onnx --out checkpoints/joe
-    """
-    from voxport.families.vits.importer import import_piper_checkpoint, import_piper_onnx
-    from voxport.families.vits.piper_import import resolve_voice_package
-
-    def run() -> Path:
-        source = Path(voice)
-        if source.suffix == ".ckpt":
-            if config is None:
-                raise VoxportError(
-                    "a .ckpt needs --config VOICE.onnx.json (its phoneme map and audio settings)"
-                )
-            return import_piper_checkpoint(source, config, out_dir, trust_pickle=trust_pickle)
-        if source.exists():
-            return import_piper_onnx(source, config, out_dir)
-        onnx_path, json_path = resolve_voice_package(voice)
-        return import_piper_onnx(onnx_path, config or json_path, out_dir)
+    def run() -> str:
+        known = families()
+        name = family if family is not None else next(iter(known))
+        if name not in known:
+            raise VoxportError(f"unknown demo family {name!r} (known: {', '.join(sorted(known))})")
+        known[name].demo(ensure_writable_dir(out_dir), seed=seed, config=config)
+        return name
 
     with _silenced(quiet):
         written = _run(run, as_json)
     if as_json:
-        _emit_json({"checkpoint": written, "source": voice})
+        _emit_json({"checkpoint": out_dir, "seed": seed, "family": written})
+    _info(f"wrote {out_dir}", quiet)
+
+
+@app.command("import")
+def import_(
+    kind: Annotated[
+        str, typer.Argument(help="Which toolchain the source comes from (an importer a family provides).")
+    ],
+    source: Annotated[str, typer.Argument(help="The file, directory or installed package to import.")],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Checkpoint directory to write.")],
+    config: Annotated[Path | None, typer.Option(help="A config file the source needs beside it.")] = None,
+    trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="Allow a pickled source.")] = False,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Bring a checkpoint from another toolchain in as a voxport checkpoint (KIND: an importer a
+    registered family provides; an unknown KIND lists them).
+
+    Example: voxport import piper en_US-joe-medium.onnx --out checkpoints/joe
+    """
+    from voxport.families.base import ImportRequest
+    from voxport.families.registry import families
+
+    def run() -> Path:
+        importers = {k: imp for f in families().values() for k, imp in f.importers.items()}
+        if kind not in importers:
+            listed = "; ".join(f"{k}: {imp.help}" for k, imp in sorted(importers.items()))
+            raise VoxportError(f"unknown import kind {kind!r} (known: {listed or 'none'})")
+        return importers[kind].run(ImportRequest(source, out_dir, config, trust_pickle))
+
+    with _silenced(quiet):
+        written = _run(run, as_json)
+    if as_json:
+        _emit_json({"checkpoint": written, "source": source})
     _info(f"wrote {written}", quiet)
 
 
 @app.command()
 def say(
     source: Annotated[
-        Path, typer.Argument(help="Checkpoint (dir, Piper .onnx) or exported <name>.<p>.onnx.")
+        Path, typer.Argument(help="Checkpoint (a directory or voice file) or exported <name>.<p>.onnx.")
     ],
     text: Annotated[str | None, typer.Argument(help="What to say.")] = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="WAV file to write.")] = Path("say.wav"),
     ids: Annotated[str | None, typer.Option(help="Comma-separated input ids instead of text.")] = None,
-    seed: Annotated[int, typer.Option(help="Noise seed.")] = 0,
-    noise_scale: Annotated[float, typer.Option(help="Prior noise (0 = deterministic).")] = 0.667,
-    noise_w: Annotated[float, typer.Option(help="Duration noise.")] = 0.8,
-    length_scale: Annotated[float, typer.Option(help="> 1 speaks slower.")] = 1.0,
+    seed: Annotated[int | None, typer.Option(help="Noise seed [default: 0].")] = None,
+    noise_scale: Annotated[
+        float | None, typer.Option(help="Prior noise (0 = deterministic) [default: the voice's].")
+    ] = None,
+    noise_w: Annotated[float | None, typer.Option(help="Duration noise [default: the voice's].")] = None,
+    length_scale: Annotated[float | None, typer.Option(help="> 1 speaks slower [default: 1].")] = None,
     speaker: Annotated[int | None, typer.Option(help="Speaker id of a multi-speaker voice.")] = None,
     temperature: Annotated[
         float | None, typer.Option(help="Sampling variance of autoregressive models [default: model's].")
@@ -502,24 +501,26 @@ def say(
 
     Example: voxport say build/joe-medium/onnx/joe-medium.int8.onnx "Hello there." -o hello.wav
     """
-    from voxport.families.base import SynthesisSettings
-    from voxport.say import open_voice, speak_to
+    from voxport.say import open_voice, speak_to, voice_family
+
+    flags = {
+        "--seed": ("seed", seed),
+        "--noise-scale": ("noise_scale", noise_scale),
+        "--noise-w": ("noise_scale_duration", noise_w),
+        "--length-scale": ("length_scale", length_scale),
+        "--speaker": ("speaker_id", speaker),
+        "--temperature": ("temperature", temperature),
+        "--max-frames": ("max_frames", max_frames),
+        "--voice": ("voice", voice_prompt),
+    }
 
     def run():  # noqa: ANN202
         if (text is None) == (ids is None):
             raise VoxportError("give the text to say, or --ids, but not both")
         if str(output) == "-" and as_json:
             raise VoxportError("-o - writes audio to stdout; it cannot be combined with --json")
-        settings = SynthesisSettings(  # checks every setting (NaN, ranges) before a model loads
-            seed=seed,
-            noise_scale=noise_scale,
-            noise_scale_duration=noise_w,
-            length_scale=length_scale,
-            speaker_id=speaker,
-            temperature=temperature,
-            max_frames=max_frames,
-            voice=voice_prompt,
-        )
+        # every given flag checked against the family's own settings (NaN, ranges) before a model loads
+        settings = _say_settings(voice_family(source), {f: v for f, v in flags.items() if v[1] is not None})
         if ids is not None:
             try:
                 tokens = [int(t) for t in ids.split(",") if t.strip()]
@@ -550,6 +551,19 @@ def say(
     if rtf is not None:
         message += f", real-time factor {rtf:.2f}"
     _info(message + ")", quiet)
+
+
+def _say_settings(family: type[Family], given: Mapping[str, tuple[str, Any]]) -> SynthesisSettings:
+    """The family's own settings model from the `say` flags given (flag -> (setting, value)); a flag
+    for a setting the family does not have is an error naming it, never silently ignored."""
+    fields = family.settings.model_fields
+    for flag, (name, _) in given.items():
+        if name not in fields:
+            raise BadInput(
+                f"{flag}: {family.name} voices have no {name.replace('_', ' ')} setting "
+                f"(its settings: {', '.join(fields)})"
+            )
+    return family.settings(**dict(given.values()))
 
 
 @app.command()

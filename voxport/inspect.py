@@ -49,7 +49,7 @@ def inspect_path(path: Path, *, trust_pickle: bool = False) -> dict[str, Any]:
 
 
 def _inspect_checkpoint(path: Path, *, trust_pickle: bool) -> dict[str, Any]:
-    from voxport.families.base import load_model
+    from voxport.families.registry import load_model
 
     model = load_model(path, trust_pickle=trust_pickle)
     state = model.state_dict()

@@ -32,7 +32,6 @@ _TOOL_PACKAGES = (
     "numpy",
     "coremltools",
     "gguf",
-    "piper-tts",
 )
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
 
@@ -209,8 +208,11 @@ def verify_files(out_dir: str | os.PathLike[str], manifest: Manifest) -> list[st
 
 def tool_versions() -> dict[str, str]:
     """Versions of everything that shapes the artifacts' bytes; packages not installed are left out."""
+    from voxport.families.registry import families  # the runtimes each family's artifacts target
+
+    extra = [p for family in families().values() for p in family.tool_packages]
     versions = {"python": platform.python_version()}
-    for package in _TOOL_PACKAGES:
+    for package in dict.fromkeys((*_TOOL_PACKAGES, *extra)):
         try:
             versions[package] = importlib.metadata.version(package)
         except importlib.metadata.PackageNotFoundError:

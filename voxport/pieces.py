@@ -19,15 +19,6 @@ import re
 from collections.abc import Callable, Collection, Sequence
 from typing import TypeVar
 
-#: ids per VITS piece. A Piper sentence is ``^ _ p1 _ … $`` (two ids per phoneme), so 400 ids are ~200
-#: phonemes, ~15 s of speech at the normal pace: longer than almost any sentence (which then is one
-#: piece, exactly as Piper speaks it), short enough that the encoder's (ids x ids) attention and the
-#: vocoder's activations stay in the low hundreds of MB even at the largest length scale allowed.
-VITS_PIECE_IDS = 400
-#: tokens per Pocket TTS chunk: Kyutai's `max_tokens` (the model was trained on prompts of this size;
-#: longer ones skip words, and every token adds to the prompt and to the frame budget of the chunk).
-POCKET_CHUNK_TOKENS = 50
-
 #: sentence end: terminal punctuation and any closing quotes or brackets, before whitespace
 _SENTENCE_END = re.compile(r"[.!?\u2026]+[\"'\u201d\u2019)\]\u00bb]*(?=\s)")
 #: characters after which a cut is a pause (rank 2) or a word boundary (rank 1)

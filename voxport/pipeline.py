@@ -49,7 +49,8 @@ from voxport.cache import (
 )
 from voxport.errors import BadInput, VoxportError
 from voxport.export.formats import FORMATS, Format, get_format
-from voxport.families.base import FamilyModel, SynthesisSettings, load_model
+from voxport.families.base import FamilyModel, SynthesisSettings
+from voxport.families.registry import detect_family, families, family_of, load_model
 from voxport.io import atomic_write_json, ensure_writable_dir, sweep_temporaries, write_wav
 from voxport.lock import OutputLock
 from voxport.manifest import (
@@ -63,7 +64,7 @@ from voxport.manifest import (
 )
 from voxport.progress import CallbackProgress, NullProgress, Progress
 from voxport.quantize.stage import load_quantized, quantize_model, save_quantized
-from voxport.recipe import Recipe
+from voxport.recipe import PhrasesConfig, Recipe
 from voxport.validate.parity import Reference, aggregate, check, measure_sentence
 
 #: formats this version can produce; a recipe asking for another fails before any work is done
@@ -462,7 +463,7 @@ class Build:
 
     @cached_property
     def reference(self) -> Reference:
-        return Reference(self.source, settings_for(self.recipe))
+        return Reference(self.source, settings_for(self.recipe, self.source))
 
     def reference_audio(self) -> list[dict[str, Any]]:
         return self._unit("reference", "reference audio", self.key_reference, self._run_reference)
@@ -536,13 +537,7 @@ class Build:
         """Render with the full-precision source model: the best audio the device could ever play."""
         config = self.recipe.phrases
         assert config is not None
-        settings = SynthesisSettings(
-            seed=config.seed,
-            noise_scale=config.noise_scale,
-            noise_scale_duration=config.noise_scale_duration,
-            length_scale=config.length_scale,
-            speaker_id=config.speaker_id,
-        )
+        settings = self.recipe.synthesis_settings("phrases", family_of(self.source))
         runner = self.source.torch_runner()
         listing, files = [], []
         with self.progress.task("phrases", total=len(config.texts)) as advance:
@@ -564,7 +559,8 @@ class Build:
             index,
             {
                 "sample_rate": self.source.sample_rate,
-                "settings": config.model_dump(mode="json", exclude={"texts"}),
+                # as the recipe wrote paths (a voice prompt), not this machine's absolute ones
+                "settings": {**settings.model_dump(mode="json"), **_paths_as_given(config, settings)},
                 "phrases": listing,
             },
         )
@@ -630,7 +626,7 @@ class Build:
         self._render_report()
         manifest = Manifest(
             voxport_version=__version__,
-            recipe=self.recipe.resolved(),
+            recipe=self.recipe.resolved(families()[info["family"]]),
             model=ModelInfo(
                 family=info["family"], source=str(self.recipe.model), parameters=info["parameters"]
             ),
@@ -662,25 +658,16 @@ def validation_inputs(recipe: Recipe, model: FamilyModel) -> list[tuple[str, lis
     return inputs
 
 
-def settings_for(recipe: Recipe) -> SynthesisSettings:
-    v = recipe.validation
-    if v is None:
-        return SynthesisSettings()
-    voice = None
-    if v.voice is not None:
-        base = recipe.source_path.parent if recipe.source_path is not None else Path.cwd()
-        voice = str((base / v.voice).resolve())
-    return SynthesisSettings(
-        seed=v.seed,
-        noise_scale=v.noise_scale,
-        noise_scale_duration=v.noise_scale_duration,
-        length_scale=v.length_scale,
-        speaker_id=v.speaker_id,
-        temperature=v.temperature,
-        max_frames=v.max_frames,
-        frames_after_eos=v.frames_after_eos,
-        voice=voice,
-    )
+def settings_for(recipe: Recipe, model: FamilyModel | None = None) -> SynthesisSettings:
+    """The synthesis settings parity runs with: the `validate:` section's keys in `model`'s family's own
+    settings model (the recipe's family, detected from its checkpoint, when no model is given)."""
+    family = family_of(model) if model is not None else detect_family(recipe.model, recipe.family)
+    return recipe.synthesis_settings("validate", family)
+
+
+def _paths_as_given(section: PhrasesConfig, settings: SynthesisSettings) -> dict[str, Any]:
+    given = section.settings_given()
+    return {k: given[k] for k in type(settings).path_fields() if given.get(k) is not None}
 
 
 def _recorded(entry: dict[str, Any]) -> dict[str, str]:

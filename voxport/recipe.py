@@ -14,7 +14,7 @@ import types
 import typing
 from collections.abc import Mapping
 from pathlib import Path, PurePath
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -24,6 +24,7 @@ from pydantic import (
     Field,
     PrivateAttr,
     Strict,
+    TypeAdapter,
     ValidationError,
     ValidationInfo,
     WithJsonSchema,
@@ -33,6 +34,9 @@ from pydantic import (
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from voxport.errors import BadInput
+
+if TYPE_CHECKING:  # the families load torch: imported where a recipe names synthesis settings
+    from voxport.families.base import Family, SynthesisSettings
 
 FORMATS: tuple[str, ...] = ("onnx", "coreml", "gguf")
 PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8", "int4")
@@ -235,22 +239,76 @@ _THRESHOLDS_SCHEMA: dict[str, Any] = {
 }
 
 
-class ValidateConfig(_Base):
-    """What parity is measured on, with which noise, and the limits it must meet."""
+class SettingsSection(_Base):
+    """A section that also takes synthesis settings as flat keys (`seed:`, `noise_scale:`,
+    `temperature:`, `voice:` ...). Any registered family's settings key is accepted and its value checked
+    with that field's own type and range (strictly: `true` is not a number); whether the recipe's family
+    has the key is checked where the family is known, at load when `family:` is given, else at build
+    (`Recipe.synthesis_settings`). Only the keys given are kept: the rest are the family's defaults."""
+
+    model_config = ConfigDict(extra="allow")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _settings_keys(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        own = [(f.alias or n) for n, f in cls.model_fields.items()]
+        given = {k: v for k, v in data.items() if k not in own}
+        if not given:
+            return data
+        fields = _settings_fields()
+        problems: list[InitErrorDetails] = []
+        checked = dict(data)
+        for key, value in given.items():
+            if not isinstance(key, str) or key not in fields:
+                allowed = ", ".join([*own, *fields])
+                problems.append(_problem("unknown_key", f"unknown key (allowed: {allowed})", (key,), value))
+                continue
+            try:
+                checked[key] = fields[key].validate_python(value)
+            except ValidationError as exc:
+                problems += [_problem("setting", _message(e), (key, *e["loc"]), value) for e in exc.errors()]
+        if problems:
+            raise ValidationError.from_exception_data(cls.__name__, problems)
+        return checked
+
+    def settings_given(self) -> dict[str, Any]:
+        """The synthesis settings this section names, as validated (the family's defaults fill the rest)."""
+        return dict(self.model_extra or {})
+
+
+def _problem(kind: str, message: str, loc: tuple[Any, ...], value: Any) -> InitErrorDetails:
+    error = PydanticCustomError(kind, "{error}", {"error": message})
+    return InitErrorDetails(type=error, loc=loc, input=value)
+
+
+def _settings_fields() -> dict[str, TypeAdapter[Any]]:
+    """Each settings key a registered family takes -> a strict validator of its type and range (a key
+    means the same, with the same type, in every family: tests/test_family_registry.py checks that)."""
+    from voxport.families.registry import families  # loads the families: only when a section has settings
+
+    fields: dict[str, TypeAdapter[Any]] = {}
+    for family in families().values():
+        for name, field in family.settings.model_fields.items():
+            if name not in fields:
+                meta = field.metadata
+                annotated = Annotated[(field.annotation, *meta)] if meta else field.annotation
+                fields[name] = TypeAdapter(annotated, config=ConfigDict(strict=True))
+    return fields
+
+
+def unknown_setting(family: "type[Family]", key: str) -> str:
+    fields = ", ".join(family.settings.model_fields)
+    return f"{family.name} has no setting {key!r} (its settings: {fields})"
+
+
+class ValidateConfig(SettingsSection):
+    """What parity is measured on, with which synthesis settings (flat keys, see SettingsSection), and
+    the limits it must meet."""
 
     texts: list[Annotated[str, AfterValidator(_non_blank_text)]] = Field(default_factory=list)
     ids: list[Annotated[list[NonNegInt], Field(min_length=1)]] = Field(default_factory=list)
-    seed: NonNegInt = 0
-    noise_scale: Annotated[Float, Field(ge=0)] = 0.667
-    noise_scale_duration: Annotated[Float, Field(ge=0)] = 0.8
-    length_scale: Annotated[Float, Field(gt=0)] = 1.0
-    speaker_id: NonNegInt | None = None
-    #: autoregressive families (Pocket TTS): sampling variance (default: the model's), frame limit,
-    #: frames kept after end of speech, and a voice prompt (WAV or .npy latents, relative to the recipe)
-    temperature: Annotated[Float, Field(ge=0)] | None = None
-    max_frames: Annotated[Int, Field(ge=1)] | None = None
-    frames_after_eos: NonNegInt | None = None
-    voice: NonEmptyStr | None = None
     thresholds: Annotated[dict[MetricName, Threshold], WithJsonSchema(_THRESHOLDS_SCHEMA)] = Field(
         default_factory=dict
     )
@@ -435,20 +493,16 @@ class ExportConfig(_Base):
     coreml: CoremlExportConfig = Field(default_factory=CoremlExportConfig)
 
 
-class PhrasesConfig(_Base):
+class PhrasesConfig(SettingsSection):
     """Phrases pre-rendered by the full-precision model and shipped as audio beside the artifacts, so a
-    watch never computes "Battery low". Sampling is seeded: the same recipe renders the same bytes."""
+    watch never computes "Battery low". Sampling is seeded: the same recipe renders the same bytes. The
+    synthesis settings are flat keys, as in `validate:` (see SettingsSection)."""
 
     texts: Annotated[
         list[Annotated[str, AfterValidator(_non_blank_text)]],
         Field(min_length=1),
         AfterValidator(_no_duplicates),
     ]
-    seed: NonNegInt = 0
-    noise_scale: Annotated[Float, Field(ge=0)] = 0.667
-    noise_scale_duration: Annotated[Float, Field(ge=0)] = 0.8
-    length_scale: Annotated[Float, Field(gt=0)] = 1.0
-    speaker_id: NonNegInt | None = None
 
 
 class Recipe(_Base):
@@ -479,6 +533,8 @@ class Recipe(_Base):
 
     _raw_model: str | None = PrivateAttr(default=None)
     _source_path: Path | None = PrivateAttr(default=None)
+    #: the YAML trees it was read from (file and its extends: chain), or a label: for `where`
+    _layers: "list[_Layer] | str" = PrivateAttr(default="recipe")
 
     @field_validator("model", mode="before")
     @classmethod
@@ -523,6 +579,61 @@ class Recipe(_Base):
             )
         return self
 
+    @model_validator(mode="after")
+    def _settings_of_its_family(self) -> "Recipe":
+        """With `family:` given, a synthesis setting that family lacks is an error at its line now
+        (without it, the detected family is checked at build by `synthesis_settings`)."""
+        given = [(name, key, v) for name, section in self._settings_sections() for key, v in section.items()]
+        if not given or self.family is None:
+            return self
+        from voxport.families.registry import families
+
+        family = families().get(self.family)
+        if family is None:  # an unknown family is reported, with the known ones, when the model loads
+            return self
+        problems = [
+            _problem("family_setting", unknown_setting(family, key), (name, key), value)
+            for name, key, value in given
+            if key not in family.settings.model_fields
+        ]
+        if problems:
+            raise ValidationError.from_exception_data(type(self).__name__, problems)
+        return self
+
+    def _settings_sections(self) -> list[tuple[str, dict[str, Any]]]:
+        sections = (("validate", self.validation), ("phrases", self.phrases))
+        return [(name, s.settings_given()) for name, s in sections if s is not None]
+
+    def synthesis_settings(
+        self, section: Literal["validate", "phrases"], family: "type[Family]"
+    ) -> "SynthesisSettings":
+        """The `family`'s own settings model from a section's keys (its defaults where none is given).
+        Paths (a voice prompt) are resolved against the recipe's directory; a key the family lacks is a
+        BadInput at the key's file and line."""
+        config = self.validation if section == "validate" else self.phrases
+        given = config.settings_given() if config is not None else {}
+        fields = family.settings.model_fields
+        for key in given:
+            if key not in fields:
+                where = self.where((section, key))
+                raise BadInput(f"{where}: {section}.{key}: {unknown_setting(family, key)}")
+        base = self.source_path.parent if self.source_path is not None else Path.cwd()
+        for key in family.settings.path_fields():
+            if given.get(key) is not None:
+                given[key] = str((base / given[key]).resolve())
+        try:
+            return family.settings(**given)
+        except BadInput as exc:
+            raise BadInput(f"{self.where((section,))}: {section}: {exc}") from None
+
+    def where(self, loc: tuple[Any, ...]) -> str:
+        """`file:line` of the key at `loc` (the recipe or the file it extends that sets it), or the label
+        of a recipe built from a mapping."""
+        if isinstance(self._layers, str):
+            return self._layers
+        label, line = _locate(self._layers, loc)
+        return f"{label}:{line}"
+
     @model_validator(mode="wrap")
     @classmethod
     def _keep_raw_model(cls, data: Any, handler: Any) -> "Recipe":
@@ -542,9 +653,16 @@ class Recipe(_Base):
         """The recipe file this came from (absolute), or None when built with `from_mapping`."""
         return self._source_path
 
-    def resolved(self) -> dict[str, Any]:
-        """The recipe as the build used it, JSON-able: defaults filled in, model as an absolute path."""
-        return self.model_dump(mode="json", by_alias=True)
+    def resolved(self, family: "type[Family] | None" = None) -> dict[str, Any]:
+        """The recipe as the build used it, JSON-able: defaults filled in, model as an absolute path.
+        With the `family` that ran it, `validate:` and `phrases:` hold all of its synthesis settings
+        (its defaults where the recipe gave none, a voice prompt as an absolute path)."""
+        data = self.model_dump(mode="json", by_alias=True)
+        if family is not None:
+            for section in ("validate", "phrases"):
+                if data.get(section) is not None:
+                    data[section].update(self.synthesis_settings(section, family).model_dump(mode="json"))
+        return data
 
     @classmethod
     def from_mapping(
@@ -557,6 +675,7 @@ class Recipe(_Base):
         """Build a recipe without a file (tests, CLI flags); errors are BadInput without line numbers."""
         label = str(source_path) if source_path is not None else "recipe"
         recipe = _validate(dict(data), Path(base_dir), label)
+        recipe._layers = label
         if source_path is not None:
             recipe._source_path = Path(source_path).absolute()
         return recipe
@@ -575,6 +694,7 @@ def load_recipe(path: str | os.PathLike[str]) -> Recipe:
     data, layers = _load_layers(file, str(path), ())
     recipe = _validate(data, file.absolute().parent, layers)
     recipe._source_path = file.absolute()
+    recipe._layers = layers
     return recipe
 
 
@@ -695,7 +815,24 @@ def _read_mapping(file: Path, label: str) -> tuple[dict[str, Any], yaml.Node]:
 
 def recipe_json_schema() -> dict[str, Any]:
     """JSON Schema of the recipe, for editor completion and validation (e.g. yaml-language-server)."""
-    return Recipe.model_json_schema(by_alias=True)
+    schema = Recipe.model_json_schema(by_alias=True)
+    _add_settings_keys(schema)
+    return schema
+
+
+def _add_settings_keys(schema: dict[str, Any]) -> None:
+    """`validate:` and `phrases:` take every registered family's settings keys; the models allow extra
+    keys only to check them per family, so the schema lists those keys and no others."""
+    from voxport.families.registry import families
+
+    keys: dict[str, Any] = {}
+    for family in families().values():
+        for name, prop in family.settings.model_json_schema()["properties"].items():
+            keys.setdefault(name, {**prop, "description": f"synthesis setting ({family.name} and others)"})
+    for section in (ValidateConfig, PhrasesConfig):
+        definition = schema["$defs"][section.__name__]
+        definition["properties"] = {**definition["properties"], **keys}
+        definition["additionalProperties"] = False
 
 
 def _yaml_error_line(label: str, exc: yaml.YAMLError) -> str:

@@ -19,48 +19,15 @@ import wave
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 
 from voxport.errors import BadInput
-from voxport.families.base import FamilyModel, SynthesisSettings, check_ids, families, load_model
+from voxport.families.base import Family, FamilyModel, SynthesisSettings, Voice, check_ids
+from voxport.families.registry import detect_family, families, load_model
 from voxport.io import atomic_path
-from voxport.pieces import (
-    PAUSE_SYMBOLS,
-    POCKET_CHUNK_TOKENS,
-    VITS_PIECE_IDS,
-    WORD_SYMBOLS,
-    id_pieces,
-    symbol_ids,
-    text_pieces,
-)
 
-
-class Voice(Protocol):
-    sample_rate: int
-    #: ids lie in 0..vocab_size - 1
-    vocab_size: int
-    #: speaker ids lie in 0..num_speakers - 1 (1: a single-speaker voice takes no --speaker)
-    num_speakers: int
-
-    def text_to_ids(self, text: str) -> list[int]: ...
-
-    def text_pieces(self, text: str) -> list[list[int]]:
-        """Ids per bounded piece of `text` (sentences, chunks); one piece for a one-sentence text."""
-        ...
-
-    def id_pieces(self, ids: Sequence[int]) -> list[list[int]]:
-        """A run of ids in bounded pieces; ids that fit one piece stay one piece."""
-        ...
-
-    def speak(self, ids: Sequence[int], settings: SynthesisSettings) -> np.ndarray: ...
-
-
-class StreamingVoice(Voice, Protocol):
-    """A voice that produces audio in pieces (autoregressive families: one frame at a time)."""
-
-    def stream(self, ids: Sequence[int], settings: SynthesisSettings) -> Iterator[np.ndarray]: ...
+__all__ = ["CheckpointVoice", "Spoken", "Voice", "check_inputs", "open_voice", "speak_to", "voice_family"]
 
 
 class CheckpointVoice:
@@ -78,33 +45,10 @@ class CheckpointVoice:
         return self.model.text_to_ids(text)
 
     def text_pieces(self, text: str) -> list[list[int]]:
-        if self.model.family == "pocket_tts":
-            return text_pieces(text, self.model.text_to_ids, POCKET_CHUNK_TOKENS, group=True)
-        if self.model.family != "vits":
-            return [self.model.text_to_ids(text)]
-        if self._piper_frontend() is not None:
-            return self.model.piper_frontend().sentence_ids(text, VITS_PIECE_IDS)  # type: ignore[attr-defined]
-        return text_pieces(text, self.model.text_to_ids, VITS_PIECE_IDS)
+        return self.model.text_pieces(text)
 
     def id_pieces(self, ids: Sequence[int]) -> list[list[int]]:
-        if self.model.family == "pocket_tts":
-            return id_pieces(ids, POCKET_CHUNK_TOKENS)
-        if self.model.family != "vits":
-            return [list(ids)]
-        frontend = self._piper_frontend()
-        if frontend is not None:
-            pauses, words = frontend.boundary_ids()
-        else:
-            vocab = _json_map(getattr(self.model, "tokenizer_files", {}).get("vocab.json"))
-            pauses, words = symbol_ids(vocab, PAUSE_SYMBOLS), symbol_ids(vocab, WORD_SYMBOLS)
-        return id_pieces(ids, VITS_PIECE_IDS, pauses=pauses, words=words)
-
-    def _piper_frontend(self):  # noqa: ANN202 (PiperFrontend, imported lazily with its family)
-        from voxport.families.vits.frontend import PIPER_CONFIG
-
-        if PIPER_CONFIG not in getattr(self.model, "tokenizer_files", {}):
-            return None
-        return self.model.piper_frontend()  # type: ignore[attr-defined]
+        return self.model.id_pieces(ids)
 
     def speak(self, ids: Sequence[int], settings: SynthesisSettings) -> np.ndarray:
         return self.model.synthesize(self._runner, ids, settings).audio
@@ -113,40 +57,42 @@ class CheckpointVoice:
         return self.model.stream(self._runner, ids, settings)
 
 
-def _json_map(data: bytes | None) -> dict[str, object]:
-    """A tokenizer's vocab.json (symbol -> id), or {} when absent or unreadable (no boundaries known)."""
-    import json
-
-    try:
-        loaded = json.loads(data) if data else {}
-    except ValueError:
-        return {}
-    return loaded if isinstance(loaded, dict) else {}
-
-
 def check_inputs(voice: Voice, pieces: Sequence[Sequence[int]], settings: SynthesisSettings) -> None:
     """Every id of every piece and the speaker, against what the voice knows, before any audio is made."""
     for piece in pieces:
         check_ids(piece, voice.vocab_size)
-    speaker = settings.speaker_id
+    speaker = getattr(settings, "speaker_id", None)  # the setting of families whose voices have speakers
     if speaker is not None and not 0 <= speaker < voice.num_speakers:
         if voice.num_speakers == 1:
             raise BadInput(f"--speaker {speaker}: this voice has a single speaker; leave --speaker out")
         raise BadInput(f"speaker id {speaker} out of range 0..{voice.num_speakers - 1}")
 
 
+def voice_family(path: Path) -> type[Family]:
+    """The family that speaks `path` (a checkpoint, or an artifact voxport exported), found without
+    loading weights, so its settings can be checked before any model loads."""
+    _check_speakable(path)
+    if path.suffix == ".onnx" and (family := _onnx_family(path)) is not None:
+        return families()[family]
+    return detect_family(path)
+
+
 def open_voice(path: Path, *, trust_pickle: bool = False) -> Voice:
+    _check_speakable(path)
+    if path.suffix == ".onnx":
+        family = _onnx_family(path)
+        if family is not None:
+            return families()[family].open_artifact(path)
+    return CheckpointVoice(load_model(path, trust_pickle=trust_pickle))
+
+
+def _check_speakable(path: Path) -> None:
     if not path.exists():
         raise BadInput(f"{path}: no such checkpoint or artifact")
     from voxport.inspect import not_a_voice  # a build dir, GGUF, Core ML, empty file: say what it is
 
     if (why := not_a_voice(path)) is not None:
         raise BadInput(why)
-    if path.suffix == ".onnx":
-        family = _onnx_family(path)
-        if family is not None:
-            return families()[family].open_artifact(path)
-    return CheckpointVoice(load_model(path, trust_pickle=trust_pickle))
 
 
 def _onnx_family(path: Path) -> str | None:

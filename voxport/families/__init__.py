@@ -8,10 +8,9 @@ from voxport.families.base import (
     Runner,
     Synthesis,
     SynthesisSettings,
-    detect_family,
-    families,
-    load_model,
+    Voice,
 )
+from voxport.families.registry import detect_family, families, load_model, register
 
 __all__ = [
     "Family",
@@ -21,7 +20,9 @@ __all__ = [
     "Runner",
     "Synthesis",
     "SynthesisSettings",
+    "Voice",
     "detect_family",
     "families",
     "load_model",
+    "register",
 ]

@@ -1,4 +1,4 @@
-"""The contract every model architecture implements, and the registry that finds the right one.
+"""The contract every model architecture implements (the registry that finds one is `families.registry`).
 
 Everything architecture-specific lives behind `Family` and `FamilyModel`: the pipeline, exporters
 and validator only talk to these interfaces, so adding an architecture means adding one adapter.
@@ -8,17 +8,18 @@ exported audio come out of the same code with the same explicit noise.
 
 from __future__ import annotations
 
-import math
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, Protocol
 
 import numpy as np
 import torch
 
 from voxport.errors import BadInput
+from voxport.families.layouts.gguf import GgufLayout
+from voxport.families.settings import SynthesisSettings
 from voxport.runtime.base import Runner
 from voxport.runtime.torch import TorchRunner
 
@@ -28,6 +29,8 @@ class GraphSpec:
     """One graph an edge runtime runs: the torch module that computes it and how to export it."""
 
     name: str
+    #: holds the family's weights under `model.` (`model.<state_dict name>`): the exporters find a
+    #: quantized weight's initializer by that name
     module: torch.nn.Module
     input_names: list[str]
     output_names: list[str]
@@ -46,71 +49,6 @@ class GraphSpec:
     #: recurrent state: output name -> the input it feeds on the next call (an explicit KV cache,
     #: a streaming codec's conv tails); runtimes and benchmarks loop these back
     state: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass
-class SynthesisSettings:
-    """Everything that makes a synthesis run reproducible; noise is derived from `seed` explicitly."""
-
-    seed: int = 0
-    noise_scale: float = 0.667
-    noise_scale_duration: float = 0.8
-    length_scale: float = 1.0
-    speaker_id: int | None = None
-    #: autoregressive families: variance of the sampling noise (None: the model's default)
-    temperature: float | None = None
-    #: autoregressive families: stop after this many frames (None: the family's length rule)
-    max_frames: int | None = None
-    #: autoregressive families: frames kept after the end-of-speech frame (None: family default)
-    frames_after_eos: int | None = None
-    #: voice prompt (a WAV file or saved latents) for families that clone a voice
-    voice: str | None = None
-
-    def __post_init__(self) -> None:
-        """Refuse settings no voice can honour, before any runtime sees them: NaN reaches ONNX Runtime
-        as a traceback, and a length scale of 1e5 asks the vocoder for gigabytes of audio."""
-        for name, value, low, high in (
-            ("noise scale", self.noise_scale, 0.0, MAX_NOISE_SCALE),
-            ("duration noise (noise_w)", self.noise_scale_duration, 0.0, MAX_NOISE_SCALE),
-            ("temperature", self.temperature, 0.0, MAX_TEMPERATURE),
-        ):
-            if value is not None and not (math.isfinite(value) and low <= value <= high):
-                raise BadInput(f"{name} must be a number in [{low:g}, {high:g}] (0 = no noise), got {value}")
-        ls = self.length_scale
-        if not (math.isfinite(ls) and 0 < ls <= MAX_LENGTH_SCALE):
-            raise BadInput(
-                f"length scale must be in (0, {MAX_LENGTH_SCALE:g}] (1 = the voice's own pace, 2 = twice "
-                f"as slow), got {ls}"
-            )
-        if self.max_frames is not None and not 1 <= self.max_frames <= MAX_FRAMES:
-            raise BadInput(f"max frames must be in 1..{MAX_FRAMES}, got {self.max_frames}")
-        if self.frames_after_eos is not None and not 0 <= self.frames_after_eos <= MAX_FRAMES:
-            raise BadInput(
-                f"frames after end of speech must be in 0..{MAX_FRAMES}, got {self.frames_after_eos}"
-            )
-        if self.seed < 0:
-            raise BadInput(f"seed must be >= 0, got {self.seed}")
-        if self.speaker_id is not None and self.speaker_id < 0:
-            raise BadInput(f"speaker id must be >= 0, got {self.speaker_id}")
-
-
-#: Upper bound of `length_scale`. It multiplies every predicted duration: Piper voices ship 0.8-1.2,
-#: 2 is already a drawl, and 10 (ten times slower than trained) is far past intelligible speech. Beyond
-#: that the only effect is memory: audio, and the vocoder's activations with it, grow linearly (1e5 asked
-#: a tiny voice for a 3.7 GB allocation).
-MAX_LENGTH_SCALE = 10.0
-#: Upper bound of VITS's noise scales. Voices ship defaults under 1 (Piper 0.667 and 0.8), and the
-#: duration noise (noise_w) goes through exp() into the durations: on the demo voice 2 already triples
-#: the length of a sentence, 3 made it 7x longer and 10 asked for 137M frames (a 32.7 GiB array).
-MAX_NOISE_SCALE = 2.0
-#: Upper bound of an autoregressive model's sampling temperature (the variance of its flow noise;
-#: Kyutai's default is 0.7). It does not change lengths, so the bound is only "still a variance a model
-#: could have been trained near": at 5 the audio is noise.
-MAX_TEMPERATURE = 5.0
-#: Upper bound of `max_frames` per synthesis piece: an autoregressive model's KV cache and its
-#: attention grow with every frame. 20,000 frames is 26 minutes at Pocket TTS's 12.5 Hz, where Kyutai's
-#: own length rule for a 50-token chunk stops after ~230.
-MAX_FRAMES = 20_000
 
 
 def check_ids(ids: Sequence[int], vocab_size: int) -> list[int]:
@@ -227,6 +165,16 @@ class FamilyModel(ABC):
     def text_to_ids(self, text: str) -> list[int]:
         """Text frontend; raises BadInput when the checkpoint has none (use ids instead)."""
 
+    def text_pieces(self, text: str) -> list[list[int]]:
+        """Ids per bounded piece of `text` (sentences, or chunks of them), which `say` synthesizes one
+        after another so memory follows the longest piece, not the text. Default: one piece."""
+        return [self.text_to_ids(text)]
+
+    def id_pieces(self, ids: Sequence[int]) -> list[list[int]]:
+        """A run of ids in bounded pieces (cut at pauses and word boundaries where the family knows
+        them); ids that fit one piece stay one piece. Default: one piece."""
+        return [list(ids)]
+
     @abstractmethod
     def synthesize(
         self,
@@ -254,7 +202,8 @@ class FamilyModel(ABC):
 
     @abstractmethod
     def save(self, out_dir: Path) -> None:
-        """Write a full-precision checkpoint this family's `load` reads back (stage output)."""
+        """Write a full-precision checkpoint this family's `load` reads back (stage output), with
+        `voxport.json` written last: the convert stage takes its presence to mean a complete checkpoint."""
 
     @abstractmethod
     def describe(self) -> dict[str, Any]:
@@ -272,7 +221,7 @@ class FamilyModel(ABC):
         others are namespaced by the family."""
         return {}
 
-    def gguf_layout(self) -> Any:
+    def gguf_layout(self) -> GgufLayout | None:
         """None: GGUF export writes voxport's own one-file layout (export/gguf/writer.py). A family whose
         models a GGUF runtime already runs under its own names and file split (llama.cpp's pockettts
         text model + mmproj) returns a `voxport.families.layouts.gguf.GgufLayout` describing that layout,
@@ -302,12 +251,69 @@ class FamilyModel(ABC):
         return int(sum(t.numel() for t in self.state_dict().values()))
 
 
+class Voice(Protocol):
+    """Something that speaks ids: a checkpoint's torch loop or an exported artifact in its runtime
+    (what `Family.open_artifact` returns and `voxport say` drives)."""
+
+    sample_rate: int
+    #: ids lie in 0..vocab_size - 1
+    vocab_size: int
+    #: speaker ids lie in 0..num_speakers - 1 (1: a single-speaker voice)
+    num_speakers: int
+
+    def text_to_ids(self, text: str) -> list[int]: ...
+
+    def text_pieces(self, text: str) -> list[list[int]]:
+        """Ids per bounded piece of `text` (sentences, chunks); one piece for a one-sentence text."""
+        ...
+
+    def id_pieces(self, ids: Sequence[int]) -> list[list[int]]:
+        """A run of ids in bounded pieces; ids that fit one piece stay one piece."""
+        ...
+
+    def speak(self, ids: Sequence[int], settings: SynthesisSettings) -> np.ndarray: ...
+
+
+class StreamingVoice(Voice, Protocol):
+    """A voice that produces audio in pieces (autoregressive families: one frame at a time)."""
+
+    def stream(self, ids: Sequence[int], settings: SynthesisSettings) -> Iterator[np.ndarray]: ...
+
+
+@dataclass(frozen=True)
+class ImportRequest:
+    """What `voxport import KIND SOURCE --out DIR [--config FILE] [--trust-pickle]` asks an importer."""
+
+    source: str
+    out_dir: Path
+    config: Path | None = None
+    trust_pickle: bool = False
+
+
+@dataclass(frozen=True)
+class Importer:
+    """Brings a checkpoint from another toolchain in as a voxport checkpoint; returns the directory
+    written. `help` is the one line `voxport import` lists it with."""
+
+    help: str
+    run: Callable[[ImportRequest], Path]
+
+
 class Family(ABC):
-    """Recognises and loads one architecture's checkpoints."""
+    """One architecture: recognises and loads its checkpoints, and declares everything the stages,
+    the recipe and the CLI need to know about it, so none of them names a family."""
 
     name: ClassVar[str]
+    #: the knobs its synthesis loop honours; `validate:`, `phrases:` and `voxport say` check against it
+    settings: ClassVar[type[SynthesisSettings]] = SynthesisSettings
     #: parity metrics only this family produces (per-step tensor SNRs); see MetricSpec
     metrics: ClassVar[tuple[MetricSpec, ...]] = ()
+    #: PyPI packages whose versions the manifest records (runtimes this family's artifacts target)
+    tool_packages: ClassVar[tuple[str, ...]] = ()
+    #: `voxport import KIND ...` converters from other toolchains, by KIND
+    importers: ClassVar[Mapping[str, Importer]] = {}
+    #: what its checkpoints look like, for "unknown architecture" messages
+    checkpoint_hint: ClassVar[str] = ""
 
     @classmethod
     @abstractmethod
@@ -319,57 +325,15 @@ class Family(ABC):
     def load(cls, path: Path, *, trust_pickle: bool = False) -> FamilyModel: ...
 
     @classmethod
-    def open_artifact(cls, path: Path) -> Any:
-        """A `voxport.say.Voice` over an exported artifact (its primary graph in its runtime)."""
+    def demo(cls, out_dir: Path, *, seed: int = 0, config: str | None = None) -> Path:
+        """Write a small deterministic random-weight checkpoint to `out_dir` (`voxport demo`); `config`
+        picks a size or variant where the family has several."""
+        raise BadInput(f"the {cls.name} family has no demo checkpoint")
+
+    @classmethod
+    def open_artifact(cls, path: Path) -> Voice:
+        """A voice over an exported artifact (its primary graph in its runtime)."""
         raise BadInput(f"{path}: speaking {cls.name} artifacts directly is not supported yet")
-
-
-_REGISTRY: dict[str, type[Family]] = {}
-
-
-def register(family: type[Family]) -> type[Family]:
-    _REGISTRY[family.name] = family
-    return family
-
-
-def families() -> dict[str, type[Family]]:
-    _load_builtin()
-    return dict(_REGISTRY)
-
-
-def _load_builtin() -> None:
-    # Importing the adapters registers them; done lazily so `voxport --help` stays fast.
-    import voxport.families.pocket_tts  # noqa: F401
-    import voxport.families.vits  # noqa: F401
-
-
-def detect_family(path: Path, forced: str | None = None) -> type[Family]:
-    """The family for a checkpoint, or a BadInput naming what was found and what is supported."""
-    known = families()
-    if forced is not None:
-        if forced not in known:
-            raise BadInput(f"unknown family '{forced}' (known: {', '.join(sorted(known))})")
-        return known[forced]
-    if not path.exists():
-        raise BadInput(f"checkpoint not found: {path}")
-    for family in known.values():
-        if family.recognizes(path):
-            return family
-    raise BadInput(
-        f"{path}: unknown architecture (supported: {', '.join(sorted(known))}); "
-        "expected e.g. a transformers VitsModel directory (config.json + model.safetensors), a Piper "
-        "voice (.onnx + .onnx.json) or a Kyutai Pocket TTS directory (model.safetensors + its YAML)"
-    )
-
-
-def load_model(path: Path, *, family: str | None = None, trust_pickle: bool = False) -> FamilyModel:
-    """A checkpoint as its family's model, refused if any weight is NaN or infinite.
-
-    Every stage (convert, `say`, `inspect`) loads through here, so a damaged checkpoint is stopped before
-    anything is written, with the tensor's name, instead of surfacing as NaN audio at parity time."""
-    model = detect_family(path, family).load(path, trust_pickle=trust_pickle)
-    check_finite_weights(model, path)
-    return model
 
 
 def check_finite_weights(model: FamilyModel, source: Path) -> None:

@@ -17,13 +17,15 @@ import numpy as np
 from voxport.errors import BadInput
 from voxport.families.base import SynthesisSettings, check_ids
 from voxport.families.pocket_tts.frontend import (
+    POCKET_CHUNK_TOKENS,
     TOKENIZER_FILES,
     Tokenizer,
     frames_after_eos_for,
     prepare_text,
 )
 from voxport.families.pocket_tts.loop import DEFAULT_FRAMES_AFTER_EOS, LoopSettings, LoopSpec, stream
-from voxport.pieces import POCKET_CHUNK_TOKENS, id_pieces, text_pieces
+from voxport.families.pocket_tts.settings import PocketSettings
+from voxport.pieces import id_pieces, text_pieces
 from voxport.runtime.ort import OrtRunner, ort_session
 
 
@@ -77,7 +79,7 @@ class PocketArtifactVoice:
     def id_pieces(self, ids: Sequence[int]) -> list[list[int]]:
         return id_pieces(ids, POCKET_CHUNK_TOKENS)
 
-    def _settings(self, settings: SynthesisSettings, ids: Sequence[int]) -> LoopSettings:
+    def _settings(self, settings: PocketSettings, ids: Sequence[int]) -> LoopSettings:
         after = settings.frames_after_eos
         if after is None:
             after = self._after_eos.get(tuple(ids), DEFAULT_FRAMES_AFTER_EOS)
@@ -88,12 +90,13 @@ class PocketArtifactVoice:
             frames_after_eos=after,
         )
 
-    def _voice(self, settings: SynthesisSettings) -> np.ndarray | None:
+    def _voice(self, settings: PocketSettings) -> np.ndarray | None:
         from voxport.families.pocket_tts.voice import load_voice
 
         return None if settings.voice is None else load_voice(settings.voice, None)
 
     def stream(self, ids: Sequence[int], settings: SynthesisSettings) -> Iterator[np.ndarray]:
+        settings = PocketSettings.of(settings)
         return stream(
             self.runner,
             self.spec,

@@ -14,6 +14,10 @@ from typing import Any
 
 from voxport.errors import BadInput
 
+#: tokens per Pocket TTS chunk: Kyutai's `max_tokens` (the model was trained on prompts of this size;
+#: longer ones skip words, and every token adds to the prompt and to the frame budget of the chunk).
+POCKET_CHUNK_TOKENS = 50
+
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json")
 #: words at or below which Kyutai keeps more frames after end of speech (short prompts end abruptly)
 SHORT_TEXT_WORDS = 4

@@ -18,23 +18,22 @@ import torch
 import yaml
 from torch import nn
 
+from voxport import pieces
 from voxport.errors import BadInput
 from voxport.families.base import (
-    Family,
     FamilyModel,
     GraphSpec,
-    MetricSpec,
     PrunableStack,
     Runner,
     Synthesis,
     SynthesisSettings,
     check_ids,
-    register,
 )
 from voxport.families.checkpoint import PICKLE_SUFFIXES, find_weights_file, load_tensors
 from voxport.families.pocket_tts import layouts
 from voxport.families.pocket_tts.config import PocketConfig, infer_config
 from voxport.families.pocket_tts.frontend import (
+    POCKET_CHUNK_TOKENS,
     TOKENIZER_FILES,
     Tokenizer,
     frames_after_eos_for,
@@ -50,6 +49,7 @@ from voxport.families.pocket_tts.loop import (
     stream,
 )
 from voxport.families.pocket_tts.modules import PocketModules, codec_state_shapes
+from voxport.families.pocket_tts.settings import PocketSettings
 from voxport.families.pocket_tts.voice import load_voice
 from voxport.io import atomic_write_bytes, atomic_write_json
 
@@ -278,6 +278,14 @@ class PocketTTSAdapter(FamilyModel):
             raise BadInput(f"text {text!r} maps to no tokens")
         return ids
 
+    def text_pieces(self, text: str) -> list[list[int]]:
+        """Kyutai's chunking: sentences packed into chunks of at most 50 tokens, each spoken on its own
+        (with its own frames-after-EOS rule), so no prompt grows with the text."""
+        return pieces.text_pieces(text, self.text_to_ids, POCKET_CHUNK_TOKENS, group=True)
+
+    def id_pieces(self, ids: Sequence[int]) -> list[list[int]]:
+        return pieces.id_pieces(ids, POCKET_CHUNK_TOKENS)
+
     def voice_latents(self, voice: str | None) -> np.ndarray | None:
         """Voice prompt latents (frames, 32) from a WAV file (encoded by the checkpoint's codec
         encoder) or a `.npy` of latents; None without a voice."""
@@ -291,6 +299,7 @@ class PocketTTSAdapter(FamilyModel):
     def loop_settings(self, settings: SynthesisSettings, ids: Sequence[int] = ()) -> LoopSettings:
         """Settings default to the model's: its temperature, and frames after end of speech by the
         length of the text the ids came from (Kyutai's rule), else 2."""
+        settings = PocketSettings.of(settings)
         after = settings.frames_after_eos
         if after is None:
             after = self._after_eos.get(tuple(int(i) for i in ids), DEFAULT_FRAMES_AFTER_EOS)
@@ -318,7 +327,7 @@ class PocketTTSAdapter(FamilyModel):
             self.loop_spec,
             self._check_ids(ids),
             self.loop_settings(settings, ids),
-            voice=self.voice_latents(settings.voice),
+            voice=self.voice_latents(PocketSettings.of(settings).voice),
             forced_latents=forced_latents,
         )
         return _synthesis(run, self.sample_rate)
@@ -329,15 +338,14 @@ class PocketTTSAdapter(FamilyModel):
             self.loop_spec,
             self._check_ids(ids),
             self.loop_settings(settings, ids),
-            voice=self.voice_latents(settings.voice),
+            voice=self.voice_latents(PocketSettings.of(settings).voice),
         )
 
     def synthesize_primary(
         self, runner: Runner, ids: Sequence[int], settings: SynthesisSettings
     ) -> Synthesis:
         """Noise off (temperature 0), free-running: the greedy output a user gets without sampling."""
-        greedy = copy.copy(settings)
-        greedy.temperature = 0.0
+        greedy = PocketSettings.of(settings).model_copy(update={"temperature": 0.0})
         return self.synthesize(runner, ids, greedy)
 
     # --- persistence -------------------------------------------------------------------------------
@@ -421,60 +429,20 @@ def build_modules(raw: Mapping[str, Any], tensors: Mapping[str, torch.Tensor], s
     return modules.eval()
 
 
-@register
-class PocketTTSFamily(Family):
-    name: ClassVar[str] = FAMILY
-    #: under teacher forcing every step's backbone hidden state and sampled latent are compared too:
-    #: one early wrong frame makes free-running audio diverge, so these localise a fault to a step
-    metrics: ClassVar[tuple[MetricSpec, ...]] = (
-        MetricSpec("hidden_snr_db", "min", "hidden SNR dB", tensor="hidden"),
-        MetricSpec("latent_snr_db", "min", "latent SNR dB", tensor="latent"),
-    )
-
-    @classmethod
-    def recognizes(cls, path: Path) -> bool:
-        directory = path if path.is_dir() else path.parent
-        config = directory / "config.json"
-        if config.is_file():
-            try:
-                return json.loads(config.read_text()).get("model_type") == "pocket_tts"
-            except (OSError, ValueError, AttributeError):
-                return False
-        weights = directory / "model.safetensors" if path.is_dir() else path
-        if weights.suffix != ".safetensors" or not weights.is_file():
-            return False
-        try:
-            from safetensors import safe_open
-
-            with safe_open(str(weights), framework="pt") as f:
-                return "flow_lm.bos_emb" in f.keys()  # noqa: SIM118 - safe_open has no __contains__
-        except Exception:  # not a safetensors file: some other family's
-            return False
-
-    @classmethod
-    def load(cls, path: Path, *, trust_pickle: bool = False) -> PocketTTSAdapter:
-        directory = path if path.is_dir() else path.parent
-        tokenizer_files = {
-            n: (directory / n).read_bytes() for n in TOKENIZER_FILES if (directory / n).is_file()
-        }
-        if (directory / "config.json").is_file():
-            return _load_transformers(directory, tokenizer_files)
-        weights = find_weights_file(directory) if path.is_dir() else path
-        if weights.suffix.lower() in PICKLE_SUFFIXES and not trust_pickle:
-            load_tensors(weights, trust_pickle=False)  # raises the pickle-policy error
-        tensors = load_tensors(weights, trust_pickle=trust_pickle)
-        raw = _config_for(directory, tensors)
-        modules = build_modules(raw, tensors, str(weights))
-        adapter = PocketTTSAdapter(
-            modules, source=str(path), tokenizer_files=tokenizer_files, layout="kyutai"
-        )
-        return _tokenizer_checked(adapter)
-
-    @classmethod
-    def open_artifact(cls, path: Path) -> Any:
-        from voxport.families.pocket_tts.artifact import PocketArtifactVoice
-
-        return PocketArtifactVoice(path)
+def load_checkpoint(path: Path, *, trust_pickle: bool = False) -> PocketTTSAdapter:
+    """Kyutai's layout (model.safetensors + its YAML) or transformers' (config.json + audio_tokenizer/)."""
+    directory = path if path.is_dir() else path.parent
+    tokenizer_files = {n: (directory / n).read_bytes() for n in TOKENIZER_FILES if (directory / n).is_file()}
+    if (directory / "config.json").is_file():
+        return _load_transformers(directory, tokenizer_files)
+    weights = find_weights_file(directory) if path.is_dir() else path
+    if weights.suffix.lower() in PICKLE_SUFFIXES and not trust_pickle:
+        load_tensors(weights, trust_pickle=False)  # raises the pickle-policy error
+    tensors = load_tensors(weights, trust_pickle=trust_pickle)
+    raw = _config_for(directory, tensors)
+    modules = build_modules(raw, tensors, str(weights))
+    adapter = PocketTTSAdapter(modules, source=str(path), tokenizer_files=tokenizer_files, layout="kyutai")
+    return _tokenizer_checked(adapter)
 
 
 def _load_transformers(directory: Path, tokenizer_files: Mapping[str, bytes]) -> PocketTTSAdapter:

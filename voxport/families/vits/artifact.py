@@ -15,8 +15,9 @@ import numpy as np
 
 from voxport.errors import BadInput
 from voxport.families.base import SynthesisSettings, check_ids
-from voxport.families.vits.frontend import PiperFrontend
-from voxport.pieces import VITS_PIECE_IDS, id_pieces
+from voxport.families.vits.frontend import VITS_PIECE_IDS, PiperFrontend
+from voxport.families.vits.settings import VitsSettings
+from voxport.pieces import id_pieces
 from voxport.runtime.ort import ort_session
 
 #: the graph input that carries the token ids (Piper's interface)
@@ -68,6 +69,7 @@ class VitsArtifactVoice:
 
     def speak(self, ids: Sequence[int], settings: SynthesisSettings) -> np.ndarray:
         checked = check_ids(ids, self.vocab_size)
+        settings = VitsSettings.of(settings)
         speaker = settings.speaker_id or 0
         if not 0 <= speaker < self.num_speakers:
             raise BadInput(f"speaker id {speaker} out of range 0..{self.num_speakers - 1}")

@@ -30,6 +30,12 @@ from typing import Any
 from voxport.errors import BadInput
 from voxport.pieces import PAUSE_SYMBOLS, WORD_SYMBOLS, bisect_to_fit, symbol_ids, text_rank
 
+#: ids per VITS piece. A Piper sentence is ``^ _ p1 _ … $`` (two ids per phoneme), so 400 ids are ~200
+#: phonemes, ~15 s of speech at the normal pace: longer than almost any sentence (which then is one
+#: piece, exactly as Piper speaks it), short enough that the encoder's (ids x ids) attention and the
+#: vocoder's activations stay in the low hundreds of MB even at the largest length scale allowed.
+VITS_PIECE_IDS = 400
+
 #: file name of the Piper voice config (the voice's `.onnx.json`, verbatim) inside a voxport checkpoint
 PIPER_CONFIG = "piper.json"
 

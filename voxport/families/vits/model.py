@@ -13,9 +13,9 @@ import torch
 from torch import nn
 from transformers import VitsConfig, VitsModel
 
+from voxport import pieces
 from voxport.errors import BadInput
 from voxport.families.base import (
-    Family,
     FamilyModel,
     GraphSpec,
     PrunableStack,
@@ -23,7 +23,6 @@ from voxport.families.base import (
     Synthesis,
     SynthesisSettings,
     check_ids,
-    register,
 )
 from voxport.families.checkpoint import PICKLE_SUFFIXES, find_weights_file, load_tensors
 from voxport.families.vits.architecture import (
@@ -33,8 +32,9 @@ from voxport.families.vits.architecture import (
     load_exact,
     resblock_variant,
 )
-from voxport.families.vits.frontend import PIPER_CONFIG, PiperFrontend
+from voxport.families.vits.frontend import PIPER_CONFIG, VITS_PIECE_IDS, PiperFrontend
 from voxport.families.vits.graphs import DecoderGraph, EncoderGraph, PiperGraph
+from voxport.families.vits.settings import VitsSettings
 from voxport.io import atomic_write_bytes, atomic_write_json
 
 #: written beside a checkpoint that voxport itself saved (weight-norm folded, inference weights only)
@@ -263,6 +263,21 @@ class VitsModelAdapter(FamilyModel):
             raise BadInput(f"text {text!r} maps to no tokens of this voice's vocabulary")
         return [int(i) for i in ids]
 
+    def text_pieces(self, text: str) -> list[list[int]]:
+        """Sentences (a run-on one cut at pauses and words), each at most VITS_PIECE_IDS ids."""
+        if PIPER_CONFIG in self.tokenizer_files:
+            return self.piper_frontend().sentence_ids(text, VITS_PIECE_IDS)
+        return pieces.text_pieces(text, self.text_to_ids, VITS_PIECE_IDS)
+
+    def id_pieces(self, ids: Sequence[int]) -> list[list[int]]:
+        if PIPER_CONFIG in self.tokenizer_files:
+            pauses, words = self.piper_frontend().boundary_ids()
+        else:
+            vocab = _json_map(self.tokenizer_files.get("vocab.json"))
+            pauses = pieces.symbol_ids(vocab, pieces.PAUSE_SYMBOLS)
+            words = pieces.symbol_ids(vocab, pieces.WORD_SYMBOLS)
+        return pieces.id_pieces(ids, VITS_PIECE_IDS, pauses=pauses, words=words)
+
     def _tokenizer_instance(self) -> Any:
         if self._tokenizer is None:
             import tempfile
@@ -275,7 +290,7 @@ class VitsModelAdapter(FamilyModel):
                 self._tokenizer = VitsTokenizer.from_pretrained(tmp)
         return self._tokenizer
 
-    def _common_inputs(self, settings: SynthesisSettings) -> dict[str, np.ndarray]:
+    def _common_inputs(self, settings: VitsSettings) -> dict[str, np.ndarray]:
         if not self._multi_speaker():
             return {}
         sid = settings.speaker_id or 0
@@ -299,6 +314,7 @@ class VitsModelAdapter(FamilyModel):
         if forced is not None and forced.durations is not None:
             forced_durations = forced.durations[None].astype(np.float32)
         input_ids = self._check_ids(ids)
+        settings = VitsSettings.of(settings)
         extra = self._common_inputs(settings)
         rng = np.random.default_rng(settings.seed)
         t = input_ids.shape[1]
@@ -331,7 +347,7 @@ class VitsModelAdapter(FamilyModel):
             graph_outputs={"encoder": enc, "decoder": dec},
         )
 
-    def _frame_noise(self, durations: np.ndarray, settings: SynthesisSettings) -> np.ndarray:
+    def _frame_noise(self, durations: np.ndarray, settings: VitsSettings) -> np.ndarray:
         """Prior noise drawn per token, so a token whose duration changed shifts no other token's noise.
 
         With one stream for the whole utterance, a single flipped duration would shift the noise under
@@ -349,6 +365,7 @@ class VitsModelAdapter(FamilyModel):
         self, runner: Runner, ids: Sequence[int], settings: SynthesisSettings
     ) -> Synthesis:
         input_ids = self._check_ids(ids)
+        settings = VitsSettings.of(settings)
         out = runner.run(
             "tts",
             {
@@ -379,57 +396,42 @@ class VitsModelAdapter(FamilyModel):
         )
 
 
-@register
-class VitsFamily(Family):
-    name: ClassVar[str] = "vits"
+def _json_map(data: bytes | None) -> dict[str, object]:
+    """A tokenizer's vocab.json (symbol -> id), or {} when absent or unreadable (no boundaries known)."""
+    try:
+        loaded = json.loads(data) if data else {}
+    except ValueError:
+        return {}
+    return loaded if isinstance(loaded, dict) else {}
 
-    @classmethod
-    def recognizes(cls, path: Path) -> bool:
-        if path.suffix == ".onnx":  # a Piper voice: the .onnx with its .onnx.json beside it
-            return path.with_name(path.name + ".json").is_file()
-        config = path / "config.json" if path.is_dir() else path.parent / "config.json"
-        if not config.is_file():
-            return False
-        try:
-            data = json.loads(config.read_text())
-        except (OSError, ValueError):
-            return False
-        return isinstance(data, dict) and data.get("model_type") == "vits"
 
-    @classmethod
-    def load(cls, path: Path, *, trust_pickle: bool = False) -> VitsModelAdapter:
-        if path.suffix == ".onnx":
-            return load_piper_onnx(path)
-        directory = path if path.is_dir() else path.parent
-        weights = find_weights_file(directory) if path.is_dir() else path
-        try:
-            config = VitsConfig.from_pretrained(str(directory))
-        except (OSError, ValueError, TypeError) as exc:
-            raise BadInput(f"{directory / 'config.json'}: not a valid VITS config ({exc})") from None
-        if weights.suffix.lower() in PICKLE_SUFFIXES and not trust_pickle:
-            load_tensors(weights, trust_pickle=False)  # raises the pickle-policy error
-        tensors = load_tensors(weights, trust_pickle=trust_pickle)
-        try:
-            model = build_inference_model(config)
-        except ValueError as exc:
-            raise BadInput(f"{directory / 'config.json'}: {exc}") from None
-        tensors = {k: v for k, v in tensors.items() if not k.startswith(TRAINING_ONLY_PREFIXES)}
-        if (directory / MARKER).is_file():
-            fold_weight_norm(model)  # voxport's own layout stores the folded weights
-            load_exact(model, tensors, str(weights), "weights do not match config.json")
-        else:
-            load_exact(model, _rename_weight_norm(tensors), str(weights), "weights do not match config.json")
-            fold_weight_norm(model)
-        tokenizer_files = {
-            n: (directory / n).read_bytes() for n in TOKENIZER_FILES if (directory / n).is_file()
-        }
-        return VitsModelAdapter(model, source=str(path), tokenizer_files=tokenizer_files)
-
-    @classmethod
-    def open_artifact(cls, path: Path) -> Any:
-        from voxport.families.vits.artifact import VitsArtifactVoice
-
-        return VitsArtifactVoice(path)
+def load_checkpoint(path: Path, *, trust_pickle: bool = False) -> VitsModelAdapter:
+    """A transformers VITS directory (or its weights file), voxport's own folded layout, or a Piper
+    voice's .onnx (recovered in memory) as a model."""
+    if path.suffix == ".onnx":
+        return load_piper_onnx(path)
+    directory = path if path.is_dir() else path.parent
+    weights = find_weights_file(directory) if path.is_dir() else path
+    try:
+        config = VitsConfig.from_pretrained(str(directory))
+    except (OSError, ValueError, TypeError) as exc:
+        raise BadInput(f"{directory / 'config.json'}: not a valid VITS config ({exc})") from None
+    if weights.suffix.lower() in PICKLE_SUFFIXES and not trust_pickle:
+        load_tensors(weights, trust_pickle=False)  # raises the pickle-policy error
+    tensors = load_tensors(weights, trust_pickle=trust_pickle)
+    try:
+        model = build_inference_model(config)
+    except ValueError as exc:
+        raise BadInput(f"{directory / 'config.json'}: {exc}") from None
+    tensors = {k: v for k, v in tensors.items() if not k.startswith(TRAINING_ONLY_PREFIXES)}
+    if (directory / MARKER).is_file():
+        fold_weight_norm(model)  # voxport's own layout stores the folded weights
+        load_exact(model, tensors, str(weights), "weights do not match config.json")
+    else:
+        load_exact(model, _rename_weight_norm(tensors), str(weights), "weights do not match config.json")
+        fold_weight_norm(model)
+    tokenizer_files = {n: (directory / n).read_bytes() for n in TOKENIZER_FILES if (directory / n).is_file()}
+    return VitsModelAdapter(model, source=str(path), tokenizer_files=tokenizer_files)
 
 
 def _rename_weight_norm(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
