@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Collection, Iterator, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -34,15 +35,40 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-from voxport.families.base import CalibrationSet, WeightInputs
-
 if TYPE_CHECKING:
-    from voxport.families.base import FamilyModel
+    from voxport.families.base import FamilyModel, SynthesisSettings
 
 #: rows kept per weight: enough for a well-conditioned Hessian of a few thousand columns
 DEFAULT_MAX_ROWS = 4096
 #: bytes of recorded rows held at once; more names than fit are recorded in further synthesis passes
 DEFAULT_MAX_BYTES = 512 << 20
+
+
+@dataclass(frozen=True)
+class CalibrationSet:
+    """What a calibrated quantization method runs the model on: token ids per sentence, and the
+    settings (seed, noise) that make the run reproducible."""
+
+    ids: tuple[tuple[int, ...], ...]
+    settings: SynthesisSettings
+
+
+@dataclass(frozen=True)
+class WeightInputs:
+    """The activations one quantizable weight saw during calibration, in the weight's own 2-D view.
+
+    `x` is (n, cols) float32 with columns aligned to the axis quantization blocks run along
+    (`reduction_axis` 1: Linear and Conv1d, unfolded as in_channels*kernel; 0: ConvTranspose1d, whose
+    rows are the input channels), which is what GPTQ's Hessian (XᵀX) and AWQ's per-column |x| need.
+
+    A grouped Conv1d (groups > 1) has each group's unfolded inputs stacked as rows: every column lines
+    up with the weight's, but the rows pool all groups, while each output row only ever sees its own
+    group's (an exact per-group Hessian would keep them apart)."""
+
+    name: str
+    x: np.ndarray
+    reduction_axis: Literal[0, 1]
+
 
 
 def record(
@@ -196,11 +222,7 @@ def _conv1d(
 ) -> _Unfolded:
     """Conv1d: each output position (and group) is a row of in_channels/groups * kernel columns, the
     input window that position multiplies, in the weight's (in_ch, k) column order; padding applied
-    as the op applies it (zeros; "same" puts the odd extra sample on the right, as torch does).
-
-    A grouped conv stacks each group's windows as rows: every column lines up with the weight's, but
-    the rows pool all groups, while each output row only sees its own group's (an exact per-group
-    Hessian would keep them apart)."""
+    as the op applies it (zeros; "same" puts the odd extra sample on the right, as torch does)."""
     x = _array(input if input.dim() == 3 else input.unsqueeze(0))
     s, d, k = _one(stride), _one(dilation), int(weight.shape[2])
     if isinstance(padding, str):
