@@ -343,7 +343,7 @@ def _convert_bare(thresholds: dict[Any, Any]) -> dict[Any, Any]:
 
 def _known_method(name: str) -> str:
     if name not in methods():
-        raise ValueError(f"unknown quantization method {name!r} (known: {', '.join(methods())})")
+        raise ValueError(f"{name!r} is not one of {', '.join(methods())}")  # as for any other enum
     return name
 
 
