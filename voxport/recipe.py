@@ -414,20 +414,16 @@ class QuantizeConfig(_Base):
             raise ValidationError.from_exception_data(cls.__name__, problems) from None
         return value
 
-    @field_validator("calibration", mode="after")
-    @classmethod
-    def _calibrated_method_has_sentences(
-        cls, value: CalibrationConfig | None, info: ValidationInfo
-    ) -> CalibrationConfig | None:
-        method = info.data.get("method")
-        if method is None or not method_class(method).calibrated:
-            return value
-        if value is None or not (value.texts or value.ids):
+    @model_validator(mode="after")
+    def _calibrated_method_has_sentences(self) -> "QuantizeConfig":
+        """Said when the recipe loads, not after the convert stage has run."""
+        c = self.calibration
+        if method_class(self.method).calibrated and (c is None or not (c.texts or c.ids)):
             raise ValueError(
-                f"method {method!r} is calibrated: give the sentences it records on, e.g. "
+                f"method {self.method!r} is calibrated: give the sentences it records on, e.g. "
                 "calibration: {texts: [\"...\"]} (texts: or ids:)"
             )
-        return value
+        return self
 
     def method_options(self) -> dict[str, Any]:
         """The method's options with its defaults filled in (what the cache keys)."""
