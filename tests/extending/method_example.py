@@ -94,4 +94,5 @@ def _weighted_error(
     values: np.ndarray, codes: np.ndarray, scale: np.ndarray, weights: np.ndarray
 ) -> np.ndarray:
     diff = values.astype(np.float64) - (codes.astype(np.float32) * scale).astype(np.float64)
-    return np.einsum("rbk,rbk,xbk->rb", diff, diff, weights)[..., None]
+    error: np.ndarray = np.einsum("rbk,rbk,xbk->rb", diff, diff, weights)
+    return error[..., None]

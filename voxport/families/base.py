@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 from voxport.errors import BadInput
-from voxport.families.calibration import CalibrationSet, WeightInputs
+from voxport.families.calibration import CalibrationSet as CalibrationSet
+from voxport.families.calibration import WeightInputs as WeightInputs
 from voxport.runtime.base import Runner
 from voxport.runtime.torch import TorchRunner
 

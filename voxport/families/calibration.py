@@ -241,7 +241,7 @@ def _conv1d(
         position, group = np.divmod(rest, groups)
         chans = group[:, None] * per_group + np.arange(per_group)[None, :]
         times = position[:, None] * s + taps[None, :]
-        window = x[sample[:, None, None], chans[:, :, None], times[:, None, :]]
+        window: np.ndarray = x[sample[:, None, None], chans[:, :, None], times[:, None, :]]
         return window.reshape(len(rows), per_group * k)
 
     return 1, n * max(positions, 0) * groups, per_group * k, gather
