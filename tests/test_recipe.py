@@ -286,7 +286,8 @@ BAD_CASES = [
           blok_size: 32
         """,
         6,
-        "quantize.blok_size: unknown key (allowed: method, block_size, overrides, precision_overrides)",
+        "quantize.blok_size: unknown key "
+        "(allowed: method, options, calibration, block_size, overrides, precision_overrides)",
         id="unknown-nested-key",
     ),
     pytest.param(

@@ -49,7 +49,7 @@ from voxport.cache import (
 )
 from voxport.errors import BadInput, VoxportError
 from voxport.export.formats import FORMATS, Format, get_format
-from voxport.families.base import FamilyModel, SynthesisSettings
+from voxport.families.base import CalibrationSet, FamilyModel, SynthesisSettings
 from voxport.families.registry import detect_family, families, family_of, load_model
 from voxport.io import atomic_write_json, ensure_writable_dir, sweep_temporaries, write_wav
 from voxport.lock import OutputLock
@@ -63,6 +63,7 @@ from voxport.manifest import (
     write_manifest,
 )
 from voxport.progress import CallbackProgress, NullProgress, Progress
+from voxport.quantize.methods import method_class
 from voxport.quantize.stage import load_quantized, quantize_model, save_quantized
 from voxport.recipe import PhrasesConfig, Recipe
 from voxport.validate.parity import Reference, aggregate, check, measure_sentence
@@ -224,6 +225,16 @@ class Build:
             "block_size": q.block_size,
             "overrides": q.overrides_for(precision),
         }
+        # only what a method has: an option-less, uncalibrated method (rtn) keeps its earlier keys
+        if options := q.method_options():
+            config["options"] = options
+        if method_class(q.method).calibrated:
+            # texts, not token ids: the tokenizer is part of the converted checkpoint (key_convert)
+            calibration = q.calibration.model_dump(mode="json") if q.calibration is not None else None
+            config["calibration"] = {
+                "sentences": calibration,
+                "settings": calibration_settings(self.recipe).model_dump(mode="json"),
+            }
         return stage_key("quantize", config, [self.key_convert])
 
     def key_export(self, fmt: str, precision: str) -> str:
@@ -402,9 +413,10 @@ class Build:
             qm = quantize_model(
                 self.model,
                 precision,
-                method=q.method,
+                method=method_class(q.method)(q.options),
                 block_size=q.block_size,
                 overrides=q.overrides_for(precision),
+                calibration=calibration_set(self.recipe, self.model),
             )
             save_quantized(qm, self.layout.quantized(precision))
         self.progress.log(
@@ -656,6 +668,29 @@ def validation_inputs(recipe: Recipe, model: FamilyModel) -> list[tuple[str, lis
     inputs = [(text, model.text_to_ids(text)) for text in recipe.validation.texts]
     inputs += [(f"ids[{i}]", list(ids)) for i, ids in enumerate(recipe.validation.ids)]
     return inputs
+
+
+def calibration_inputs(recipe: Recipe, model: FamilyModel) -> list[list[int]]:
+    """Token ids of `quantize.calibration`'s sentences (texts first, then ids), [] when there are none."""
+    c = recipe.quantize.calibration
+    if c is None:
+        return []
+    return [model.text_to_ids(text) for text in c.texts] + [list(ids) for ids in c.ids]
+
+
+def calibration_settings(recipe: Recipe, model: FamilyModel | None = None) -> SynthesisSettings:
+    """The validate settings, with `quantize.calibration.seed` in place of validate.seed when given."""
+    c = recipe.quantize.calibration
+    settings = settings_for(recipe, model)
+    return settings if c is None or c.seed is None else settings.model_copy(update={"seed": c.seed})
+
+
+def calibration_set(recipe: Recipe, model: FamilyModel) -> CalibrationSet | None:
+    """What a calibrated method records on; None when the method is not calibrated."""
+    if not method_class(recipe.quantize.method).calibrated:
+        return None
+    ids = calibration_inputs(recipe, model)
+    return CalibrationSet(tuple(tuple(i) for i in ids), calibration_settings(recipe, model))
 
 
 def settings_for(recipe: Recipe, model: FamilyModel | None = None) -> SynthesisSettings:

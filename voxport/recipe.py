@@ -34,15 +34,15 @@ from pydantic import (
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from voxport.errors import BadInput
+from voxport.quantize.methods import method_class, methods
+from voxport.quantize.precisions import Precision, rank
 
 if TYPE_CHECKING:  # the families load torch: imported where a recipe names synthesis settings
     from voxport.families.base import Family, SynthesisSettings
 
 FORMATS: tuple[str, ...] = ("onnx", "coreml", "gguf")
-PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8", "int4")
 
 Format = Literal["onnx", "coreml", "gguf"]
-Precision = Literal["fp32", "fp16", "int8", "int4"]
 Direction = Literal["min", "max", "band"]
 
 # Which way each parity metric is good. A bare number in `validate.thresholds` takes this direction;
@@ -399,25 +399,97 @@ def _convert_bare(thresholds: dict[Any, Any]) -> dict[Any, Any]:
     return converted
 
 
-_RANK = {p: i for i, p in enumerate(("int4", "int8", "fp16", "fp32"))}
+def _known_method(name: str) -> str:
+    if name not in methods():
+        raise ValueError(f"{name!r} is not one of {', '.join(methods())}")  # as for any other enum
+    return name
+
+
+class _MethodNames:
+    """JSON Schema of `quantize.method`: an enum of the methods registered when the schema is asked
+    for, so a method registered by subclassing appears in editors without touching the recipe."""
+
+    def __get_pydantic_json_schema__(self, core_schema: Any, handler: Any) -> dict[str, Any]:
+        return {"type": "string", "enum": list(methods())}
+
+
+MethodName = Annotated[str, Strict(), AfterValidator(_known_method), _MethodNames()]
+
+
+class CalibrationConfig(_Base):
+    """Sentences a calibrated method (`QuantMethod.calibrated`) records each weight's inputs on,
+    synthesised with the validate settings; `seed` replaces validate.seed for these runs."""
+
+    texts: list[Annotated[str, AfterValidator(_non_blank_text)]] = Field(default_factory=list)
+    ids: list[Annotated[list[NonNegInt], Field(min_length=1)]] = Field(default_factory=list)
+    seed: NonNegInt | None = None
 
 
 class QuantizeConfig(_Base):
     """How weights are quantized.
 
-    `overrides` (glob → precision) keep modules at a *higher* precision in every artifact: an entry
-    below an artifact's own precision does not apply to it (an fp32 artifact stays fp32).
-    `precision_overrides` set an exact mix for one precision's artifact (e.g. int4 with int8 decoder).
+    `method` is a registered quantization method (`voxport.quantize.methods.methods()`), `options`
+    its typed options (checked against the method's `Options`), and `calibration` the sentences a
+    calibrated method needs. `overrides` (glob → precision) keep modules at a *higher* precision in
+    every artifact: an entry below an artifact's own precision does not apply to it (an fp32 artifact
+    stays fp32). `precision_overrides` set an exact mix for one precision's artifact (e.g. int4 with
+    int8 decoder).
     """
 
-    method: Literal["rtn", "mse"] = "rtn"
+    method: MethodName = "rtn"
+    options: dict[NonEmptyStr, Any] = Field(default_factory=dict)
+    calibration: CalibrationConfig | None = None
     block_size: Annotated[Int, AfterValidator(_block_size)] = 32
     overrides: dict[NonEmptyStr, Precision] = Field(default_factory=dict)
     precision_overrides: dict[Precision, dict[NonEmptyStr, Precision]] = Field(default_factory=dict)
 
+    @field_validator("options", mode="after")
+    @classmethod
+    def _options_fit_the_method(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        """Each option is checked by the method's own `Options`, so an error names the option's key."""
+        method = info.data.get("method")
+        if method is None:  # the method itself was wrong; that error is reported instead
+            return value
+        options = method_class(method).Options
+        try:
+            options.model_validate(value)
+        except ValidationError as exc:
+            allowed = ", ".join(options.model_fields) or "none"
+            problems = [
+                InitErrorDetails(
+                    type=PydanticCustomError(
+                        "unknown_option", "{error}", {"error": f"unknown option (allowed: {allowed})"}
+                    ),
+                    loc=tuple(err["loc"]),
+                    input=err["input"],
+                )
+                if err["type"] == "extra_forbidden"
+                else InitErrorDetails(
+                    type=err["type"], loc=tuple(err["loc"]), input=err["input"], ctx=err.get("ctx", {})
+                )
+                for err in exc.errors(include_url=False)
+            ]
+            raise ValidationError.from_exception_data(cls.__name__, problems) from None
+        return value
+
+    @model_validator(mode="after")
+    def _calibrated_method_has_sentences(self) -> "QuantizeConfig":
+        """Said when the recipe loads, not after the convert stage has run."""
+        c = self.calibration
+        if method_class(self.method).calibrated and (c is None or not (c.texts or c.ids)):
+            raise ValueError(
+                f"method {self.method!r} is calibrated: give the sentences it records on, e.g. "
+                "calibration: {texts: [\"...\"]} (texts: or ids:)"
+            )
+        return self
+
+    def method_options(self) -> dict[str, Any]:
+        """The method's options with its defaults filled in (what the cache keys)."""
+        return method_class(self.method).Options.model_validate(self.options).model_dump(mode="json")
+
     def overrides_for(self, precision: str) -> dict[str, str]:
         """Globs for one artifact: the shared keep-higher ones that apply, then its own, which win."""
-        shared = {g: p for g, p in self.overrides.items() if _RANK[p] >= _RANK[precision]}
+        shared = {g: p for g, p in self.overrides.items() if rank(p) >= rank(precision)}
         own = self.precision_overrides.get(precision, {})  # type: ignore[call-overload]
         return {**own, **{g: p for g, p in shared.items() if g not in own}}
 

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 
 from voxport.errors import BadInput
+from voxport.families.calibration import CalibrationSet as CalibrationSet
+from voxport.families.calibration import WeightInputs as WeightInputs
 from voxport.families.layouts.gguf import GgufLayout
 from voxport.families.settings import SynthesisSettings
 from voxport.runtime.base import Runner
@@ -96,28 +98,6 @@ class MetricSpec:
     label: str
     digits: int = 1
     tensor: str | None = None
-
-
-@dataclass(frozen=True)
-class CalibrationSet:
-    """What a calibrated quantization method runs the model on: token ids per sentence, and the
-    settings (seed, noise) that make the run reproducible."""
-
-    ids: tuple[tuple[int, ...], ...]
-    settings: SynthesisSettings
-
-
-@dataclass(frozen=True)
-class WeightInputs:
-    """The activations one quantizable weight saw during calibration, in the weight's own 2-D view.
-
-    `x` is (n, cols) float32 with columns aligned to the axis quantization blocks run along
-    (`reduction_axis` 1: Linear and Conv1d, unfolded as in_channels*kernel; 0: ConvTranspose1d, whose
-    rows are the input channels), which is what GPTQ's Hessian (XᵀX) and AWQ's per-column |x| need."""
-
-    name: str
-    x: np.ndarray
-    reduction_axis: Literal[0, 1]
 
 
 @dataclass(frozen=True)

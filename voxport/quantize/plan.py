@@ -25,11 +25,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
-from voxport.quantize.methods import PRECISIONS
+from voxport.quantize.precisions import PRECISIONS, SPECS, lowest, rank
 
-_RANK = {"int4": 0, "int8": 1, "fp16": 2, "fp32": 3}
-_INT = ("int4", "int8")
-_FLOAT = ("fp16", "fp32")
+#: where a blocked integer precision goes for a weight narrower than one block: the lowest-rank integer
+#: precision that is not blocked (int8, one scale per row)
+_UNBLOCKED = min((s for s in SPECS.values() if s.integer and not s.blocked), key=lambda s: s.rank).name
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,7 @@ class WeightDecision:
 
 
 def _check_precision(value: str, where: str) -> None:
-    if value not in PRECISIONS:
+    if value not in SPECS:
         raise ValueError(f"unknown precision {value!r} for {where}; allowed: {', '.join(PRECISIONS)}")
 
 
@@ -95,7 +95,7 @@ def plan_precisions(
         shape = tuple(int(d) for d in shape)
         match = _first_match(name, overrides)
         target = match[1] if match else precision
-        requested = min(precision, target, key=_RANK.__getitem__)
+        requested = lowest(precision, target)
         is_q = name in quantizable
         if is_q and len(shape) < 2:
             raise ValueError(
@@ -103,11 +103,11 @@ def plan_precisions(
             )
         override_reason = f"override {match[0]!r} → {target}" if match else None
 
-        if target in _FLOAT:
+        if not SPECS[target].integer:
             stored, reason = target, None
         else:
             # the override (if any) asked for an int precision, so only the global one can be a float
-            fallback = precision if precision in _FLOAT else "fp32"
+            fallback = precision if not SPECS[precision].integer else "fp32"
             n_elem = math.prod(shape)
             cols = math.prod(shape[1:]) if len(shape) >= 2 else 0
             if not is_q:
@@ -115,9 +115,9 @@ def plan_precisions(
                 stored, reason = fallback, f"not quantizable: {what}"
             elif n_elem < min_elements:
                 stored, reason = fallback, f"too small: {n_elem} elements < min_elements {min_elements}"
-            elif target == "int4" and cols < block_size:
-                stored = "int8"
-                reason = f"int4 needs at least block_size columns: {cols} < {block_size} → int8"
+            elif SPECS[target].blocked and cols < block_size:
+                stored = _UNBLOCKED
+                reason = f"{target} needs at least block_size columns: {cols} < {block_size} → {stored}"
             else:
                 stored, reason = target, None
         if stored != requested and reason is None:
@@ -135,5 +135,5 @@ def skipped(
     return [
         {"name": d.name, "requested": d.requested, "stored": d.precision, "reason": d.reason}
         for d in items
-        if d.quantizable and d.requested in _INT and _RANK[d.precision] > _RANK[d.requested]
+        if d.quantizable and SPECS[d.requested].integer and rank(d.precision) > rank(d.requested)
     ]

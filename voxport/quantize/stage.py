@@ -15,10 +15,11 @@ import numpy as np
 import torch
 
 from voxport.errors import BadInput
-from voxport.families.base import FamilyModel
+from voxport.families.base import CalibrationSet, FamilyModel
 from voxport.io import atomic_write_bytes
-from voxport.quantize.methods import quantize
+from voxport.quantize.methods import QuantMethod, get_method, quantize
 from voxport.quantize.plan import WeightDecision, plan_precisions, skipped
+from voxport.quantize.precisions import SPECS
 from voxport.quantize.tensor import QuantizedTensor
 
 Stored = np.ndarray | QuantizedTensor
@@ -59,13 +60,21 @@ class QuantizedModel:
 def quantize_model(
     model: FamilyModel,
     precision: str,
+    method: str | QuantMethod = "rtn",
     *,
-    method: str = "rtn",
     block_size: int = 32,
     overrides: Mapping[str, str] | None = None,
+    calibration: CalibrationSet | None = None,
 ) -> QuantizedModel:
+    """Every weight of `model` in its stored encoding at `precision` (torchao's ``quantize_(model,
+    config)``: this entry point stays the same whatever `method` is).
+
+    `method` is a registered name (default options) or a method object. A calibrated method first
+    gets `calibration` (the sentences it records activations on) for the weights the plan stores at an
+    integer precision; an uncalibrated one ignores it."""
     state = model.state_dict()
     try:
+        chosen = method if isinstance(method, QuantMethod) else get_method(method)
         decisions = plan_precisions(
             {k: tuple(v.shape) for k, v in state.items()},
             model.quantizable(),
@@ -75,6 +84,14 @@ def quantize_model(
         )
     except ValueError as exc:
         raise BadInput(f"quantize: {exc}") from None
+    integer = [name for name, d in decisions.items() if SPECS[d.precision].integer]
+    if chosen.calibrated and integer:
+        if calibration is None or not calibration.ids:
+            raise BadInput(
+                f"quantize: method {chosen.name!r} is calibrated and needs calibration sentences; "
+                "give them under quantize.calibration (texts: or ids:) in the recipe"
+            )
+        chosen.calibrate(model, calibration, integer)
     weights: dict[str, Stored] = {}
     for name, tensor in state.items():
         array = tensor.to(torch.float32).numpy()
@@ -82,10 +99,12 @@ def quantize_model(
             weights[name] = tensor.numpy()
             continue
         try:
-            weights[name] = quantize(array, decisions[name].precision, method=method, block_size=block_size)
+            weights[name] = quantize(
+                array, decisions[name].precision, method=chosen, block_size=block_size, name=name
+            )
         except ValueError as exc:
             raise BadInput(f"quantize {name}: {exc}") from None
-    return QuantizedModel(precision=precision, method=method, weights=weights, decisions=decisions)
+    return QuantizedModel(precision=precision, method=chosen.name, weights=weights, decisions=decisions)
 
 
 def save_quantized(qm: QuantizedModel, path: Path) -> None:

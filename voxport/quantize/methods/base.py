@@ -1,0 +1,132 @@
+"""The quantization-method protocol and its registry: a method is one registered subclass.
+
+As in gguf-py's ``quants.py`` (one class per quant type, registered by subclassing) a method is added
+by writing ``class Gptq(QuantMethod, name="gptq")``; nothing else changes. Its options are a typed
+pydantic model whose fields carry a type, a default and a description (Olive's pass configs), so the
+recipe validates ``quantize.options`` with the method's own model and the cache keys them.
+
+A *calibrated* method (GPTQ, AWQ) sets ``calibrated = True``; before any weight is quantized it gets
+``calibrate(model, batch, names)``, where ``model.calibration_inputs(batch, names)`` yields what each
+named weight sees while the model speaks the calibration sentences (`WeightInputs`: activations in the
+weight's own 2-D view). Then ``quantize_weight`` is called once per weight that the plan stores at an
+integer precision, and returns its codes and scales.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Collection, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from voxport.quantize.precisions import PrecisionSpec
+from voxport.quantize.tensor import QuantizedTensor
+
+if TYPE_CHECKING:
+    from voxport.families.base import CalibrationSet, FamilyModel
+
+
+class MethodOptions(BaseModel):
+    """Base of every method's options: unknown keys are errors (a typo must not fall back to a
+    default), and the model is frozen so a method cannot change its own cache key mid-build."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NoOptions(MethodOptions):
+    """The options of a method that takes none."""
+
+
+_NAME_RE = re.compile(r"[a-z][a-z0-9_-]*")
+
+#: built-in methods by name -> the module that defines them, imported on first use so that a stage's
+#: import closure (and its cache fingerprint) holds only the methods it runs
+BUILTIN: dict[str, str] = {
+    "rtn": "voxport.quantize.methods.rtn",
+    "mse": "voxport.quantize.methods.mse",
+}
+
+_REGISTRY: dict[str, type[QuantMethod]] = {}
+
+
+class QuantMethod(ABC):
+    """Chooses integer codes and scales for one weight at a time.
+
+    Subclass with a name to register: ``class Rtn(QuantMethod, name="rtn")``. A subclass without a name
+    is an abstract helper and is not registered."""
+
+    name: ClassVar[str]
+    #: typed, described parameters; `NoOptions` when the method takes none
+    Options: ClassVar[type[MethodOptions]] = NoOptions
+    #: True: `calibrate` must run on calibration sentences before `quantize_weight`
+    calibrated: ClassVar[bool] = False
+
+    def __init_subclass__(cls, *, name: str | None = None, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if name is None:
+            return
+        if not _NAME_RE.fullmatch(name):
+            raise TypeError(f"quantization method name {name!r}: use lowercase letters, digits, '_' and '-'")
+        taken = _REGISTRY.get(name)
+        if taken is not None and _qualified(taken) != _qualified(cls):
+            raise TypeError(f"quantization method {name!r} is already registered by {_qualified(taken)}")
+        cls.name = name
+        _REGISTRY[name] = cls
+
+    def __init__(self, options: MethodOptions | Mapping[str, Any] | None = None) -> None:
+        """`options` as the method's `Options` (or a mapping validated into it; pydantic's
+        ValidationError when it does not fit)."""
+        if isinstance(options, self.Options):
+            self.options: MethodOptions = options
+        else:
+            self.options = self.Options.model_validate(dict(options or {}))
+
+    def calibrate(self, model: FamilyModel, batch: CalibrationSet, names: Collection[str]) -> None:  # noqa: B027
+        """Gather what the method needs from the model speaking `batch` (default: nothing).
+
+        `names` are the weights about to be quantized to an integer precision. The same method object
+        may be calibrated again for another precision of the same build, with the same model and batch:
+        a method keeps what it gathered and records only names it has not seen."""
+
+    @abstractmethod
+    def quantize_weight(
+        self, name: str, weight: np.ndarray, spec: PrecisionSpec, block_size: int
+    ) -> QuantizedTensor:
+        """Codes and scales of `weight` (any >= 2-D float array) at integer precision `spec`.
+
+        `block_size` applies to blocked precisions (`spec.blocked`); `Blocks.of(weight, spec,
+        block_size)` cuts the weight as every format expects. ValueError for a weight that cannot be
+        quantized (NaN, empty, scale out of the float16 range)."""
+
+    def describe(self) -> dict[str, Any]:
+        """Name and options for logs and the cache key (options with their defaults filled in)."""
+        return {"method": self.name, "options": self.options.model_dump(mode="json")}
+
+
+def _qualified(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def methods() -> dict[str, type[QuantMethod]]:
+    """Every registered method by name: the built-ins first, then those registered by subclassing."""
+    for module in BUILTIN.values():
+        importlib.import_module(module)
+    return {**{n: _REGISTRY[n] for n in BUILTIN}, **_REGISTRY}
+
+
+def method_class(name: str) -> type[QuantMethod]:
+    """The class registered as `name`, importing only its module when it is a built-in."""
+    if name in BUILTIN:
+        importlib.import_module(BUILTIN[name])
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown quantization method {name!r} (known: {', '.join(methods())})")
+    return _REGISTRY[name]
+
+
+def get_method(name: str, options: MethodOptions | Mapping[str, Any] | None = None) -> QuantMethod:
+    """A ready method object: `name`'s class with `options` validated into its `Options`."""
+    return method_class(name)(options)
