@@ -24,16 +24,9 @@ MANIFEST_NAME = "manifest.json"
 # validate always reports these, None when a metric does not apply (e.g. waveform SNR with unequal lengths)
 REQUIRED_METRICS: tuple[str, ...] = ("snr_db", "logmel_dtw_db", "mcd_db", "duration_match", "length_ratio")
 
-_TOOL_PACKAGES = (
-    "torch",
-    "onnx",
-    "onnxruntime",
-    "transformers",
-    "numpy",
-    "coremltools",
-    "gguf",
-    "piper-tts",
-)
+#: what shapes every artifact's bytes, whatever the format or family; each format adapter and each
+#: family adds its own (`tool_packages`)
+CORE_TOOL_PACKAGES = ("torch", "transformers", "numpy")
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
 
 
@@ -207,10 +200,26 @@ def verify_files(out_dir: str | os.PathLike[str], manifest: Manifest) -> list[st
     return problems
 
 
+def tool_packages() -> tuple[str, ...]:
+    """The core packages, then each registered format's and each registered family's, once each."""
+    from voxport.export.registry import formats
+    from voxport.families.base import families
+
+    packages = [*CORE_TOOL_PACKAGES]
+    for adapter in formats().values():
+        packages += adapter.tool_packages
+    for family in families().values():
+        # `Family.tool_packages` comes with the families registry (WP-B); a family without it adds none
+        packages += getattr(family, "tool_packages", ())
+    # TODO(WP-B): drop this once VitsFamily declares tool_packages = ("piper-tts",) (same output then)
+    packages.append("piper-tts")
+    return tuple(dict.fromkeys(packages))
+
+
 def tool_versions() -> dict[str, str]:
     """Versions of everything that shapes the artifacts' bytes; packages not installed are left out."""
     versions = {"python": platform.python_version()}
-    for package in _TOOL_PACKAGES:
+    for package in tool_packages():
         try:
             versions[package] = importlib.metadata.version(package)
         except importlib.metadata.PackageNotFoundError:
