@@ -17,6 +17,8 @@ if TYPE_CHECKING:
 
 
 def export_mlpackages(ctx: ExportContext[CoremlExportConfig], format_name: str) -> ExportEntry:
+    """Write one precision's packages under `ctx.out/coreml/`. Kept apart from the adapter so that
+    loading the format registry never imports coremltools (this module does, through its imports)."""
     model, qm, c, out = ctx.model, ctx.qm, ctx.options, ctx.out
     palette = c.palettize.get(qm.precision)  # type: ignore[call-overload]
     state = model.state_dict()
