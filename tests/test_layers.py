@@ -1,6 +1,6 @@
 """voxport's layer order, checked on the source: each layer imports only the layers before it.
 
-    core (errors, io, progress, pieces, lock) → runtime → families → quantize → export → validate
+    core (errors, io, progress, pieces, lock, config) → runtime → families → quantize → export → validate
         → pipeline (recipe, cache, manifest, plan, pipeline) → cli/api (cli, say, inspect, verify)
 
 Every `import` counts, including the ones inside functions (a lazy import is still a dependency); only
@@ -26,7 +26,15 @@ PACKAGE = "voxport"
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     (
         "core",
-        ("voxport", "voxport.errors", "voxport.io", "voxport.progress", "voxport.pieces", "voxport.lock"),
+        (
+            "voxport",
+            "voxport.errors",
+            "voxport.io",
+            "voxport.progress",
+            "voxport.pieces",
+            "voxport.lock",
+            "voxport.config",
+        ),
     ),
     ("runtime", ("voxport.runtime",)),
     ("families", ("voxport.families",)),
@@ -49,10 +57,6 @@ KNOWN_BACK_EDGES: dict[tuple[str, str], str] = {
     ),
     ("voxport.families.pocket_tts.sherpa", "voxport.export.onnx.trace"): "as above; WP-A",
     ("voxport.families.pocket_tts.sherpa", "voxport.export.onnx.weights"): "as above; WP-A",
-    # export → pipeline
-    ("voxport.export.formats", "voxport.recipe"): (
-        "adapters read the Recipe; WP-A: format registry with per-adapter Options"
-    ),
     # validate → pipeline
     ("voxport.validate.parity", "voxport.recipe"): (
         "Threshold, METRIC_DIRECTIONS; WP-D: validate/thresholds.py"

@@ -22,12 +22,8 @@ FAMILY_WORDS = re.compile(r"vits|pocket|piper|sherpa|kyutai|hidden_snr|latent_sn
 
 #: file (relative to voxport/) -> how many family-naming tokens it may still hold
 KNOWN_FAMILY_NAMES: dict[str, int] = {
-    "cli.py": 26,  # demo/import branches, metric columns: Family.demo / Family.importers / MetricSpec
     "export/gguf/general.py": 6,  # Piper JSON read for general.* keys: a family metadata hook
-    "manifest.py": 1,  # "piper-tts" tool version: Family.tool_packages
-    "pieces.py": 2,  # per-family piece sizes: FamilyModel hooks
     "recipe.py": 2,  # Pocket TTS step metrics: Family.metrics
-    "say.py": 19,  # text pieces and frontends per family: FamilyModel hooks
 }
 
 

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from voxport.cli import app
 from voxport.manifest import read_manifest
-from voxport.verify import LOADERS, verify_dir
+from voxport.verify import verify_dir
 
 runner = CliRunner()
 RECIPES = Path(__file__).parents[1] / "recipes"
@@ -164,11 +164,6 @@ def test_no_or_invalid_manifest_exits_2(build_copy: Path, tmp_path: Path) -> Non
     (build_copy / "manifest.json").write_text("{not json")
     result = runner.invoke(app, ["verify", str(build_copy)])
     assert result.exit_code == 2 and "corrupt" in result.stderr
-
-
-def test_loaders_are_a_registry_including_coreml() -> None:
-    assert set(LOADERS) >= {"onnx", "gguf", "coreml"}
-    assert LOADERS["coreml"].suffix == ".mlpackage"
 
 
 # --- workflows ------------------------------------------------------------------------------------------

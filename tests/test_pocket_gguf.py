@@ -401,10 +401,10 @@ def test_without_bos_before_voice_the_table_has_one_extra_row_less(tmp_path: Pat
     written = write_layout(
         model, quantize_model(model, "int4"), model.gguf_layout(), tmp_path, stem="nb", name="nb"
     )
-    meta, tensors, _ = read_file(written["paths"]["gguf"])
+    meta, tensors, _ = read_file(written.paths["gguf"])
     assert tensors["token_embd.weight"].shape == (4002, model.cfg.d_model)
     assert meta["tokenizer.ggml.tokens"][-2:] == ["<|pad|>", "<|audio_bos|>"]
-    _, restored = read_layout(model, model.gguf_layout(), written["paths"])
+    _, restored = read_layout(model, model.gguf_layout(), written.paths)
     state = model.state_dict()
     assert "flow_lm.bos_before_voice" not in state
     assert np.array_equal(

@@ -273,7 +273,7 @@ BAD_CASES = [
         formats: [onnx, tflite]
         """,
         3,
-        "formats[1]: 'tflite' is not one of onnx, coreml, gguf",
+        "formats[1]: 'tflite' is not one of onnx, gguf, coreml",
         id="bad-format",
     ),
     pytest.param(

@@ -333,7 +333,7 @@ def _pocket_pair(raw: dict, tmp_path: Path) -> dict:
     written = write_layout(
         model, quantize_model(model, "int8"), model.gguf_layout(), tmp_path, stem="p.int8", name="p"
     )
-    return {role: _gguf_fields(path) for role, path in written["paths"].items()} | {"model": model}
+    return {role: _gguf_fields(path) for role, path in written.paths.items()} | {"model": model}
 
 
 def test_pocket_pair_names_its_release_and_the_tokenizer_special_ids(tmp_path):

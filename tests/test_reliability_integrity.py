@@ -26,11 +26,12 @@ from voxport import pipeline
 from voxport.cache import EntryDamaged, StageCache, entry_checksum, stage_key
 from voxport.cli import app
 from voxport.errors import BadInput, VoxportError
+from voxport.export.registry import get_format
 from voxport.io import sha256_path
 from voxport.lock import LOCK_NAME
 from voxport.manifest import read_manifest
 from voxport.recipe import Recipe
-from voxport.verify import LOADERS, check_file, verify_dir
+from voxport.verify import check_file, verify_dir
 
 runner = CliRunner()
 VOXPORT = Path(sys.executable).parent / "voxport"
@@ -157,7 +158,7 @@ def test_a_changed_artifact_in_the_build_dir_is_restored_or_refused(
     assert verify_dir(work).ok
 
     with pipeline.Build(make_recipe(tiny_vits_dir), work) as run:
-        entry = next(e for e in run.export() if e["format"] == "gguf" and e["precision"] == "int8")
+        entry = next(e for e in run.export() if e.format == "gguf" and e.precision == "int8")
         flip(work / "gguf/tv.int8.gguf")  # e.g. another process writing into OUT
         with pytest.raises(VoxportError, match=r"gguf/tv\.int8\.gguf changed during the build"):
             run.measure(entry)
@@ -300,7 +301,7 @@ def test_coreml_loads_column_checks_the_weight_file(mlpackage: Path, tmp_path: P
     """`verify`'s loads column called an .mlpackage without weights/weight.bin fine."""
     out = tmp_path / "out"
     package = Path(shutil.copytree(mlpackage, out / "coreml/m.mlpackage"))
-    LOADERS["coreml"].load(package)  # intact: loads
+    get_format("coreml").verify_load(package)  # intact: loads
     weights = package / "Data/com.apple.CoreML/weights/weight.bin"
     if damage == "missing":
         weights.unlink()

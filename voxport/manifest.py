@@ -24,15 +24,9 @@ MANIFEST_NAME = "manifest.json"
 # validate always reports these, None when a metric does not apply (e.g. waveform SNR with unequal lengths)
 REQUIRED_METRICS: tuple[str, ...] = ("snr_db", "logmel_dtw_db", "mcd_db", "duration_match", "length_ratio")
 
-_TOOL_PACKAGES = (
-    "torch",
-    "onnx",
-    "onnxruntime",
-    "transformers",
-    "numpy",
-    "coremltools",
-    "gguf",
-)
+#: what shapes every artifact's bytes, whatever the format or family; each format adapter and each
+#: family adds its own (`tool_packages`)
+CORE_TOOL_PACKAGES = ("torch", "transformers", "numpy")
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
 
 
@@ -206,13 +200,23 @@ def verify_files(out_dir: str | os.PathLike[str], manifest: Manifest) -> list[st
     return problems
 
 
+def tool_packages() -> tuple[str, ...]:
+    """The core packages, then each registered format's and each registered family's, once each."""
+    from voxport.export.registry import formats
+    from voxport.families.registry import families
+
+    packages = [*CORE_TOOL_PACKAGES]
+    for adapter in formats().values():
+        packages += adapter.tool_packages
+    for family in families().values():
+        packages += family.tool_packages
+    return tuple(dict.fromkeys(packages))
+
+
 def tool_versions() -> dict[str, str]:
     """Versions of everything that shapes the artifacts' bytes; packages not installed are left out."""
-    from voxport.families.registry import families  # the runtimes each family's artifacts target
-
-    extra = [p for family in families().values() for p in family.tool_packages]
     versions = {"python": platform.python_version()}
-    for package in dict.fromkeys((*_TOOL_PACKAGES, *extra)):
+    for package in tool_packages():
         try:
             versions[package] = importlib.metadata.version(package)
         except importlib.metadata.PackageNotFoundError:

@@ -48,7 +48,7 @@ from voxport.cache import (
     stage_key,
 )
 from voxport.errors import BadInput, VoxportError
-from voxport.export.formats import FORMATS, Format, get_format
+from voxport.export.registry import ExportContext, ExportEntry, FormatAdapter, formats, get_format
 from voxport.families.base import CalibrationSet, FamilyModel, SynthesisSettings
 from voxport.families.registry import detect_family, families, family_of, load_model
 from voxport.io import atomic_write_json, ensure_writable_dir, sweep_temporaries, write_wav
@@ -68,15 +68,20 @@ from voxport.quantize.stage import load_quantized, quantize_model, save_quantize
 from voxport.recipe import PhrasesConfig, Recipe
 from voxport.validate.parity import Reference, aggregate, check, measure_sentence
 
-#: formats this version can produce; a recipe asking for another fails before any work is done
-SUPPORTED_FORMATS = tuple(FORMATS)
 MARKER = "voxport.json"
 #: what a finished build leaves at the top of OUT; removed when a build starts, written at its end
 FINISHED = ("manifest.json", "report.json", "report.html")
-#: folders of OUT whose voxport-written files a later build removes when it no longer produces them
-ARTIFACT_DIRS = (*FORMATS, "phrases")
 REPORT_AUDIO = "report/audio"
-_OWNED_PREFIXES = tuple(f"{folder}/" for folder in (*ARTIFACT_DIRS, REPORT_AUDIO))
+
+
+def artifact_dirs() -> tuple[str, ...]:
+    """Folders of OUT whose voxport-written files a later build removes when it no longer produces
+    them: each registered format's (a format writes under its own name) and the phrases'."""
+    return (*formats(), "phrases")
+
+
+def _owned_prefixes() -> tuple[str, ...]:
+    return tuple(f"{folder}/" for folder in (*artifact_dirs(), REPORT_AUDIO))
 
 
 class Layout:
@@ -113,11 +118,14 @@ class Layout:
 
 
 def check_supported(recipe: Recipe) -> None:
-    unsupported = [f for f in recipe.formats if f not in SUPPORTED_FORMATS]
+    """A recipe asking for a format no adapter is registered for fails before any work is done (a
+    recipe validated while a since-removed format was registered, or built with `model_construct`)."""
+    known = formats()
+    unsupported = [f for f in recipe.formats if f not in known]
     if unsupported:
         raise BadInput(
             f"format {', '.join(unsupported)} cannot be produced by voxport {__version__} yet "
-            f"(supported: {', '.join(SUPPORTED_FORMATS)}); remove it from formats:"
+            f"(supported: {', '.join(known)}); remove it from formats:"
         )
 
 
@@ -172,7 +180,7 @@ class Build:
             )
         self.digests = Digests()
         self.cache = StageCache(default_cache_dir(self.out, cache_dir), self.digests)
-        self.formats: dict[str, Format] = {name: get_format(name) for name in recipe.formats}
+        self.formats: dict[str, FormatAdapter[Any, Any]] = {name: get_format(name) for name in recipe.formats}
         self.owned = _read_owned(self.layout)
         # manifest.json present means "this directory holds a finished, validated build"; whatever this
         # run changes, that stops being true until validate writes a new one. The report goes with it: a
@@ -242,7 +250,7 @@ class Build:
             "format": fmt,
             "precision": precision,
             "name": self.recipe.name,
-            "options": self.formats[fmt].options(self.recipe, precision),
+            "options": self.formats[fmt].cache_options(self.recipe.export_options(fmt), precision),
         }
         return stage_key("export", config, [self.key_convert, self.key_quantize(precision)])
 
@@ -259,14 +267,14 @@ class Build:
         config = {"measure": self._measure_config(), "family": self.recipe.family}
         return stage_key("reference", config, [self.source_hash])
 
-    def key_validate(self, entry: dict[str, Any]) -> str:
+    def key_validate(self, entry: ExportEntry) -> str:
         """Bound to the sha256 of every file of the artifact measured: a cached result can never
         certify other bytes, whatever happened to the export entry in between."""
-        fmt, precision = entry["format"], entry["precision"]
         # the platform picks the runtime for some formats (Core ML predict on macOS, else the interpreter)
         config = {"measure": self._measure_config(), "platform": sys.platform}
-        hashes = [f"{rel}={sha}" for rel, sha in sorted(_recorded(entry).items())]
-        return stage_key("validate", config, [self.key_export(fmt, precision), self.key_reference, *hashes])
+        hashes = [f"{rel}={sha}" for rel, sha in sorted(entry.sha256.items())]
+        inputs = [self.key_export(entry.format, entry.precision), self.key_reference, *hashes]
+        return stage_key("validate", config, inputs)
 
     @cached_property
     def key_phrases(self) -> str:
@@ -314,7 +322,7 @@ class Build:
         known, so the next build can remove them if it does not produce them again)."""
         files = list(files)
         self.produced.update(files)
-        mine = {rel for rel in files if rel.startswith(_OWNED_PREFIXES)}
+        mine = {rel for rel in files if rel.startswith(_owned_prefixes())}
         if not mine <= self.owned:
             self.owned.update(mine)
             _write_owned(self.layout, self.owned)
@@ -340,11 +348,11 @@ class Build:
             self.owned.difference_update(stale)
             _write_owned(self.layout, self.owned)
 
-    def _check_unchanged(self, entry: dict[str, Any]) -> dict[str, FileDigest]:
+    def _check_unchanged(self, entry: ExportEntry) -> dict[str, FileDigest]:
         """The artifact's files as its export recorded them, or VoxportError: bytes that differ from the
         exported ones (changed under a running build) must never be measured or certified."""
         digests = {}
-        for rel, sha in _recorded(entry).items():
+        for rel, sha in entry.sha256.items():
             try:
                 digest = self.digests.of(self.out / rel)
             except OSError:
@@ -425,48 +433,42 @@ class Build:
         )
         return [self.layout.quantized(precision).relative_to(self.out).as_posix()], None
 
-    def export(self) -> list[dict[str, Any]]:
+    def export(self) -> list[ExportEntry]:
         self.convert()
         self.quantize()
         index = []
         units = [(p, f) for p in self.recipe.precisions for f in self.recipe.formats]
         with self.progress.task("export", total=len(units)) as advance:
             for precision, fmt in units:
-                entry = self._unit(
+                record = self._unit(
                     "export",
                     f"export {fmt} {precision}",
                     self.key_export(fmt, precision),
                     lambda p=precision, f=fmt: self._run_export(f, p),
                 )
-                index.append(entry)
+                index.append(ExportEntry.from_json(record))
                 advance(1)
-        self._remove_stale(FORMATS)
-        atomic_write_json(self.layout.export_index, index)
+        self._remove_stale(formats())
+        atomic_write_json(self.layout.export_index, [entry.to_json() for entry in index])
         return index
 
     def _run_export(self, fmt: str, precision: str) -> tuple[list[str], Any]:
         adapter = self.formats[fmt]
+        options = self.recipe.export_options(fmt)
         if fmt not in self._prepared:
-            self._prepared[fmt] = adapter.prepare(self.recipe, self.model)
+            self._prepared[fmt] = adapter.prepare(self.model, options)
         started = time.perf_counter()
         qm = load_quantized(self.layout.quantized(precision))
-        entry = adapter.export(self.recipe, self.model, qm, self.out, self._prepared[fmt])
-        files = [*entry["files"].values(), *entry.get("sidecars", {}).values()]
-        size = sum(self.digests.of(self.out / rel).bytes for rel in entry["files"].values())
-        files = list(dict.fromkeys(files))
-        entry = {
-            "format": fmt,
-            "precision": precision,
-            **entry,
-            "export_seconds": time.perf_counter() - started,
-            # what validate measures and the manifest certifies; hashed once (the cache reuses it)
-            "sha256": {rel: self.digests.of(self.out / rel).sha256 for rel in files},
-        }
-        count = len(entry["files"])
-        self.progress.log(
-            f"export: {fmt} {precision} → {entry['path']} ({size / 1e6:.2f} MB in {count} files)"
-        )
-        return files, entry
+        ctx = ExportContext(name=self.recipe.name, model=self.model, qm=qm, out=self.out, options=options)
+        entry = adapter.export(ctx, self._prepared[fmt])
+        files = list(dict.fromkeys([*entry.files.values(), *(entry.sidecars or {}).values()]))
+        size = sum(self.digests.of(self.out / rel).bytes for rel in entry.files.values())
+        entry.export_seconds = time.perf_counter() - started
+        # what validate measures and the manifest certifies; hashed once (the cache reuses it)
+        entry.sha256 = {rel: self.digests.of(self.out / rel).sha256 for rel in files}
+        count = len(entry.files)
+        self.progress.log(f"export: {fmt} {precision} → {entry.path} ({size / 1e6:.2f} MB in {count} files)")
+        return files, entry.to_json()
 
     # --- reference, validate, phrases --------------------------------------------------------------
     @cached_property
@@ -493,9 +495,9 @@ class Build:
                 advance(1)
         return files, listing
 
-    def measure(self, entry: dict[str, Any]) -> dict[str, Any]:
+    def measure(self, entry: ExportEntry) -> dict[str, Any]:
         """Parity figures of one artifact, for exactly the bytes its export recorded."""
-        fmt, precision = entry["format"], entry["precision"]
+        fmt, precision = entry.format, entry.precision
         self._check_unchanged(entry)
         result: dict[str, Any] = self._unit(
             "validate",
@@ -503,15 +505,15 @@ class Build:
             self.key_validate(entry),
             lambda: self._run_measure(entry),
         )
-        if result.get("artifact_sha256") != _recorded(entry):  # the key binds them; a record can rot
+        if result.get("artifact_sha256") != entry.sha256:  # the key binds them; a record can rot
             raise VoxportError(
-                f"the validation of {entry['path']} was measured on other bytes than the artifact's; "
+                f"the validation of {entry.path} was measured on other bytes than the artifact's; "
                 "build again with --force"
             )
         return result
 
-    def _run_measure(self, entry: dict[str, Any]) -> tuple[list[str], Any]:
-        fmt, precision = entry["format"], entry["precision"]
+    def _run_measure(self, entry: ExportEntry) -> tuple[list[str], Any]:
+        fmt, precision = entry.format, entry.precision
         started = time.perf_counter()
         runner = self.formats[fmt].runner(self.model, entry, self.out)
         sentences, files = [], []
@@ -536,7 +538,7 @@ class Build:
             "sentences": sentences,
             "runner": runner.name,
             "validate_seconds": time.perf_counter() - started,
-            "artifact_sha256": _recorded(entry),
+            "artifact_sha256": dict(entry.sha256),
         }
         return files, result
 
@@ -593,10 +595,10 @@ class Build:
             measured = self.measure(entry)
             sentences = measured["sentences"]
             metrics = aggregate([s["metrics"] for s in sentences])
-            thresholds = self.recipe.validation.thresholds_for(entry["precision"])
+            thresholds = self.recipe.validation.thresholds_for(entry.precision)
             failures = check(metrics, thresholds)
             verdict = "pass" if not failures else "FAIL: " + "; ".join(failures)
-            self.progress.log(f"validate: {entry['format']} {entry['precision']}: {verdict}")
+            self.progress.log(f"validate: {entry.format} {entry.precision}: {verdict}")
             artifact = _artifact(
                 entry,
                 self._check_unchanged(entry),  # the bytes on disk now, against what was measured
@@ -605,12 +607,12 @@ class Build:
             artifacts.append(artifact)
             report.append(
                 {
-                    "format": entry["format"],
-                    "precision": entry["precision"],
-                    "path": entry["path"],
-                    "bytes": sum(f.bytes for f in artifact.files if f.graph in entry["files"]),
-                    "bits_per_weight": entry["bits_per_weight"],
-                    "export_seconds": entry.get("export_seconds"),
+                    "format": entry.format,
+                    "precision": entry.precision,
+                    "path": entry.path,
+                    "bytes": sum(f.bytes for f in artifact.files if f.graph in entry.files),
+                    "bits_per_weight": entry.bits_per_weight,
+                    "export_seconds": entry.export_seconds,
                     "validate_seconds": measured["validate_seconds"],
                     "runner": measured.get("runner"),
                     "passed": not failures,
@@ -705,25 +707,20 @@ def _paths_as_given(section: PhrasesConfig, settings: SynthesisSettings) -> dict
     return {k: given[k] for k in type(settings).path_fields() if given.get(k) is not None}
 
 
-def _recorded(entry: dict[str, Any]) -> dict[str, str]:
-    """sha256 per file of an export-index entry, as export recorded them."""
-    return dict(entry["sha256"])
-
-
-def _artifact(entry: dict[str, Any], digests: dict[str, FileDigest], parity: Parity) -> Artifact:
+def _artifact(entry: ExportEntry, digests: dict[str, FileDigest], parity: Parity) -> Artifact:
     """The manifest's record of one artifact, from the digests `_check_unchanged` just confirmed."""
-    primary = digests[entry["path"]]
+    primary = digests[entry.path]
     return Artifact(
-        format=entry["format"],
-        precision=entry["precision"],
-        path=entry["path"],
+        format=entry.format,
+        precision=entry.precision,
+        path=entry.path,
         sha256=primary.sha256,
         bytes=primary.bytes,
-        bits_per_weight=round(entry["bits_per_weight"], 4),
-        skipped_weights=entry["skipped_weights"],
+        bits_per_weight=round(entry.bits_per_weight, 4),
+        skipped_weights=entry.skipped_weights,
         files=[
             ArtifactFile(graph=graph, path=rel, sha256=digests[rel].sha256, bytes=digests[rel].bytes)
-            for graph, rel in {**entry["files"], **entry.get("sidecars", {})}.items()
+            for graph, rel in entry.all_files.items()
         ],
         parity=parity,
     )
@@ -766,7 +763,7 @@ def _inside(rel: str) -> bool:
     """A ledger entry voxport may delete: relative, no `..`, under one of the folders it writes (a
     hand-edited ledger or manifest must not make a build delete anything else)."""
     path = Path(rel)
-    return not path.is_absolute() and ".." not in path.parts and rel.startswith(_OWNED_PREFIXES)
+    return not path.is_absolute() and ".." not in path.parts and rel.startswith(_owned_prefixes())
 
 
 def _write_owned(layout: Layout, owned: set[str]) -> None:
@@ -831,8 +828,9 @@ def export(
     force: bool = False,
     cache_dir: Path | None = None,
 ) -> list[dict[str, Any]]:
+    """The export index as JSON (what `voxport export --json` prints)."""
     with Build(recipe, out, progress, force=force, cache_dir=cache_dir) as build_:
-        return build_.export()
+        return [entry.to_json() for entry in build_.export()]
 
 
 def validate(

@@ -22,27 +22,28 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    GetJsonSchemaHandler,
     PrivateAttr,
     Strict,
     TypeAdapter,
     ValidationError,
     ValidationInfo,
     WithJsonSchema,
+    create_model,
     field_validator,
     model_validator,
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from voxport.config import Bool, ConfigModel, Float, Int, NonEmptyStr, NonNegInt
 from voxport.errors import BadInput
+from voxport.export.registry import formats, get_format
 from voxport.quantize.methods import method_class, methods
 from voxport.quantize.precisions import Precision, rank
 
 if TYPE_CHECKING:  # the families load torch: imported where a recipe names synthesis settings
     from voxport.families.base import Family, SynthesisSettings
 
-FORMATS: tuple[str, ...] = ("onnx", "coreml", "gguf")
-
-Format = Literal["onnx", "coreml", "gguf"]
 Direction = Literal["min", "max", "band"]
 
 # Which way each parity metric is good. A bare number in `validate.thresholds` takes this direction;
@@ -71,25 +72,12 @@ METRIC_RANGES: dict[str, tuple[float, float]] = {
     "length_ratio": (0.0, math.inf),
 }
 
-# YAML gives real ints, floats and bools, so strict types only reject mistakes: lax pydantic would
-# quietly read `true` as 1 or a block size of `32.5` as an error only after truncation surprises.
-Int = Annotated[int, Strict()]
-NonNegInt = Annotated[int, Strict(), Field(ge=0)]
-Float = Annotated[float, Strict(), Field(allow_inf_nan=False)]
-Bool = Annotated[bool, Strict()]
-
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _IDENT_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def _fmt_num(x: float) -> str:
     return f"{x:g}"
-
-
-def _non_empty(value: str) -> str:
-    if not value.strip():
-        raise ValueError("must not be empty")
-    return value
 
 
 def _check_name(value: str) -> str:
@@ -127,31 +115,11 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-NonEmptyStr = Annotated[str, AfterValidator(_non_empty)]
 MetricName = Annotated[str, AfterValidator(_known_metric)]
 
 
-class _Base(BaseModel):
-    """Unknown keys are errors (a typo must not silently fall back to a default)."""
-
-    model_config = ConfigDict(extra="forbid", validate_by_name=True, validate_by_alias=True)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _empty_section_means_defaults(cls, data: Any) -> Any:
-        """`quantize:` with everything commented out is YAML null; read it as "use the defaults"."""
-        if not isinstance(data, dict):
-            return data
-        drop = []
-        for name, field in cls.model_fields.items():
-            key = field.alias or name
-            if key in data and data[key] is None and not field.is_required() and not _allows_none(field):
-                drop.append(key)
-        return {k: v for k, v in data.items() if k not in drop} if drop else data
-
-
-def _allows_none(field: Any) -> bool:
-    return type(None) in typing.get_args(field.annotation) or field.annotation is type(None)
+#: every section's base (unknown keys are errors, an empty section means its defaults): voxport/config.py
+_Base = ConfigModel
 
 
 class Threshold(_Base):
@@ -508,61 +476,28 @@ class PruneSpec(_Base):
         return self
 
 
-class OnnxExportConfig(_Base):
-    opset: Annotated[Int, Field(ge=17, le=23)] = 21
-    #: also write the family's graphs in other ONNX runtimes' layouts beside the artifact (Pocket TTS:
-    #: sherpa-onnx's five-file layout, a second copy of the weights); false writes only voxport's graphs
-    runtime_layouts: Bool = True
+def _known_format(name: str) -> str:
+    known = formats()
+    if name not in known:
+        raise ValueError(f"{name!r} is not one of {', '.join(known)}")
+    return name
 
 
-GgmlType = Literal["F32", "F16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K"]
+class _FormatNames:
+    """The JSON schema of a `formats:` item: the registered formats, read when the schema is made."""
+
+    def __get_pydantic_json_schema__(self, core: Any, handler: GetJsonSchemaHandler) -> dict[str, Any]:
+        return {"type": "string", "enum": list(formats())}
 
 
-class GgufExportConfig(_Base):
-    """GGUF options. By default each precision maps to its natural type (fp32→F32, fp16→F16,
-    int8→Q8_0, int4→Q4_0 exactly); `types` gives one precision's artifact a llama.cpp-style mix
-    (weight-name glob → GGML type, the last matching glob wins), e.g. {"*": Q4_K, "decoder.*": Q6_K}."""
+FormatName = Annotated[str, AfterValidator(_known_format), _FormatNames()]
 
-    types: dict[Precision, dict[NonEmptyStr, GgmlType]] = Field(default_factory=dict)
-    #: type for rows that do not fit a quantized type's block (e.g. 24 columns for blocks of 32)
-    fallback: Literal["F16", "F32"] = "F16"
-
-
-CoremlTarget = Literal["iOS17", "iOS18", "macOS14", "macOS15", "watchOS10", "watchOS11"]
-
-
-class PalettizeConfig(_Base):
-    """Lookup-table weights (k-means palettes) instead of linear codes: a different encoding, so these
-    weights are not bit-identical to the ONNX/GGUF ones; parity measures what they cost."""
-
-    nbits: Literal[4, 8] = 4
-
-
-class CoremlExportConfig(_Base):
-    """Core ML options. Blockwise int4 (`constexpr_blockwise_shift_scale`) needs iOS18 / macOS15 /
-    watchOS11; `compute_precision` is what the Neural Engine computes in (fp16 is its native type)."""
-
-    target: CoremlTarget = "iOS18"
-    compute_precision: Literal["fp16", "fp32"] = "fp16"
-    #: graph name -> compute precision for that graph only (e.g. {encoder: fp32}: fp16 activations in a
-    #: text encoder can flip rounded durations, while the vocoder is where fp16 saves the time)
-    graph_compute_precision: dict[NonEmptyStr, Literal["fp16", "fp32"]] = Field(default_factory=dict)
-    #: precision -> palettize weights of that artifact instead of using its linear int codes
-    palettize: dict[Precision, PalettizeConfig] = Field(default_factory=dict)
-    #: the largest token count (and, for graphs with a frame axis, frame count) a model accepts
-    max_tokens: Annotated[Int, Field(ge=8, le=4096)] = 512
-    max_frames: Annotated[Int, Field(ge=64, le=65536)] = 8192
-    #: positions of the fixed KV cache that autoregressive backbones get instead of a growing one
-    #: (Core ML needs bounded shapes; pocket_tts: voice prompt + text + generated frames must fit,
-    #: e.g. 30 s of voice = 376 positions + 50 tokens + 234 frames ≈ 660). Memory per layer is
-    #: 2 · kv_heads · kv_capacity · head_dim floats, passed in and out at every step.
-    kv_capacity: Annotated[Int, Field(ge=16, le=65536)] = 512
-
-
-class ExportConfig(_Base):
-    onnx: OnnxExportConfig = Field(default_factory=OnnxExportConfig)
-    gguf: GgufExportConfig = Field(default_factory=GgufExportConfig)
-    coreml: CoremlExportConfig = Field(default_factory=CoremlExportConfig)
+#: the `export:` section: one key per registered format, holding that format's own options model
+ExportConfig = create_model(
+    "ExportConfig",
+    __base__=_Base,
+    **{name: (a.Options, Field(default_factory=a.Options)) for name, a in formats().items()},
+)
 
 
 class PhrasesConfig(SettingsSection):
@@ -589,7 +524,7 @@ class Recipe(_Base):
     model: Path
     family: NonEmptyStr | None = None
     trust_pickle: Bool = False
-    formats: Annotated[list[Format], Field(min_length=1), AfterValidator(_no_duplicates)] = Field(
+    formats: Annotated[list[FormatName], Field(min_length=1), AfterValidator(_no_duplicates)] = Field(
         default_factory=lambda: ["onnx"]
     )
     precisions: Annotated[list[Precision], Field(min_length=1), AfterValidator(_no_duplicates)] = Field(
@@ -597,7 +532,7 @@ class Recipe(_Base):
     )
     quantize: QuantizeConfig = Field(default_factory=QuantizeConfig)
     prune: list[PruneSpec] = Field(default_factory=list)
-    export: ExportConfig = Field(default_factory=ExportConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)  # type: ignore[valid-type]
     validation: ValidateConfig | None = Field(default=None, alias="validate")
     phrases: PhrasesConfig | None = None
     #: the recipe file this one builds on (resolved by `load_recipe`; kept for the record)
@@ -640,15 +575,13 @@ class Recipe(_Base):
         return specs
 
     @model_validator(mode="after")
-    def _coreml_target_holds_int4(self) -> "Recipe":
-        """Blockwise int4 exists from iOS 18 / macOS 15 / watchOS 11: say so before hours of work."""
-        c = self.export.coreml
-        blockwise_int4 = "coreml" in self.formats and "int4" in self.precisions and "int4" not in c.palettize
-        if blockwise_int4 and c.target in ("iOS17", "macOS14", "watchOS10"):
-            raise ValueError(
-                f"export.coreml.target {c.target} cannot hold int4 blockwise weights: "
-                "int4 blockwise needs iOS18/macOS15/watchOS11 (or palettize: {int4: {nbits: 4}})"
-            )
+    def _formats_hold_precisions(self) -> "Recipe":
+        """Each format's own check of its options against the precisions (e.g. a Core ML target
+        without int4 blockwise weights): said when the recipe is read, before hours of work."""
+        for name in self.formats:
+            problem = get_format(name).check(self.export_options(name), self.precisions)
+            if problem is not None:
+                raise ValueError(problem)
         return self
 
     @model_validator(mode="after")
@@ -705,6 +638,12 @@ class Recipe(_Base):
             return self._layers
         label, line = _locate(self._layers, loc)
         return f"{label}:{line}"
+
+    def export_options(self, name: str) -> ConfigModel:
+        """Format `name`'s options: the recipe's `export.<name>:` section, or the format's defaults
+        for a format registered after this module built the section."""
+        options = getattr(self.export, name, None)
+        return options if isinstance(options, ConfigModel) else get_format(name).Options()
 
     @model_validator(mode="wrap")
     @classmethod

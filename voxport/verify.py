@@ -11,21 +11,21 @@ file at all certifies nothing and is refused (exit 2), and a file in an artifact
 coreml/, phrases/) that the manifest does not list is a problem: it is either a leftover of another
 build or something added after validation, and a folder shipped whole would ship it unverified.
 
-Loaders are keyed by the manifest's `format` in `LOADERS`; a format without a loader (or a sidecar such
-as `tokens.txt`, whose suffix is not the format's) is hashed but not loaded.
+The load is the format adapter's `verify_load` (export/registry.py), tried on the files whose name ends
+in the format's suffix; a sidecar such as `tokens.txt`, or a format no adapter is registered for, is
+hashed but not loaded.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import struct
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from voxport.errors import BadInput
+from voxport.export.registry import formats
 from voxport.io import path_size, sha256_path
 from voxport.manifest import MANIFEST_NAME, Manifest, read_manifest
 from voxport.progress import NullProgress, Progress
@@ -39,88 +39,6 @@ class Loader:
     load: Callable[[Path], None]
 
 
-def _load_onnx(path: Path) -> None:
-    from voxport.runtime.ort import ort_session
-
-    ort_session(path)
-
-
-def _load_gguf(path: Path) -> None:
-    from voxport.export.gguf.reader import read_gguf
-
-    read_gguf(path)
-
-
-def _load_coreml(path: Path) -> None:
-    """Parse the package and check the weight blobs its program references.
-
-    skip_model_load parses without compiling (which only macOS can do), so it also skips reading the
-    weights: a package missing `weights/weight.bin` parsed fine. Every blob a const op points at must
-    be in a present, readable weight file, start with the blob sentinel and end inside the file."""
-    import coremltools as ct
-
-    model = ct.models.MLModel(str(path), skip_model_load=True)
-    model_dir = _coreml_model_dir(path)
-    refs: dict[str, list[int]] = {}
-    for name, offset in _blob_refs(model.get_spec()):
-        refs.setdefault(name, []).append(offset)
-    for name, offsets in sorted(refs.items()):
-        weights = model_dir / name.removeprefix("@model_path/")
-        try:
-            with open(weights, "rb") as fh:  # one handle, one 24-byte read per blob: never the whole file
-                size = os.fstat(fh.fileno()).st_size
-                records = {offset: os.pread(fh.fileno(), _BLOB_METADATA.size, offset) for offset in offsets}
-        except OSError as exc:
-            rel = weights.relative_to(path).as_posix() if path in weights.parents else name
-            raise OSError(f"weight file {rel} is not readable: {exc.strerror or exc}") from None
-        for offset, record in sorted(records.items()):
-            _check_blob(record, size, offset, name)
-
-
-def _coreml_model_dir(package: Path) -> Path:
-    """Where `@model_path` points: the folder of the package's root model item (Manifest.json)."""
-    manifest = json.loads((package / "Manifest.json").read_text(encoding="utf-8"))
-    item = manifest["itemInfoEntries"][manifest["rootModelIdentifier"]]
-    return (package / "Data" / str(item["path"])).parent
-
-
-def _blob_refs(message: Any) -> set[tuple[str, int]]:
-    """(file name, offset) of every BlobFileValue in a Core ML spec, whatever op or block holds it."""
-    found: set[tuple[str, int]] = set()
-    stack = [message]
-    while stack:
-        msg = stack.pop()
-        if msg.DESCRIPTOR.name == "BlobFileValue":
-            found.add((msg.fileName, msg.offset))
-            continue
-        for fd, value in msg.ListFields():
-            if fd.type != fd.TYPE_MESSAGE:
-                continue
-            if fd.message_type.GetOptions().map_entry:
-                value_field = fd.message_type.fields_by_name["value"]
-                if value_field.type == value_field.TYPE_MESSAGE:
-                    stack.extend(value.values())
-            elif getattr(fd, "is_repeated", None) or getattr(fd, "label", None) == 3:  # LABEL_REPEATED
-                stack.extend(value)
-            else:
-                stack.append(value)
-    return found
-
-
-#: a Core ML weight blob's metadata: sentinel, data type, data size, data offset (MIL blob storage v2)
-_BLOB_METADATA = struct.Struct("<IIQQ")
-_BLOB_SENTINEL = 0xDEADBEEF
-
-
-def _check_blob(record: bytes, file_size: int, offset: int, name: str) -> None:
-    """One blob's metadata record (read at `offset`): the sentinel, and data that ends inside the file."""
-    if len(record) < _BLOB_METADATA.size:
-        raise ValueError(f"{name} is {file_size} bytes: the weight at offset {offset} is damaged or cut off")
-    sentinel, _dtype, size, start = _BLOB_METADATA.unpack(record)
-    if sentinel != _BLOB_SENTINEL or start + size > file_size:
-        raise ValueError(f"{name}: the weight at offset {offset} is damaged or cut off")
-
-
 def _load_wav(path: Path) -> None:
     import soundfile
 
@@ -130,12 +48,14 @@ def _load_wav(path: Path) -> None:
 #: the manifest's pre-rendered phrase audio is checked under this pseudo-format
 PHRASES = "phrases"
 
-LOADERS: dict[str, Loader] = {
-    "onnx": Loader(".onnx", _load_onnx),
-    "gguf": Loader(".gguf", _load_gguf),
-    "coreml": Loader(".mlpackage", _load_coreml),
-    PHRASES: Loader(".wav", _load_wav),
-}
+
+def loader(fmt: str) -> Loader | None:
+    """How files of the manifest's format `fmt` are opened: the registered format's adapter, or the
+    phrase audio's reader; None for a format no adapter is registered for."""
+    if fmt == PHRASES:
+        return Loader(".wav", _load_wav)
+    adapter = formats().get(fmt)
+    return None if adapter is None else Loader(adapter.suffix, adapter().verify_load)
 
 
 @dataclass
@@ -189,8 +109,12 @@ class VerifyResult:
 UNLISTED = (
     "not listed in the manifest (left by another build, or added after validation); remove it or rebuild"
 )
-#: folders whose every file a manifest must list, besides the folders its artifacts are in
-ARTIFACT_FOLDERS = ("onnx", "gguf", "coreml", PHRASES)
+
+
+def artifact_folders() -> tuple[str, ...]:
+    """Folders whose every file a manifest must list, besides the folders its artifacts are in: each
+    format's (a format writes under its own name) and the phrases'."""
+    return (*formats(), PHRASES)
 
 
 #: (path, format, precision, graph, sha256, bytes): one recorded figure set of one file
@@ -252,10 +176,10 @@ def check_file(
         check.sha_ok = actual == sha
         if not check.sha_ok:
             check.problems.append(f"sha256 {actual[:12]}… does not match the {_what(graph)}'s {sha[:12]}…")
-    loader = LOADERS.get(fmt)
-    if loader is not None and full.name.endswith(loader.suffix):
+    opener = loader(fmt)
+    if opener is not None and full.name.endswith(opener.suffix):
         if rel not in loaded:
-            loaded[rel] = _load_error(loader, full)
+            loaded[rel] = _load_error(opener, full)
         check.loads_ok = loaded[rel] is None
         if loaded[rel] is not None:
             check.problems.append(f"does not load as {fmt}: {loaded[rel]}")
@@ -293,7 +217,7 @@ def _build_dir(given: Path) -> Path:
 def unlisted_files(out: Path, rows: list[Row]) -> list[str]:
     """Files in artifact folders not covered by a listed path (a listed `.mlpackage` covers its tree)."""
     listed = {rel for rel, *_ in rows}
-    folders = set(ARTIFACT_FOLDERS) | {rel.split("/")[0] for rel in listed if "/" in rel}
+    folders = set(artifact_folders()) | {rel.split("/")[0] for rel in listed if "/" in rel}
     found = []
     for folder in sorted(folders):
         for rel in _files_under(out, folder):

@@ -118,8 +118,8 @@ def check_precision(
     written = write_layout(
         model, quantize_model(model, precision), layout, out, stem=f"{config}.{precision}", name=config
     )
-    paths: dict[str, Path] = written["paths"]
-    row.mb = " + ".join(f"{written['bytes'][role] / 1e6:.1f}" for role in ("gguf", "mmproj"))
+    paths: dict[str, Path] = written.paths
+    row.mb = " + ".join(f"{written.bytes[role] / 1e6:.1f}" for role in ("gguf", "mmproj"))
     print(f"{config} {precision}: wrote {row.mb} MB in {time.time() - t0:.1f} s; llama.cpp:", flush=True)
 
     prepared = prepare_text(text, c.text_options)

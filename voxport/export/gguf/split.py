@@ -163,6 +163,19 @@ def _add_meta(writer: GGUFWriter, key: str, meta: MetaValue) -> None:
     writer.add_key_value(key, value, meta.type, sub_type=meta.sub_type)
 
 
+@dataclass(frozen=True)
+class LayoutWritten:
+    """What `write_layout` wrote: each file by role with its size and general.file_type name, the GGML
+    types over all files (by name), bits per weight over all stored tensors, and the fallbacks."""
+
+    paths: dict[str, Path]
+    bytes: dict[str, int]
+    tensor_types: Counter[str]
+    bits_per_weight: float
+    fallbacks: list[dict[str, str]]
+    file_types: dict[str, str]
+
+
 def layout_paths(out_dir: Path, stem: str, files: list[LayoutFile]) -> dict[str, Path]:
     return {f.role: out_dir / (f"{stem}.{f.suffix}.gguf" if f.suffix else f"{stem}.gguf") for f in files}
 
@@ -178,11 +191,8 @@ def write_layout(
     types: Mapping[str, str] | None = None,
     metadata: Mapping[str, str | int | float] | None = None,
     fallback_type: str = "F16",
-) -> dict[str, Any]:
-    """Write every file of `layout` for `qm` under `out_dir` as `<stem>[.<suffix>].gguf`.
-
-    Returns {"paths" {role: Path}, "bytes" {role: size}, "tensor_types" (Counter over all files),
-    "bits_per_weight" (all stored bytes over all stored elements), "fallbacks", "file_types"}."""
+) -> LayoutWritten:
+    """Write every file of `layout` for `qm` under `out_dir` as `<stem>[.<suffix>].gguf`."""
     if fallback_type not in ("F16", "F32"):
         raise BadInput(f"gguf: fallback type must be F16 or F32, got {fallback_type!r}")
     missing = sorted(set(model.state_dict()) - set(qm.weights))
@@ -244,14 +254,14 @@ def write_layout(
             tensor_types[p.ggml_type.name] += 1
             total_bytes += p.nbytes
             total_elements += p.n_elements
-    return {
-        "paths": paths,
-        "bytes": {role: p.stat().st_size for role, p in paths.items()},
-        "tensor_types": tensor_types,
-        "bits_per_weight": 8 * total_bytes / max(total_elements, 1),
-        "fallbacks": fallbacks,
-        "file_types": file_types,
-    }
+    return LayoutWritten(
+        paths=paths,
+        bytes={role: p.stat().st_size for role, p in paths.items()},
+        tensor_types=tensor_types,
+        bits_per_weight=8 * total_bytes / max(total_elements, 1),
+        fallbacks=fallbacks,
+        file_types=file_types,
+    )
 
 
 def _meta_of(value: Any) -> MetaValue:

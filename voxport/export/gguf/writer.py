@@ -26,6 +26,7 @@ from voxport import __version__
 from voxport.errors import BadInput
 from voxport.export.gguf.general import general_metadata
 from voxport.export.gguf.names import NAMING_VERSION, to_gguf
+from voxport.export.gguf.types import K_TYPES, ggml_types
 from voxport.families.base import FamilyModel
 from voxport.io import atomic_path
 from voxport.quantize.stage import QuantizedModel
@@ -33,19 +34,10 @@ from voxport.quantize.tensor import QuantizedTensor
 
 T = GGMLQuantizationType
 
-#: GGML types a `types` override may name, and who encodes them
-GGUF_PY_TYPES = {
-    "F32": T.F32,
-    "F16": T.F16,
-    "BF16": T.BF16,
-    "Q8_0": T.Q8_0,
-    "Q4_0": T.Q4_0,
-    "Q4_1": T.Q4_1,
-    "Q5_0": T.Q5_0,
-    "Q5_1": T.Q5_1,
-}
-K_TYPE_NAMES = {"Q4_K": T.Q4_K, "Q5_K": T.Q5_K, "Q6_K": T.Q6_K}
-OVERRIDE_TYPES = {**GGUF_PY_TYPES, **K_TYPE_NAMES}
+#: GGML types a `types` override may name (export/gguf/types.py), and who encodes them
+OVERRIDE_TYPES = dict(ggml_types())
+GGUF_PY_TYPES = {name: t for name, t in OVERRIDE_TYPES.items() if name not in K_TYPES}
+K_TYPE_NAMES = {name: OVERRIDE_TYPES[name] for name in K_TYPES}
 
 _INT_TYPES = {
     np.dtype(np.int8): T.I8,
@@ -72,6 +64,21 @@ _FILE_TYPES = {
 #: keys voxport itself must control; `metadata` may not set them
 RESERVED_KEYS = frozenset({"general.architecture", "voxport.naming_version", "voxport.shapes"})
 GGUF_VERSION_KEY = "voxport.version"
+
+
+@dataclass(frozen=True)
+class GgufWritten:
+    """What `write_gguf` wrote: the file, its tensor count and GGML types (by name), the bits per
+    weight over every stored tensor, general.file_type's name, and the tensors not stored in the
+    type asked for (with the reason)."""
+
+    path: Path
+    bytes: int
+    tensors: int
+    tensor_types: Counter[str]
+    bits_per_weight: float
+    file_type: str
+    fallbacks: list[dict[str, str]]
 
 
 @dataclass(frozen=True)
@@ -408,15 +415,14 @@ def write_gguf(
     types: Mapping[str, str] | None = None,
     metadata: Mapping[str, str | int | float] | None = None,
     fallback_type: str = "F16",
-) -> dict[str, Any]:
+) -> GgufWritten:
     """Write `qm`'s weights for `model` as one GGUF file at `path`, atomically and streamed.
 
     `types` maps globs (matched against the voxport and the GGUF name; the last matching pattern wins)
     to GGML type names for the Linear/Conv kernels (`model.quantizable()`), e.g. {"*": "Q4_K",
     "dec.*": "Q6_K"}. Rows that do not fit a type's block are stored as `fallback_type`.
 
-    Returns {"path", "bytes", "tensor_types" (Counter of GGML type names), "bits_per_weight",
-    "fallbacks" (tensors not stored in the requested type, with the reason), "file_type", "tensors"}."""
+    Returns a `GgufWritten`."""
     path = Path(path)
     state = model.state_dict()
     plans, fallbacks = plan_tensors(model, qm, types, state=state, fallback_type=fallback_type)
@@ -446,12 +452,12 @@ def write_gguf(
             writer.close()
     total_bytes = sum(p.nbytes for p in plans)
     total_elements = sum(p.n_elements for p in plans)
-    return {
-        "path": path,
-        "bytes": path.stat().st_size,
-        "tensors": len(plans),
-        "tensor_types": Counter(p.ggml_type.name for p in plans),
-        "bits_per_weight": 8 * total_bytes / max(total_elements, 1),
-        "file_type": LlamaFileType(kv["general.file_type"]).name,
-        "fallbacks": fallbacks,
-    }
+    return GgufWritten(
+        path=path,
+        bytes=path.stat().st_size,
+        tensors=len(plans),
+        tensor_types=Counter(p.ggml_type.name for p in plans),
+        bits_per_weight=8 * total_bytes / max(total_elements, 1),
+        file_type=LlamaFileType(kv["general.file_type"]).name,
+        fallbacks=fallbacks,
+    )

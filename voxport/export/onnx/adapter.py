@@ -1,0 +1,84 @@
+"""The ONNX format: one `.onnx` file per family graph, run in ONNX Runtime."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+from pydantic import Field
+
+from voxport.config import Bool, ConfigModel, Int
+from voxport.export.registry import ExportContext, ExportEntry, FormatAdapter
+
+if TYPE_CHECKING:
+    import onnx
+
+    from voxport.families.base import FamilyModel
+    from voxport.runtime.base import Runner
+
+#: bits ONNX spends per scale (float32 holding fp16-exact values, see export/onnx/weights.py)
+ONNX_SCALE_BITS = 32
+
+#: graph name -> (traced fp32 model, primary, metadata): traced once, shared by every precision
+Traced = dict[str, tuple["onnx.ModelProto", bool, dict[str, str]]]
+
+
+class OnnxExportConfig(ConfigModel):
+    opset: Annotated[Int, Field(ge=17, le=23)] = 21
+    #: also write the family's graphs in other ONNX runtimes' layouts beside the artifact (Pocket TTS:
+    #: sherpa-onnx's five-file layout, a second copy of the weights); false writes only voxport's graphs
+    runtime_layouts: Bool = True
+
+
+class OnnxFormat(FormatAdapter[OnnxExportConfig, Traced], name="onnx"):
+    suffix = ".onnx"
+    Options = OnnxExportConfig
+    tool_packages = ("onnx", "onnxruntime")
+
+    def prepare(self, model: FamilyModel, options: OnnxExportConfig) -> Traced:
+        from voxport.export.onnx.exporter import trace_all
+
+        return trace_all(model, options.opset)
+
+    def export(self, ctx: ExportContext[OnnxExportConfig], prepared: Traced | None) -> ExportEntry:
+        from voxport.export.onnx.exporter import export_onnx, unplaced_quantized
+
+        model, qm = ctx.model, ctx.qm
+        files = export_onnx(
+            model,
+            qm.weights,
+            ctx.out / "onnx",
+            stem=ctx.name,
+            precision=qm.precision,
+            metadata={"recipe": ctx.name, "sample_rate": str(model.sample_rate)},
+            traced=prepared,
+            opset=ctx.options.opset,
+        )
+        primary = next(f for f in files if f.primary)
+        # the precision's weights go to families that write other runtimes' layouts (None: don't)
+        weights = qm.weights if ctx.options.runtime_layouts else None
+        sidecars = model.write_sidecars(primary.path, weights=weights)
+        return ExportEntry(
+            format=self.name,
+            precision=qm.precision,
+            path=ctx.rel(primary.path),
+            files={f.graph: ctx.rel(f.path) for f in files},
+            sidecars={name: ctx.rel(p) for name, p in sidecars.items()},
+            bits_per_weight=qm.bits_per_weight(scale_bits=ONNX_SCALE_BITS),
+            skipped_weights=qm.skipped_weights() + unplaced_quantized(qm.weights, files),
+        )
+
+    def runner(self, model: FamilyModel, entry: ExportEntry, out: Path) -> Runner:
+        from voxport.runtime.ort import OrtRunner
+
+        return OrtRunner({graph: out / rel for graph, rel in entry.files.items()})
+
+    def verify_load(self, path: Path) -> None:
+        from voxport.runtime.ort import ort_session
+
+        ort_session(path)
+
+    def describe(self, path: Path) -> dict[str, Any]:
+        from voxport.export.onnx.describe import describe_onnx
+
+        return describe_onnx(path)
