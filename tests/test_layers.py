@@ -46,12 +46,6 @@ KNOWN_BACK_EDGES: dict[tuple[str, str], str] = {
     # families → families (a cycle): the registry imports the built-in families, which import the contract
     ("voxport.families.base", "voxport.families.pocket_tts"): "_load_builtin; WP-B: entry points",
     ("voxport.families.base", "voxport.families.vits"): "_load_builtin; WP-B: entry points",
-    # families → export
-    ("voxport.families.pocket_tts.sherpa", "voxport.export.onnx.exporter"): (
-        "sherpa graphs traced by the exporter; WP-A: sherpa_layout() data + export/onnx/layouts.py"
-    ),
-    ("voxport.families.pocket_tts.sherpa", "voxport.export.onnx.trace"): "as above; WP-A",
-    ("voxport.families.pocket_tts.sherpa", "voxport.export.onnx.weights"): "as above; WP-A",
     # export → pipeline
     ("voxport.export.formats", "voxport.recipe"): (
         "adapters read the Recipe; WP-A: format registry with per-adapter Options"

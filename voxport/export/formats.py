@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 from voxport.errors import BadInput
 from voxport.families.base import FamilyModel, Runner
+from voxport.families.layouts.onnx import OnnxLayout
 from voxport.quantize.stage import QuantizedModel
 from voxport.quantize.tensor import QuantizedTensor
 from voxport.recipe import Recipe
@@ -38,6 +39,19 @@ class Format(Protocol):
         """The recipe options that shape one precision's artifact bytes (part of its export cache key)."""
         ...
 
+    def export_layout(
+        self, recipe: Recipe, model: FamilyModel, qm: QuantizedModel, out: Path, layout: OnnxLayout
+    ) -> dict[str, Any]:
+        """A family's runtime layout of one precision (`FamilyModel.runtime_layouts`), its own artifact."""
+        ...
+
+
+class _NoRuntimeLayouts:
+    def export_layout(
+        self, recipe: Recipe, model: FamilyModel, qm: QuantizedModel, out: Path, layout: OnnxLayout
+    ) -> dict[str, Any]:
+        raise BadInput(f"{model.family} declares a runtime layout '{layout.name}' for a format without any")
+
 
 def _rel(path: Path, out: Path) -> str:
     return path.relative_to(out).as_posix()
@@ -47,7 +61,8 @@ class OnnxFormat:
     name = "onnx"
 
     def options(self, recipe: Recipe, precision: str) -> Any:
-        return recipe.export.onnx.model_dump(mode="json")
+        # runtime_layouts only adds or drops the layout units: it does not shape these bytes
+        return recipe.export.onnx.model_dump(mode="json", exclude={"runtime_layouts"})
 
     def prepare(self, recipe: Recipe, model: FamilyModel) -> Any:
         from voxport.export.onnx.exporter import trace_all
@@ -70,9 +85,7 @@ class OnnxFormat:
             opset=recipe.export.onnx.opset,
         )
         primary = next(f for f in files if f.primary)
-        # the precision's weights go to families that write other runtimes' layouts (None: don't)
-        layouts = recipe.export.onnx.runtime_layouts
-        sidecars = model.write_sidecars(primary.path, weights=qm.weights if layouts else None)
+        sidecars = model.write_sidecars(primary.path)
         return {
             "path": _rel(primary.path, out),
             "files": {f.graph: _rel(f.path, out) for f in files},
@@ -81,13 +94,30 @@ class OnnxFormat:
             "skipped_weights": qm.skipped_weights() + unplaced_quantized(qm.weights, files),
         }
 
+    def export_layout(
+        self, recipe: Recipe, model: FamilyModel, qm: QuantizedModel, out: Path, layout: OnnxLayout
+    ) -> dict[str, Any]:
+        """One runtime layout of one precision (issue 13, §2.5): its own directory and export entry."""
+        from voxport.export.onnx.layouts import write_onnx_layout
+
+        directory = out / "onnx" / f"{recipe.name}.{qm.precision}.{layout.directory_suffix}"
+        opset, metadata = recipe.export.onnx.opset, {"precision": qm.precision}
+        paths = write_onnx_layout(layout, directory, qm.weights, opset=opset, metadata=metadata)
+        return {
+            "path": _rel(directory, out),
+            "files": {role: _rel(p, out) for role, p in paths.items()},
+            "layout": layout.name,
+            "bits_per_weight": qm.bits_per_weight(scale_bits=ONNX_SCALE_BITS),
+            "skipped_weights": qm.skipped_weights(),
+        }
+
     def runner(self, model: FamilyModel, entry: dict[str, Any], out: Path) -> Runner:
         from voxport.runtime.ort import OrtRunner
 
         return OrtRunner({graph: out / rel for graph, rel in entry["files"].items()})
 
 
-class GgufFormat:
+class GgufFormat(_NoRuntimeLayouts):
     name = "gguf"
 
     def options(self, recipe: Recipe, precision: str) -> Any:
@@ -166,7 +196,7 @@ class GgufFormat:
         return GgufRunner(model, out / entry["path"])
 
 
-class CoremlFormat:
+class CoremlFormat(_NoRuntimeLayouts):
     """One `.mlpackage` per graph of the family's `bounded_graphs` (for VITS: encoder and decoder, as
     Piper's one-graph form sizes its output by predicted durations, which Core ML cannot express; for
     Pocket TTS: a fixed-capacity KV cache backbone of `export.coreml.kv_capacity` positions, flow head,

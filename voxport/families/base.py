@@ -13,7 +13,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -21,6 +21,9 @@ import torch
 from voxport.errors import BadInput
 from voxport.runtime.base import Runner
 from voxport.runtime.torch import TorchRunner
+
+if TYPE_CHECKING:
+    from voxport.families.layouts.onnx import OnnxLayout
 
 
 @dataclass
@@ -279,10 +282,15 @@ class FamilyModel(ABC):
         so the files load there; the format adapter never needs to know which family it is."""
         return None
 
-    def write_sidecars(self, primary: Path, weights: Mapping[str, Any] | None = None) -> dict[str, Path]:
-        """Files a runtime needs beside the primary graph (e.g. a Piper voice config, or graphs in
-        another runtime's layout, which get the precision's stored `weights`); none by default."""
+    def write_sidecars(self, primary: Path) -> dict[str, Path]:
+        """Files a runtime needs beside the primary graph (e.g. a Piper voice config); none by default."""
         return {}
+
+    def runtime_layouts(self, format_name: str) -> list[OnnxLayout]:
+        """Other runtimes' layouts of this model in `format_name` (sherpa-onnx's Pocket TTS split), each
+        its own artifact with its own parity figure (families/layouts/onnx.py); the names are those
+        `Family.layouts` declares. None by default."""
+        return []
 
     def torch_runner(self) -> Runner:
         """The fp32 reference runner over this model's own graph modules."""
@@ -308,6 +316,9 @@ class Family(ABC):
     name: ClassVar[str]
     #: parity metrics only this family produces (per-step tensor SNRs); see MetricSpec
     metrics: ClassVar[tuple[MetricSpec, ...]] = ()
+    #: names of the runtime layouts its models give per format (`FamilyModel.runtime_layouts`), known
+    #: without loading a checkpoint so a cached build enumerates its units without one
+    layouts: ClassVar[Mapping[str, tuple[str, ...]]] = {}
 
     @classmethod
     @abstractmethod
