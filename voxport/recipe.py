@@ -258,6 +258,11 @@ class ValidateConfig(_Base):
     precision_thresholds: dict[
         Precision, Annotated[dict[MetricName, Threshold], WithJsonSchema(_THRESHOLDS_SCHEMA)]
     ] = Field(default_factory=dict)
+    #: limits for other runtimes' layouts of the artifacts (sherpa-onnx's Pocket TTS files), measured
+    #: where the runtime is installed; a layout measured nowhere passes (its figures are None)
+    layout_thresholds: Annotated[dict[MetricName, Threshold], WithJsonSchema(_THRESHOLDS_SCHEMA)] = Field(
+        default_factory=dict
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -265,8 +270,9 @@ class ValidateConfig(_Base):
         """Turn `snr_db: 20` into `{min: 20}` here, the only place that knows the key for the value."""
         if not isinstance(data, dict):
             return data
-        if isinstance(data.get("thresholds"), dict):
-            data = {**data, "thresholds": _convert_bare(data["thresholds"])}
+        for key in ("thresholds", "layout_thresholds"):
+            if isinstance(data.get(key), dict):
+                data = {**data, key: _convert_bare(data[key])}
         per_precision = data.get("precision_thresholds")
         if isinstance(per_precision, dict):
             data = {
@@ -291,7 +297,7 @@ class ValidateConfig(_Base):
     def _limits_within_range(self) -> "ValidateConfig":
         """A limit outside what its metric can measure never passes (`logmel_dtw_db: -5`) or checks
         nothing (`duration_match: -1`): either way the recipe is wrong, so say where."""
-        located = [(("thresholds",), self.thresholds)] + [
+        located = [(("thresholds",), self.thresholds), (("layout_thresholds",), self.layout_thresholds)] + [
             (("precision_thresholds", p), limits) for p, limits in self.precision_thresholds.items()
         ]
         problems = [
@@ -380,8 +386,9 @@ class PruneSpec(_Base):
 
 class OnnxExportConfig(_Base):
     opset: Annotated[Int, Field(ge=17, le=23)] = 21
-    #: also write the family's graphs in other ONNX runtimes' layouts beside the artifact (Pocket TTS:
-    #: sherpa-onnx's five-file layout, a second copy of the weights); false writes only voxport's graphs
+    #: also write the family's graphs in other ONNX runtimes' layouts, each its own artifact beside
+    #: voxport's (Pocket TTS: sherpa-onnx's five-file layout, a second copy of the weights, measured in
+    #: sherpa-onnx where it is installed); false skips those units only
     runtime_layouts: Bool = True
 
 

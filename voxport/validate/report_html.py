@@ -341,7 +341,8 @@ def _artifact_section(
     for i, sentence in enumerate(art.get("sentences") or []):
         label = str(sentence.get("input", f"sentence {i + 1}"))
         ref_entry = _reference_for(reference, i, label)
-        ref_audio = assets.load(ref_entry.get("audio"))
+        # a runtime layout is compared with a reference under its own settings (validate/layouts.py)
+        ref_audio = assets.load(sentence.get("reference_audio") or ref_entry.get("audio"))
         test_audio = assets.load(sentence.get("audio"))
         out += [
             f'<div class="sentence" data-index="{i}">',
