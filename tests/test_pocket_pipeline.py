@@ -43,9 +43,13 @@ def built(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_every_precision_is_exported_as_three_graphs_and_verified(built: Path) -> None:
     manifest = read_manifest(built)
     assert manifest.model.family == "pocket_tts"
-    assert [a.precision for a in manifest.artifacts] == ["fp32", "fp16", "int8", "int4"]
+    own = [a for a in manifest.artifacts if a.layout is None]
+    assert [a.precision for a in own] == ["fp32", "fp16", "int8", "int4"]
+    # sherpa-onnx's layout of each precision is its own artifact (test_runtime_layouts.py)
+    layouts = [(a.precision, a.layout) for a in manifest.artifacts if a.layout is not None]
+    assert layouts == [(p, "sherpa-onnx") for p in ("fp32", "fp16", "int8", "int4")]
     assert verify_files(built, manifest) == []
-    for artifact in manifest.artifacts:
+    for artifact in own:
         graphs = {f.graph for f in artifact.files}
         assert {"backbone", "flow_head", "codec", "tokenizer"} <= graphs
         backbone = onnx.load(str(built / artifact.path), load_external_data=False)
@@ -60,7 +64,7 @@ def test_every_precision_is_exported_as_three_graphs_and_verified(built: Path) -
 
 def test_parity_reports_per_step_and_free_running_figures_ordered_by_precision(built: Path) -> None:
     manifest = read_manifest(built)
-    figures = {a.precision: a.parity.metrics for a in manifest.artifacts}
+    figures = {a.precision: a.parity.metrics for a in manifest.artifacts if a.layout is None}
     # fp32 ONNX vs torch: float round-off only, step by step and in the waveform
     assert figures["fp32"]["hidden_snr_db"] > 100
     assert figures["fp32"]["latent_snr_db"] > 90
@@ -79,7 +83,7 @@ def test_parity_reports_per_step_and_free_running_figures_ordered_by_precision(b
 def test_onnx_loop_matches_the_torch_reference_with_recorded_noise(checkpoint: Path, built: Path) -> None:
     model = load_model(checkpoint)
     manifest = read_manifest(built)
-    fp32 = next(a for a in manifest.artifacts if a.precision == "fp32")
+    fp32 = next(a for a in manifest.artifacts if a.precision == "fp32" and a.layout is None)
     graphs = ("backbone", "flow_head", "codec")
     runner = OrtRunner({f.graph: built / f.path for f in fp32.files if f.graph in graphs})
     ids = model.text_to_ids("Hello there.")
