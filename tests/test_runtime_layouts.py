@@ -194,3 +194,12 @@ def test_a_layout_threshold_miss_fails_validate_with_exit_code_1(checkpoint: Pat
     report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     row = next(r for r in report["artifacts"] if r.get("layout") == LAYOUT)
     assert row["runner"].startswith(f"{LAYOUT} ") and row["metrics"]["snr_db"] > 80
+
+
+def test_a_layout_threshold_out_of_range_is_refused_where_it_is_written(tmp_path: Path) -> None:
+    recipe = write_recipe(tmp_path, tmp_path / "no-model", layout_thresholds={"logmel_dtw_db": -5})
+    result = cli.invoke(app, ["build", str(recipe), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    assert f"{recipe}:" in result.output
+    assert "validate.layout_thresholds.logmel_dtw_db: max -5 can never pass" in result.output
+    assert not (tmp_path / "out").exists()
