@@ -62,6 +62,19 @@ def test_every_precision_is_exported_as_three_graphs_and_verified(built: Path) -
         assert sum(n.startswith("past_") for n in inputs) == 2 * spec["num_layers"]
 
 
+def test_a_layout_without_a_voice_prompt_is_written_not_measured_and_says_why(built: Path) -> None:
+    """The demo recipe has no validate.voice, and sherpa-onnx always prompts with one: the layout's rows
+    pass with no figures and a note (they are measured in tests/test_runtime_layouts.py)."""
+    report = json.loads((built / "report.json").read_text(encoding="utf-8"))
+    rows = [r for r in report["artifacts"] if r.get("layout")]
+    assert len(rows) == 4
+    for row in rows:
+        assert row["passed"] and row["sentences"] == []
+        assert all(v is None for v in row["metrics"].values())
+        assert "set validate.voice to a WAV file" in row["note"]
+    assert (built / "report.html").read_text(encoding="utf-8").count("Not measured: sherpa-onnx") == 4
+
+
 def test_parity_reports_per_step_and_free_running_figures_ordered_by_precision(built: Path) -> None:
     manifest = read_manifest(built)
     figures = {a.precision: a.parity.metrics for a in manifest.artifacts if a.layout is None}

@@ -194,6 +194,8 @@ def test_a_layout_threshold_miss_fails_validate_with_exit_code_1(checkpoint: Pat
     report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     row = next(r for r in report["artifacts"] if r.get("layout") == LAYOUT)
     assert row["runner"].startswith(f"{LAYOUT} ") and row["metrics"]["snr_db"] > 80
+    html = (out / "report.html").read_text(encoding="utf-8")
+    assert f"<h2>onnx fp32 {LAYOUT} " in html and "<h2>onnx fp32 <" in html
 
 
 def test_a_layout_threshold_out_of_range_is_refused_where_it_is_written(tmp_path: Path) -> None:
