@@ -51,12 +51,6 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
 #: Imports that break the order or close a cycle today, as (importer, imported) module pairs; each with
 #: why it is still here and the work that removes it (issue 13's work packages, see its plan).
 KNOWN_BACK_EDGES: dict[tuple[str, str], str] = {
-    # families → export
-    ("voxport.families.pocket_tts.sherpa", "voxport.export.onnx.exporter"): (
-        "sherpa graphs traced by the exporter; WP-A: sherpa_layout() data + export/onnx/layouts.py"
-    ),
-    ("voxport.families.pocket_tts.sherpa", "voxport.export.onnx.trace"): "as above; WP-A",
-    ("voxport.families.pocket_tts.sherpa", "voxport.export.onnx.weights"): "as above; WP-A",
     # validate → pipeline
     ("voxport.validate.parity", "voxport.recipe"): (
         "Threshold, METRIC_DIRECTIONS; WP-D: validate/thresholds.py"

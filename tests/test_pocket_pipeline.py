@@ -44,9 +44,13 @@ def built(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_every_precision_is_exported_as_three_graphs_and_verified(built: Path) -> None:
     manifest = read_manifest(built)
     assert manifest.model.family == "pocket_tts"
-    assert [a.precision for a in manifest.artifacts] == ["fp32", "fp16", "int8", "int4"]
+    own = [a for a in manifest.artifacts if a.layout is None]
+    assert [a.precision for a in own] == ["fp32", "fp16", "int8", "int4"]
+    # sherpa-onnx's layout of each precision is its own artifact (test_runtime_layouts.py)
+    layouts = [(a.precision, a.layout) for a in manifest.artifacts if a.layout is not None]
+    assert layouts == [(p, "sherpa-onnx") for p in ("fp32", "fp16", "int8", "int4")]
     assert verify_files(built, manifest) == []
-    for artifact in manifest.artifacts:
+    for artifact in own:
         graphs = {f.graph for f in artifact.files}
         assert {"backbone", "flow_head", "codec", "tokenizer"} <= graphs
         backbone = onnx.load(str(built / artifact.path), load_external_data=False)
@@ -59,9 +63,22 @@ def test_every_precision_is_exported_as_three_graphs_and_verified(built: Path) -
         assert sum(n.startswith("past_") for n in inputs) == 2 * spec["num_layers"]
 
 
+def test_a_layout_without_a_voice_prompt_is_written_not_measured_and_says_why(built: Path) -> None:
+    """The demo recipe has no validate.voice, and sherpa-onnx always prompts with one: the layout's rows
+    pass with no figures and a note (they are measured in tests/test_runtime_layouts.py)."""
+    report = json.loads((built / "report.json").read_text(encoding="utf-8"))
+    rows = [r for r in report["artifacts"] if r.get("layout")]
+    assert len(rows) == 4
+    for row in rows:
+        assert row["passed"] and row["sentences"] == []
+        assert all(v is None for v in row["metrics"].values())
+        assert "set validate.voice to a WAV file" in row["note"]
+    assert (built / "report.html").read_text(encoding="utf-8").count("Not measured: sherpa-onnx") == 4
+
+
 def test_parity_reports_per_step_and_free_running_figures_ordered_by_precision(built: Path) -> None:
     manifest = read_manifest(built)
-    figures = {a.precision: a.parity.metrics for a in manifest.artifacts}
+    figures = {a.precision: a.parity.metrics for a in manifest.artifacts if a.layout is None}
     # fp32 ONNX vs torch: float round-off only, step by step and in the waveform
     assert figures["fp32"]["hidden_snr_db"] > 100
     assert figures["fp32"]["latent_snr_db"] > 90
@@ -80,7 +97,7 @@ def test_parity_reports_per_step_and_free_running_figures_ordered_by_precision(b
 def test_onnx_loop_matches_the_torch_reference_with_recorded_noise(checkpoint: Path, built: Path) -> None:
     model = load_model(checkpoint)
     manifest = read_manifest(built)
-    fp32 = next(a for a in manifest.artifacts if a.precision == "fp32")
+    fp32 = next(a for a in manifest.artifacts if a.precision == "fp32" and a.layout is None)
     graphs = ("backbone", "flow_head", "codec")
     runner = OrtRunner({f.graph: built / f.path for f in fp32.files if f.graph in graphs})
     ids = model.text_to_ids("Hello there.")

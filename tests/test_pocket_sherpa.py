@@ -9,7 +9,6 @@ bos_before_voice): everything the small releases have that sherpa's engine can h
 from __future__ import annotations
 
 import copy
-import logging
 import re
 from pathlib import Path
 
@@ -19,6 +18,8 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from voxport.export.onnx.exporter import DEFAULT_OPSET
+from voxport.export.onnx.layouts import write_onnx_layout
 from voxport.families.pocket_tts import sherpa as sh
 from voxport.families.pocket_tts.loop import LoopSettings, fade_in, generate, prompt_inputs
 from voxport.families.pocket_tts.modules import (
@@ -84,14 +85,27 @@ def model(request):
     return random_model(seed=3) if request.param == "tiny" else plain_model()
 
 
+def fp32_weights(model) -> dict[str, np.ndarray]:
+    """The model's own weights as the fp32 precision stores them."""
+    return {k: v.to(torch.float32).numpy() for k, v in model.state_dict().items()}
+
+
+def export_sherpa(model, directory: Path, weights=None, **kw) -> Path:
+    """The layout written as the ONNX exporter writes it (fp32 weights unless given)."""
+    weights = fp32_weights(model) if weights is None else weights
+    paths = write_onnx_layout(sh.sherpa_layout(model), directory, weights, opset=DEFAULT_OPSET, **kw)
+    assert {p.parent for p in paths.values()} == {directory}
+    return directory
+
+
 @pytest.fixture(scope="module")
 def layout(model, tmp_path_factory) -> Path:
-    return sh.export_sherpa(model, tmp_path_factory.mktemp("sherpa") / "m.fp32.sherpa")
+    return export_sherpa(model, tmp_path_factory.mktemp("sherpa") / "m.fp32.sherpa")
 
 
 def test_layout_is_sherpas_contract(model, layout: Path) -> None:
     before = (layout / "lm_main.onnx").read_bytes()
-    assert sh.export_sherpa(model, layout) == layout  # rewritten in place, through a temporary dir
+    assert export_sherpa(model, layout) == layout  # rewritten in place, through a temporary dir
     assert (layout / "lm_main.onnx").read_bytes() == before
     names = sorted(p.name for p in layout.iterdir())
     assert names == sorted([*(f"{g}.onnx" for g in sh.GRAPH_FILES), "vocab.json", "token_scores.json"])
@@ -297,7 +311,7 @@ def test_sherpa_speaks_like_voxport(model, tmp_path: Path, capfd) -> None:
         voice=voice,
     )
     assert ref.eos_frame == eos_frame
-    directory = sh.export_sherpa(tuned, tmp_path / "tuned.fp32.sherpa")
+    directory = export_sherpa(tuned, tmp_path / "tuned.fp32.sherpa")
     capfd.readouterr()
     said = _speak(_sherpa_tts(directory, debug=True), audio, max_frames="60", frames_after_eos="3")
     logs = capfd.readouterr().err
@@ -312,9 +326,10 @@ def test_sherpa_speaks_like_voxport(model, tmp_path: Path, capfd) -> None:
 
 
 @pytest.mark.parametrize("precision", ["int8", "int4"])
-def test_quantized_sidecar_carries_the_same_codes(precision: str, tmp_path: Path) -> None:
-    """Through the family hook as `OnnxFormat.export` calls it: the sherpa files of a quantized
-    artifact hold exactly the main graphs' integer codes (the quantizer's), and sherpa-onnx speaks them."""
+def test_quantized_layout_carries_the_same_codes(precision: str, tmp_path: Path) -> None:
+    """Through the family hook (`runtime_layouts`) and the writer as `OnnxFormat.export_layout` calls
+    them: the sherpa files of a quantized artifact hold exactly the main graphs' integer codes (the
+    quantizer's), and sherpa-onnx speaks them."""
     from voxport.export.onnx.exporter import export_onnx
     from voxport.quantize.stage import quantize_model
     from voxport.quantize.tensor import QuantizedTensor
@@ -322,10 +337,15 @@ def test_quantized_sidecar_carries_the_same_codes(precision: str, tmp_path: Path
     model = random_model(seed=3)
     qm = quantize_model(model, precision)
     files = export_onnx(model, qm.weights, tmp_path / "onnx", stem="tiny", precision=precision, metadata={})
-    primary = next(f.path for f in files if f.primary)
-    sidecars = model.write_sidecars(primary, weights=qm.weights)
-    directory = sidecars["sherpa-onnx"]
-    assert directory == tmp_path / "onnx" / f"tiny.{precision}.sherpa"
+    [layout] = model.runtime_layouts("onnx")
+    assert layout is model.runtime_layouts("onnx")[0]  # one object per model: traced once
+    assert (layout.name, layout.directory_suffix, layout.runtime_package) == (
+        "sherpa-onnx",
+        "sherpa",
+        "sherpa-onnx",
+    )
+    assert model.runtime_layouts("gguf") == []
+    directory = export_sherpa(model, tmp_path / "onnx" / f"tiny.{precision}.sherpa", qm.weights)
 
     def codes(path: Path) -> dict[str, np.ndarray]:
         proto = onnx.load(str(path))
@@ -367,23 +387,23 @@ def test_quantized_sidecar_carries_the_same_codes(precision: str, tmp_path: Path
     assert said.shape == (7 * model.cfg.frame_size,) and np.isfinite(said).all() and np.abs(said).max() > 1e-3
 
 
-def test_unsupported_head_is_skipped_with_a_reason(tmp_path: Path, caplog) -> None:
+def test_unsupported_head_is_skipped_with_a_reason(tmp_path: Path) -> None:
     raw = copy.deepcopy(TINY_CONFIG)
     raw["flow_lm"]["flow"]["type"] = "drifting"
     drifting = random_model(raw)
     assert "num_steps 1" in (sh.unsupported(drifting) or "")
-    primary = tmp_path / "d.fp32.onnx"
-    primary.write_bytes(b"")
-    with caplog.at_level(logging.WARNING):
-        sidecars = drifting.write_sidecars(primary, weights={})
-    assert "sherpa-onnx" not in sidecars and not sh.sherpa_dir(primary).exists()
-    assert "drifting" in caplog.text
+    [layout] = drifting.runtime_layouts("onnx")
+    assert layout.unsupported == sh.unsupported(drifting) and not layout.files
+    directory = tmp_path / "d.fp32.sherpa"
+    with pytest.raises(ValueError, match="drifting"):
+        write_onnx_layout(layout, directory, fp32_weights(drifting), opset=DEFAULT_OPSET)
+    assert not directory.exists() and not list(tmp_path.iterdir())
 
 
-def test_no_weights_means_no_runtime_layouts(tmp_path: Path) -> None:
-    """`export.onnx.runtime_layouts: false` passes no weights: only the tokenizer is written."""
+def test_sidecars_hold_no_runtime_layout(tmp_path: Path) -> None:
+    """The ONNX artifact's sidecars are the tokenizer only: sherpa's files are their own artifact."""
     model = random_model(TINY_CONFIG)
     primary = tmp_path / "t.fp32.onnx"
     primary.write_bytes(b"")
     assert set(model.write_sidecars(primary)) == {"tokenizer"}
-    assert not sh.sherpa_dir(primary).exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.fp32.onnx", "t.tokenizer.model"]

@@ -260,6 +260,7 @@ class StageCache:
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = final.parent / f".{key}.tmp-{secrets.token_hex(6)}"
         try:
+            tmp.mkdir()  # an entry may hold no files (a unit measured nothing): its record still goes here
             for rel in rels:
                 _copy_tree_or_file(out / rel, tmp / "files" / rel)
             entry: dict[str, Any] = {

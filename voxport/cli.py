@@ -206,7 +206,8 @@ def _print_manifest(manifest: Any, out_dir: Path) -> None:
 def _print_parity_failures(manifest: Any) -> None:
     for a in manifest.artifacts:
         for failure in a.parity.failures:
-            err.print(f"[red]parity failed[/red] {a.format} {a.precision}: {escape(failure)}", soft_wrap=True)
+            unit = " ".join(filter(None, (a.format, a.precision, a.layout)))  # "onnx fp32 sherpa-onnx"
+            err.print(f"[red]parity failed[/red] {unit}: {escape(failure)}", soft_wrap=True)
 
 
 # --- stages ---------------------------------------------------------------------------------------------

@@ -117,5 +117,6 @@ def _onnx_artifacts(build: Path, precision_of: Path | None = None) -> list[Path]
         rel = precision_of.absolute().relative_to(build.absolute()).as_posix()
         owners = [a for a in artifacts if a.path == rel or any(f.path == rel for f in a.files)]
         precision = owners[0].precision if owners else None
-    onnx = [a for a in artifacts if a.format == "onnx" and precision in (None, a.precision)]
+    own = [a for a in artifacts if a.layout is None]  # not another runtime's layout (sherpa-onnx files)
+    onnx = [a for a in own if a.format == "onnx" and precision in (None, a.precision)]
     return [build / a.path for a in sorted(onnx, key=lambda a: a.precision != "int8")]

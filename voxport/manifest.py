@@ -103,6 +103,9 @@ class Artifact(_Base):
     skipped_weights: list[dict[str, Any]] = Field(default_factory=list)
     files: list[ArtifactFile] = Field(default_factory=list)
     parity: Parity
+    #: another runtime's layout of the format's artifact at this precision ("sherpa-onnx": its own files,
+    #: its own parity measured in that runtime); None for voxport's own artifact
+    layout: str | None = None
 
 
 class ModelInfo(_Base):

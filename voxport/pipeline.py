@@ -50,6 +50,7 @@ from voxport.cache import (
 from voxport.errors import BadInput, VoxportError
 from voxport.export.registry import ExportContext, ExportEntry, FormatAdapter, formats, get_format
 from voxport.families.base import CalibrationSet, FamilyModel, SynthesisSettings
+from voxport.families.layouts.onnx import OnnxLayout
 from voxport.families.registry import detect_family, families, family_of, load_model
 from voxport.io import atomic_write_json, ensure_writable_dir, sweep_temporaries, write_wav
 from voxport.lock import OutputLock
@@ -66,6 +67,7 @@ from voxport.progress import CallbackProgress, NullProgress, Progress
 from voxport.quantize.methods import method_class
 from voxport.quantize.stage import load_quantized, quantize_model, save_quantized
 from voxport.recipe import PhrasesConfig, Recipe
+from voxport.validate.layouts import layout_reference, measure_layout, runner_label, unmeasured
 from voxport.validate.parity import Reference, aggregate, check, measure_sentence
 
 MARKER = "voxport.json"
@@ -190,6 +192,7 @@ class Build:
         for path in sweep_temporaries(self.out, skip=self.cache.root):
             self.progress.log(f"removed {path.relative_to(self.out)} left by an interrupted build")
         self._prepared: dict[str, Any] = {}
+        self._layout_references: dict[str, Reference] = {}
         self._converted: dict[str, Any] | None = None
         #: files the units of this run produced or restored (relative to OUT)
         self.produced: set[str] = set()
@@ -259,7 +262,7 @@ class Build:
         v = self.recipe.validation
         if v is None:
             return {}
-        return v.model_dump(mode="json", exclude={"thresholds", "precision_thresholds"})
+        return v.model_dump(mode="json", exclude={"thresholds", "precision_thresholds", "layout_thresholds"})
 
     @cached_property
     def key_reference(self) -> str:
@@ -448,6 +451,7 @@ class Build:
                 )
                 index.append(ExportEntry.from_json(record))
                 advance(1)
+        index += self._export_layouts()
         self._remove_stale(formats())
         atomic_write_json(self.layout.export_index, [entry.to_json() for entry in index])
         return index
@@ -542,6 +546,147 @@ class Build:
         }
         return files, result
 
+    # --- runtime layouts (issue 13 §2.5): another runtime's files of an artifact, each its own unit ---
+    def layout_names(self, fmt: str) -> tuple[str, ...]:
+        """The family's runtime layouts in `fmt` (from the convert result: no checkpoint load), unless
+        the format's options turn them off (`export.onnx.runtime_layouts: false`)."""
+        if not getattr(self.recipe.export_options(fmt), "runtime_layouts", False):
+            return ()
+        return tuple(families()[self.convert()["family"]].layouts.get(fmt, ()))
+
+    def key_export_layout(self, fmt: str, precision: str, name: str) -> str:
+        config = {
+            "format": fmt,
+            "precision": precision,
+            "layout": name,
+            "name": self.recipe.name,
+            "options": self.formats[fmt].cache_options(self.recipe.export_options(fmt), precision),
+        }
+        return stage_key("export-layout", config, [self.key_convert, self.key_quantize(precision)])
+
+    def key_validate_layout(self, entry: ExportEntry) -> str:
+        """As `key_validate`, plus what runs the files here (a result measured without the runtime is
+        not reused once it is installed)."""
+        assert entry.layout is not None
+        config = {"measure": self._measure_config(), "runner": runner_label(entry.runtime)}
+        hashes = [f"{rel}={sha}" for rel, sha in sorted(entry.sha256.items())]
+        export_key = self.key_export_layout(entry.format, entry.precision, entry.layout)
+        return stage_key("validate-layout", config, [export_key, self.key_reference, *hashes])
+
+    def _export_layouts(self) -> list[ExportEntry]:
+        index = []
+        for precision in self.recipe.precisions:
+            for fmt in self.recipe.formats:
+                for name in self.layout_names(fmt):
+                    record = self._unit(
+                        "export",
+                        f"export {fmt} {precision} {name}",
+                        self.key_export_layout(fmt, precision, name),
+                        lambda p=precision, f=fmt, n=name: self._run_export_layout(f, p, n),
+                    )
+                    if record.get("unsupported"):
+                        self.progress.log(
+                            f"export: {fmt} {precision} {name} not written: {record['unsupported']}"
+                        )
+                    else:
+                        index.append(ExportEntry.from_json(record))
+        return index
+
+    def _model_layout(self, fmt: str, name: str) -> OnnxLayout:
+        layouts = {layout.name: layout for layout in self.model.runtime_layouts(fmt)}
+        if name not in layouts:
+            raise VoxportError(
+                f"{self.model.family} declares the {fmt} runtime layout '{name}', but its model gives "
+                f"{', '.join(layouts) or 'none'}"
+            )
+        return layouts[name]
+
+    def _run_export_layout(self, fmt: str, precision: str, name: str) -> tuple[list[str], Any]:
+        layout = self._model_layout(fmt, name)
+        if layout.unsupported:
+            return [], {
+                "format": fmt,
+                "precision": precision,
+                "layout": name,
+                "unsupported": layout.unsupported,
+            }
+        started = time.perf_counter()
+        qm = load_quantized(self.layout.quantized(precision))
+        options = self.recipe.export_options(fmt)
+        ctx = ExportContext(name=self.recipe.name, model=self.model, qm=qm, out=self.out, options=options)
+        entry = self.formats[fmt].export_layout(ctx, layout)
+        files = list(entry.files.values())
+        entry.runtime_layout = True
+        entry.runtime = layout.runtime_package if layout.voice is not None else None
+        entry.export_seconds = time.perf_counter() - started
+        entry.sha256 = {rel: self.digests.of(self.out / rel).sha256 for rel in [entry.path, *files]}
+        self.progress.log(f"export: {_unit_name(entry)} → {entry.path} ({len(files)} files)")
+        return files, entry.to_json()
+
+    def measure_layout(self, entry: ExportEntry) -> dict[str, Any]:
+        """A runtime layout's figures, measured in its runtime, for exactly the bytes export recorded."""
+        self._check_unchanged(entry)
+        result: dict[str, Any] = self._unit(
+            "validate",
+            f"validate {_unit_name(entry)}",
+            self.key_validate_layout(entry),
+            lambda: self._run_measure_layout(entry),
+        )
+        if result.get("artifact_sha256") != entry.sha256:
+            raise VoxportError(
+                f"the validation of {entry.path} was measured on other bytes than the artifact's; "
+                "build again with --force"
+            )
+        return result
+
+    def _run_measure_layout(self, entry: ExportEntry) -> tuple[list[str], Any]:
+        started = time.perf_counter()
+        parity = unmeasured(entry.runtime)
+        if parity is None:
+            v = self.recipe.validation
+            assert v is not None and entry.layout is not None  # validate() checked
+            layout = self._model_layout(entry.format, entry.layout)
+            if layout.name not in self._layout_references:
+                self._layout_references[layout.name] = layout_reference(
+                    self.source, layout, settings_for(self.recipe, self.source)
+                )
+            with self.progress.task(f"validate: {_unit_name(entry)}"):
+                parity = measure_layout(
+                    layout,
+                    self.out / entry.path,
+                    self._layout_references[layout.name],
+                    v.texts,
+                    id_inputs=len(v.ids),
+                )
+        files, sentences = [], []
+        group = _unit_name(entry).replace(" ", "-")
+        for i, s in enumerate(parity.sentences):
+            test = self.layout.audio(group, i)
+            ref = test.with_name(f"{i}.reference.wav")
+            write_wav(test, s.audio, self.source.sample_rate)
+            write_wav(ref, s.reference, self.source.sample_rate)
+            rels = [p.relative_to(self.out).as_posix() for p in (test, ref)]
+            files += rels
+            sentences.append(
+                {
+                    "input": s.label,
+                    "tokens": s.tokens,
+                    "metrics": s.metrics,
+                    "audio": rels[0],
+                    "reference_audio": rels[1],
+                }
+            )
+        if parity.reason:
+            self.progress.log(f"validate: {_unit_name(entry)}: not measured ({parity.reason})")
+        result = {
+            "sentences": sentences,
+            "runner": parity.runner,
+            "reason": parity.reason,
+            "validate_seconds": time.perf_counter() - started,
+            "artifact_sha256": dict(entry.sha256),
+        }
+        return files, result
+
     def phrases(self) -> list[dict[str, Any]]:
         if self.recipe.phrases is None:
             return []
@@ -592,13 +737,18 @@ class Build:
         info = self.convert()
         artifacts, report = [], []
         for entry in index:
-            measured = self.measure(entry)
+            runtime_layout = entry.runtime_layout
+            measured = self.measure_layout(entry) if runtime_layout else self.measure(entry)
             sentences = measured["sentences"]
             metrics = aggregate([s["metrics"] for s in sentences])
-            thresholds = self.recipe.validation.thresholds_for(entry.precision)
-            failures = check(metrics, thresholds)
+            if runtime_layout:  # layout limits apply where the runtime measured (never: None, no miss)
+                thresholds = self.recipe.validation.layout_thresholds
+                failures = [] if measured.get("reason") else check(metrics, thresholds)
+            else:
+                thresholds = self.recipe.validation.thresholds_for(entry.precision)
+                failures = check(metrics, thresholds)
             verdict = "pass" if not failures else "FAIL: " + "; ".join(failures)
-            self.progress.log(f"validate: {entry.format} {entry.precision}: {verdict}")
+            self.progress.log(f"validate: {_unit_name(entry)}: {verdict}")
             artifact = _artifact(
                 entry,
                 self._check_unchanged(entry),  # the bytes on disk now, against what was measured
@@ -615,6 +765,7 @@ class Build:
                     "export_seconds": entry.export_seconds,
                     "validate_seconds": measured["validate_seconds"],
                     "runner": measured.get("runner"),
+                    **({"layout": entry.layout, "note": measured["reason"]} if runtime_layout else {}),
                     "passed": not failures,
                     "failures": failures,
                     "metrics": metrics,
@@ -723,7 +874,14 @@ def _artifact(entry: ExportEntry, digests: dict[str, FileDigest], parity: Parity
             for graph, rel in entry.all_files.items()
         ],
         parity=parity,
+        layout=entry.layout if entry.runtime_layout else None,
     )
+
+
+def _unit_name(entry: ExportEntry) -> str:
+    """The unit as logs name it: "onnx int8", or "onnx int8 sherpa-onnx" for a runtime layout."""
+    name = f"{entry.format} {entry.precision}"
+    return f"{name} {entry.layout}" if entry.runtime_layout else name
 
 
 def _recipe_label(recipe: Recipe) -> str:

@@ -284,6 +284,11 @@ class ValidateConfig(SettingsSection):
     precision_thresholds: dict[
         Precision, Annotated[dict[MetricName, Threshold], WithJsonSchema(_THRESHOLDS_SCHEMA)]
     ] = Field(default_factory=dict)
+    #: limits for other runtimes' layouts of the artifacts (sherpa-onnx's Pocket TTS files), measured
+    #: where the runtime is installed; a layout measured nowhere passes (its figures are None)
+    layout_thresholds: Annotated[dict[MetricName, Threshold], WithJsonSchema(_THRESHOLDS_SCHEMA)] = Field(
+        default_factory=dict
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -291,8 +296,9 @@ class ValidateConfig(SettingsSection):
         """Turn `snr_db: 20` into `{min: 20}` here, the only place that knows the key for the value."""
         if not isinstance(data, dict):
             return data
-        if isinstance(data.get("thresholds"), dict):
-            data = {**data, "thresholds": _convert_bare(data["thresholds"])}
+        for key in ("thresholds", "layout_thresholds"):
+            if isinstance(data.get(key), dict):
+                data = {**data, key: _convert_bare(data[key])}
         per_precision = data.get("precision_thresholds")
         if isinstance(per_precision, dict):
             data = {
@@ -317,7 +323,7 @@ class ValidateConfig(SettingsSection):
     def _limits_within_range(self) -> "ValidateConfig":
         """A limit outside what its metric can measure never passes (`logmel_dtw_db: -5`) or checks
         nothing (`duration_match: -1`): either way the recipe is wrong, so say where."""
-        located = [(("thresholds",), self.thresholds)] + [
+        located = [(("thresholds",), self.thresholds), (("layout_thresholds",), self.layout_thresholds)] + [
             (("precision_thresholds", p), limits) for p, limits in self.precision_thresholds.items()
         ]
         problems = [

@@ -36,6 +36,7 @@ from voxport.errors import BadInput
 
 if TYPE_CHECKING:
     from voxport.families.base import FamilyModel
+    from voxport.families.layouts.onnx import OnnxLayout
     from voxport.quantize.stage import QuantizedModel
     from voxport.runtime.base import Runner
 
@@ -80,6 +81,8 @@ _FIELDS = (
     "layout",
     "bits_per_weight",
     "skipped_weights",
+    "runtime_layout",
+    "runtime",
     "export_seconds",
     "sha256",
 )
@@ -105,6 +108,10 @@ class ExportEntry:
     #: the runtime layout the files follow ("llama.cpp pockettts"); None: voxport's own
     layout: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    #: another runtime's files of an artifact (`FormatAdapter.export_layout`): its own unit and figures
+    runtime_layout: bool = False
+    #: the distribution that runs a runtime layout's files for validate; None: written, never measured
+    runtime: str | None = None
     export_seconds: float | None = None
     sha256: dict[str, str] = field(default_factory=dict)
 
@@ -128,6 +135,9 @@ class ExportEntry:
         data["bits_per_weight"] = self.bits_per_weight
         data["skipped_weights"] = list(self.skipped_weights)
         data.update(self.details)
+        if self.runtime_layout:
+            data["runtime_layout"] = True
+            data["runtime"] = self.runtime
         data["export_seconds"] = self.export_seconds
         data["sha256"] = dict(self.sha256)
         return data
@@ -144,6 +154,8 @@ class ExportEntry:
             sidecars=dict(data["sidecars"]) if data.get("sidecars") is not None else None,
             layout=data.get("layout"),
             details={k: v for k, v in data.items() if k not in _FIELDS},
+            runtime_layout=bool(data.get("runtime_layout", False)),
+            runtime=data.get("runtime"),
             export_seconds=data.get("export_seconds"),
             sha256=dict(data.get("sha256", {})),
         )
@@ -182,6 +194,14 @@ class FormatAdapter(ABC, Generic[O, P]):
     @abstractmethod
     def export(self, ctx: ExportContext[O], prepared: P | None) -> ExportEntry:
         """Write one precision's artifact under `ctx.out` and describe it."""
+
+    def export_layout(self, ctx: ExportContext[O], layout: OnnxLayout) -> ExportEntry:
+        """Write one of a family's runtime layouts (`FamilyModel.runtime_layouts`) of one precision, its
+        own artifact; a format whose families declare none never gets here."""
+        raise BadInput(
+            f"{ctx.model.family} declares a runtime layout '{layout.name}' for {self.name}, "
+            "which writes none; remove it from the family's `layouts`"
+        )
 
     @abstractmethod
     def runner(self, model: FamilyModel, entry: ExportEntry, out: Path) -> Runner:

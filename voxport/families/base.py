@@ -12,7 +12,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
 import numpy as np
 import torch
@@ -24,6 +24,9 @@ from voxport.families.layouts.gguf import GgufLayout
 from voxport.families.settings import SynthesisSettings
 from voxport.runtime.base import Runner
 from voxport.runtime.torch import TorchRunner
+
+if TYPE_CHECKING:
+    from voxport.families.layouts.onnx import OnnxLayout
 
 
 @dataclass
@@ -208,10 +211,15 @@ class FamilyModel(ABC):
         so the files load there; the format adapter never needs to know which family it is."""
         return None
 
-    def write_sidecars(self, primary: Path, weights: Mapping[str, Any] | None = None) -> dict[str, Path]:
-        """Files a runtime needs beside the primary graph (e.g. a Piper voice config, or graphs in
-        another runtime's layout, which get the precision's stored `weights`); none by default."""
+    def write_sidecars(self, primary: Path) -> dict[str, Path]:
+        """Files a runtime needs beside the primary graph (e.g. a Piper voice config); none by default."""
         return {}
+
+    def runtime_layouts(self, format_name: str) -> list[OnnxLayout]:
+        """Other runtimes' layouts of this model in `format_name` (sherpa-onnx's Pocket TTS split), each
+        its own artifact with its own parity figure (families/layouts/onnx.py); the names are those
+        `Family.layouts` declares. None by default."""
+        return []
 
     def torch_runner(self) -> Runner:
         """The fp32 reference runner over this model's own graph modules."""
@@ -294,6 +302,9 @@ class Family(ABC):
     importers: ClassVar[Mapping[str, Importer]] = {}
     #: what its checkpoints look like, for "unknown architecture" messages
     checkpoint_hint: ClassVar[str] = ""
+    #: names of the runtime layouts its models give per format (`FamilyModel.runtime_layouts`), known
+    #: without loading a checkpoint so a cached build enumerates its units without one
+    layouts: ClassVar[Mapping[str, tuple[str, ...]]] = {}
 
     @classmethod
     @abstractmethod

@@ -331,17 +331,21 @@ def _artifact_section(
     out = [
         f'<section class="artifact" id="{_e(section_id)}" data-format="{_e(fmt)}" '
         f'data-precision="{_e(precision)}" data-passed="{_e(str(bool(passed)).lower())}">',
-        f"<h2>{_e(fmt)} {_e(precision)} {_verdict_cell(passed, 'span')}</h2>",
+        f"<h2>{_e(' '.join(filter(None, (fmt, precision, art.get('layout')))))} "
+        f"{_verdict_cell(passed, 'span')}</h2>",
         f'<p class="meta">File <code>{_e(art.get("path", "?"))}</code>, {_e(_mb(art.get("bytes")))} MB, '
         f"{_e(_fmt(art.get('bits_per_weight')))} bits/weight.</p>",
     ]
+    if art.get("note"):  # a runtime layout measured nowhere says why (validate/layouts.py)
+        out.append(f'<p class="note">Not measured: {_e(art["note"])}</p>')
     if failures:
         out.append('<ul class="failures">' + "".join(f"<li>{_e(f)}</li>" for f in failures) + "</ul>")
     out.append(_metrics_table(art.get("metrics") or {}, thresholds, failures))
     for i, sentence in enumerate(art.get("sentences") or []):
         label = str(sentence.get("input", f"sentence {i + 1}"))
         ref_entry = _reference_for(reference, i, label)
-        ref_audio = assets.load(ref_entry.get("audio"))
+        # a runtime layout is compared with a reference under its own settings (validate/layouts.py)
+        ref_audio = assets.load(sentence.get("reference_audio") or ref_entry.get("audio"))
         test_audio = assets.load(sentence.get("audio"))
         out += [
             f'<div class="sentence" data-index="{i}">',

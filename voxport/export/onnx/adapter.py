@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     import onnx
 
     from voxport.families.base import FamilyModel
+    from voxport.families.layouts.onnx import OnnxLayout
     from voxport.runtime.base import Runner
 
 #: bits ONNX spends per scale (float32 holding fp16-exact values, see export/onnx/weights.py)
@@ -25,8 +26,9 @@ Traced = dict[str, tuple["onnx.ModelProto", bool, dict[str, str]]]
 
 class OnnxExportConfig(ConfigModel):
     opset: Annotated[Int, Field(ge=17, le=23)] = 21
-    #: also write the family's graphs in other ONNX runtimes' layouts beside the artifact (Pocket TTS:
-    #: sherpa-onnx's five-file layout, a second copy of the weights); false writes only voxport's graphs
+    #: also write the family's graphs in other ONNX runtimes' layouts, each its own artifact beside
+    #: voxport's (Pocket TTS: sherpa-onnx's five-file layout, a second copy of the weights, measured in
+    #: sherpa-onnx where it is installed); false skips those units only
     runtime_layouts: Bool = True
 
 
@@ -55,9 +57,7 @@ class OnnxFormat(FormatAdapter[OnnxExportConfig, Traced], name="onnx"):
             opset=ctx.options.opset,
         )
         primary = next(f for f in files if f.primary)
-        # the precision's weights go to families that write other runtimes' layouts (None: don't)
-        weights = qm.weights if ctx.options.runtime_layouts else None
-        sidecars = model.write_sidecars(primary.path, weights=weights)
+        sidecars = model.write_sidecars(primary.path)
         return ExportEntry(
             format=self.name,
             precision=qm.precision,
@@ -66,6 +66,28 @@ class OnnxFormat(FormatAdapter[OnnxExportConfig, Traced], name="onnx"):
             sidecars={name: ctx.rel(p) for name, p in sidecars.items()},
             bits_per_weight=qm.bits_per_weight(scale_bits=ONNX_SCALE_BITS),
             skipped_weights=qm.skipped_weights() + unplaced_quantized(qm.weights, files),
+        )
+
+    def cache_options(self, options: OnnxExportConfig, precision: str) -> Any:
+        # runtime_layouts only adds or drops the layout units: it does not shape these bytes
+        return options.model_dump(mode="json", exclude={"runtime_layouts"})
+
+    def export_layout(self, ctx: ExportContext[OnnxExportConfig], layout: OnnxLayout) -> ExportEntry:
+        """One runtime layout of one precision (issue 13, §2.5): its own directory and export entry."""
+        from voxport.export.onnx.layouts import write_onnx_layout
+
+        qm = ctx.qm
+        directory = ctx.out / "onnx" / f"{ctx.name}.{qm.precision}.{layout.directory_suffix}"
+        metadata = {"precision": qm.precision}
+        paths = write_onnx_layout(layout, directory, qm.weights, opset=ctx.options.opset, metadata=metadata)
+        return ExportEntry(
+            format=self.name,
+            precision=qm.precision,
+            path=ctx.rel(directory),
+            files={role: ctx.rel(p) for role, p in paths.items()},
+            layout=layout.name,
+            bits_per_weight=qm.bits_per_weight(scale_bits=ONNX_SCALE_BITS),
+            skipped_weights=qm.skipped_weights(),
         )
 
     def runner(self, model: FamilyModel, entry: ExportEntry, out: Path) -> Runner:

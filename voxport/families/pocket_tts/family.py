@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import ClassVar
 
@@ -20,6 +21,8 @@ class PocketTTSFamily(Family):
         MetricSpec("hidden_snr_db", "min", "hidden SNR dB", tensor="hidden"),
         MetricSpec("latent_snr_db", "min", "latent SNR dB", tensor="latent"),
     )
+    #: the runtime layouts `PocketTTSAdapter.runtime_layouts` gives per format (sherpa.py)
+    layouts: ClassVar[Mapping[str, tuple[str, ...]]] = {"onnx": ("sherpa-onnx",)}
     checkpoint_hint: ClassVar[str] = "a Kyutai Pocket TTS directory (model.safetensors + its YAML)"
 
     @classmethod

@@ -30,6 +30,7 @@ from voxport.families.base import (
     check_ids,
 )
 from voxport.families.checkpoint import PICKLE_SUFFIXES, find_weights_file, load_tensors
+from voxport.families.layouts.onnx import OnnxLayout
 from voxport.families.pocket_tts import layouts
 from voxport.families.pocket_tts.config import PocketConfig, infer_config
 from voxport.families.pocket_tts.frontend import (
@@ -239,24 +240,25 @@ class PocketTTSAdapter(FamilyModel):
 
         return PocketGgufLayout(self)
 
-    def write_sidecars(self, primary: Path, weights: Mapping[str, Any] | None = None) -> dict[str, Path]:
-        """The tokenizer beside the artifact, so `voxport say` on it can read text, and the same
-        weights (`weights`: the precision's stored encodings) in sherpa-onnx's Pocket TTS layout
-        (`<name>.<precision>.sherpa/`, see sherpa.py), since sherpa-onnx is a runtime users already
-        ship. Models sherpa cannot hold exactly get no such directory; the reason is logged. Without
-        `weights` only the tokenizer is written."""
-        from voxport.families.pocket_tts.sherpa import write_sherpa_sidecar
-
+    def write_sidecars(self, primary: Path) -> dict[str, Path]:
+        """The tokenizer beside the artifact, so `voxport say` on it can read text."""
         out = {}
         for name, data in self.tokenizer_files.items():
             path = primary.with_name(f"{primary.name.split('.')[0]}.{name}")
             atomic_write_bytes(path, data)
             out["tokenizer"] = path
-        # no weights: the recipe turned other runtimes' layouts off (export.onnx.runtime_layouts)
-        sherpa = None if weights is None else write_sherpa_sidecar(self, primary, weights)
-        if sherpa is not None:
-            out["sherpa-onnx"] = sherpa
         return out
+
+    def runtime_layouts(self, format_name: str) -> list[OnnxLayout]:
+        """ONNX: sherpa-onnx's Pocket TTS layout (see sherpa.py), since sherpa-onnx is a runtime users
+        already ship; one object per model, so its graphs are traced once for every precision."""
+        return [self._sherpa_layout] if format_name == "onnx" else []
+
+    @cached_property
+    def _sherpa_layout(self) -> OnnxLayout:
+        from voxport.families.pocket_tts.sherpa import sherpa_layout
+
+        return sherpa_layout(self)
 
     # --- text and voice ------------------------------------------------------------------------------
     @cached_property

@@ -24,29 +24,18 @@ state as zeros of the declared input shape with dynamic dimensions set to 1. Its
 - `decoder(latent (1,T,32), *state) -> (audio (1,1,samples), *state)`: all latents decoded after
   generation in chunks of `chunk_size` (default 15) frames, the state carried across chunks.
 
-This module writes that layout from voxport's own modules: thin wrappers over `layer_step`,
-`codec_step`, `encode_voice` and the flow net, traced with voxport's tracer and given the precision's
-stored weights (`apply_stored_weights`), so an int8 artifact's sherpa files hold the same int8 codes as
-its main graphs. Design choices where the contract leaves room:
-
-- the backbone's KV cache grows by concatenation and carries a `length` counter; cache slots before
-  `past - length` are masked, so sherpa's one-slot zero start (dynamic dims set to 1) is harmless and
-  no capacity limits the frame count;
-- `embeddings` is reshaped to (1, -1, d_model) inside, so sherpa's fixed (1,0,1024) empty tensor is
-  accepted by models of any width;
-- `eos_logit` is shifted by `-4 - eos_threshold`, so sherpa's fixed test applies the model's threshold;
-- the encoder puts `bos_before_voice` in front of the projected voice latents (voxport's prompt order
-  `[bos_before_voice][voice][text][audio BOS]` is then exactly sherpa's call order); a checkpoint
-  without codec encoder gets an encoder that ignores the audio and returns no positions (the prompt
-  voxport uses without a voice);
-- the decoder carries voxport's fixed-shape codec state plus the codec position, and decodes any number
-  of frames per call.
+This module describes that layout as data (`sherpa_layout(model) -> OnnxLayout`): thin wrappers over
+`layer_step`, `codec_step`, `encode_voice` and the flow net as GraphSpecs, the vocabulary files, the
+metadata, and a voice that drives written files in sherpa-onnx. The ONNX exporter traces the graphs and
+gives them the precision's stored weights (`export/onnx/layouts.py`), so an int8 artifact's sherpa files
+hold the same int8 codes as its main graphs. Design choices where the contract leaves room:
 
 Caveats of sherpa's side (not of the files): it prepares no text the way Kyutai does (capital first
-letter, terminal punctuation, padding), so give it prepared sentences; it caches voice embeddings
-process-wide keyed by the reference audio alone, so two models in one process given the same clip
-share the first one's embedding; without `<0xNN>` pieces in the vocabulary (sherpa logs "Missing byte
-token" for each) a character outside the vocabulary gets an undefined id.
+letter, terminal punctuation, padding), so the voice here hands it voxport's prepared sentence; it
+speaks a text sentence by sentence, so a text of several sentences has no voxport counterpart; it caches
+voice embeddings keyed by the reference audio (two `OfflineTts` objects in one process given the same
+clip were measured, with 2.0.1, to keep their own); without `<0xNN>` pieces in the vocabulary (sherpa
+logs "Missing byte token" for each, on stderr) a character outside the vocabulary gets an undefined id.
 
 What cannot be expressed is skipped with a reason (`unsupported`): heads other than LSD (sherpa's
 Euler loop equals a drifting or pointwise head only at num_steps 1), latents other than 32 wide and
@@ -55,28 +44,35 @@ sample rates other than 24 kHz (both fixed in sherpa's C++), no sentencepiece-st
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-import weakref
-from collections.abc import Mapping
+import os
+import re
+import tempfile
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import onnx
+import numpy as np
 import torch
 from torch import nn
 
-from voxport.families.base import GraphSpec
+from voxport import __version__
+from voxport.families.base import GraphSpec, SynthesisSettings
+from voxport.families.layouts.onnx import OnnxLayout, Unmeasurable
+from voxport.families.pocket_tts.frontend import prepare_text
 from voxport.families.pocket_tts.graphs import CodecGraph
+from voxport.families.pocket_tts.loop import fade_in, max_frames_for
 from voxport.families.pocket_tts.modules import (
     PocketModules,
     codec_state_shapes,
     encode_voice,
     layer_step,
 )
+from voxport.families.pocket_tts.voice import voice_audio
 
 if TYPE_CHECKING:
-    from voxport.export.onnx.weights import Stored
     from voxport.families.pocket_tts.model import PocketTTSAdapter
 
 log = logging.getLogger(__name__)
@@ -85,17 +81,14 @@ log = logging.getLogger(__name__)
 SHERPA_LATENT_DIM = 32
 SHERPA_SAMPLE_RATE = 24000
 SHERPA_EOS_THRESHOLD = -4.0
+#: the layout's name (manifest `Artifact.layout`), its directory suffix and its runtime (PyPI)
+LAYOUT_NAME, DIRECTORY_SUFFIX, RUNTIME_PACKAGE = "sherpa-onnx", "sherpa", "sherpa-onnx"
 #: files of the layout; the five graphs in the order of OfflineTtsPocketModelConfig's arguments
 GRAPH_FILES = ("lm_flow", "lm_main", "encoder", "decoder", "text_conditioner")
 VOCAB_FILE, SCORES_FILE = "vocab.json", "token_scores.json"
 #: score of pieces sherpa must never pick (control, unknown, unused): they stay in vocab.json because
 #: sherpa indexes its id table by id, so ids must be contiguous
 NEVER_SCORE = -1.0e4
-
-
-def sherpa_dir(primary: Path) -> Path:
-    """`<name>.<precision>.onnx` -> `<name>.<precision>.sherpa/` beside it."""
-    return primary.with_name(primary.name.removesuffix(".onnx") + ".sherpa")
 
 
 def unsupported(model: PocketTTSAdapter) -> str | None:
@@ -343,90 +336,38 @@ def sherpa_vocab(tokenizer_files: Mapping[str, bytes]) -> tuple[dict[str, int], 
     )
 
 
-# --- writing ------------------------------------------------------------------------------------------
+# --- the layout ---------------------------------------------------------------------------------------
 
 
-#: fp32 traces per model object and opset (weights are applied to copies), so exporting several
-#: precisions of one model traces the five graphs once, as the main graphs are (`trace_all`)
-_TRACED: weakref.WeakKeyDictionary[PocketTTSAdapter, dict[int, list[tuple[str, onnx.ModelProto]]]] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def _opset_of(primary: Path) -> int:
-    """The main graphs' opset (the recipe's), so the sherpa files can hold the same weight encodings."""
-    from voxport.export.onnx.exporter import DEFAULT_OPSET
-
-    try:
-        proto = onnx.load_model(str(primary), load_external_data=False)
-    except Exception:  # the primary is voxport's own; fall back to the default rather than fail
-        return DEFAULT_OPSET
-    return max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=DEFAULT_OPSET)
-
-
-def export_sherpa(
-    model: PocketTTSAdapter,
-    out_dir: Path,
-    weights: Mapping[str, Stored] | None = None,
-    *,
-    opset: int | None = None,
-    metadata: Mapping[str, str] | None = None,
-) -> Path:
-    """Write the layout into `out_dir` atomically (a temporary directory renamed into place).
-
-    `weights`: the precision's stored weights (None: the model's fp32 weights)."""
-    from voxport import __version__
-    from voxport.export.onnx.exporter import DEFAULT_OPSET
-    from voxport.export.onnx.trace import trace_graph
-    from voxport.export.onnx.weights import apply_stored_weights
-    from voxport.io import atomic_path
-
+def sherpa_layout(model: PocketTTSAdapter) -> OnnxLayout:
+    """The layout as data for the ONNX exporter and for `validate`; `unsupported` says why when sherpa
+    cannot hold this model exactly (then there are no files). Metadata keys in the order they are
+    written (the precision's and `graph` follow), which keeps the files byte-identical across versions
+    of this code."""
     reason = unsupported(model)
-    if reason:
-        raise ValueError(f"sherpa-onnx Pocket layout: {reason}")
-    opset = opset or DEFAULT_OPSET
-    if weights is None:
-        weights = {k: v.to(torch.float32).numpy() for k, v in model.state_dict().items()}
-    vocab, scores = sherpa_vocab(model.tokenizer_files)
-    props = {
-        "family": model.family,
-        "layout": "sherpa-onnx pocket",
-        "voxport_version": __version__,
-        "sample_rate": str(model.sample_rate),
-        **(metadata or {}),
-    }
-    cache = _TRACED.setdefault(model, {})
-    if opset not in cache:  # one trace per model and opset: precisions only change the weights
-        cache[opset] = [(spec.name, trace_graph(spec, opset)) for spec in sherpa_graphs(model)]
-    with atomic_path(out_dir) as tmp:
-        tmp.mkdir(parents=True)
-        for name, traced in cache[opset]:
-            proto = onnx.ModelProto()
-            proto.CopyFrom(traced)
-            apply_stored_weights(proto, weights, opset=opset)
-            del proto.metadata_props[:]
-            for key, value in {**props, "graph": name}.items():
-                proto.metadata_props.add(key=key, value=str(value))
-            proto.producer_name, proto.producer_version = "voxport", __version__
-            onnx.checker.check_model(proto)
-            onnx.save_model(proto, str(tmp / f"{name}.onnx"))
-        (tmp / VOCAB_FILE).write_text(json.dumps(vocab, ensure_ascii=False, indent=0))
-        (tmp / SCORES_FILE).write_text(json.dumps(scores, ensure_ascii=False, indent=0))
-    return out_dir
-
-
-def write_sherpa_sidecar(
-    model: PocketTTSAdapter, primary: Path, weights: Mapping[str, Stored] | None
-) -> Path | None:
-    """The `write_sidecars` hook: the layout beside the primary graph, or None (logged) when sherpa
-    cannot hold this model."""
-    reason = unsupported(model)
-    if reason:
-        log.warning("sherpa-onnx Pocket layout not written for %s: %s", primary.name, reason)
-        return None
-    precision = primary.name.removesuffix(".onnx").rsplit(".", 1)[-1]
-    return export_sherpa(
-        model, sherpa_dir(primary), weights, opset=_opset_of(primary), metadata={"precision": precision}
+    files: dict[str, bytes] = {}
+    if reason is None:
+        vocab, scores = sherpa_vocab(model.tokenizer_files)
+        files = {
+            VOCAB_FILE: json.dumps(vocab, ensure_ascii=False, indent=0).encode("utf-8"),
+            SCORES_FILE: json.dumps(scores, ensure_ascii=False, indent=0).encode("utf-8"),
+        }
+    return OnnxLayout(
+        name=LAYOUT_NAME,
+        directory_suffix=DIRECTORY_SUFFIX,
+        graphs=lambda: sherpa_graphs(model),
+        files=files,
+        metadata={
+            "family": model.family,
+            "layout": "sherpa-onnx pocket",
+            "voxport_version": __version__,
+            "sample_rate": str(model.sample_rate),
+        },
+        unsupported=reason,
+        voice=lambda directory: SherpaVoice(directory, model),
+        runtime_package=RUNTIME_PACKAGE,
+        # sherpa draws its own noise (std::mt19937): only the noise-free path has a voxport counterpart
+        parity_settings={"temperature": 0.0},
     )
 
 
@@ -438,14 +379,110 @@ def sherpa_config_args(directory: Path) -> dict[str, Any]:
     return args
 
 
+# --- the runtime ------------------------------------------------------------------------------------
+
+
+#: a sentence end followed by more text: sherpa would speak the parts one by one
+_SEVERAL_SENTENCES = re.compile(r"[.!?]\s+\S")
+
+
+class SherpaVoice:
+    """A written layout speaking in sherpa-onnx, with voxport's settings mapped onto sherpa's
+    `GenerationConfig`: the flow head's single Euler step, sherpa's `frames_after_eos` counting the EOS
+    frame (voxport's + 1), voxport's frame limit, the prepared sentence, the voice prompt's audio, and
+    voxport's 5 ms fade-in (which sherpa omits) applied to the result."""
+
+    def __init__(self, directory: Path, model: PocketTTSAdapter) -> None:
+        self.directory = directory
+        self.model = model
+        self._tts: Any = None
+
+    def _engine(self) -> Any:
+        if self._tts is None:
+            import sherpa_onnx
+
+            config = sherpa_onnx.OfflineTtsConfig(
+                model=sherpa_onnx.OfflineTtsModelConfig(
+                    pocket=sherpa_onnx.OfflineTtsPocketModelConfig(**sherpa_config_args(self.directory)),
+                    num_threads=1,
+                    provider="cpu",
+                )
+            )
+            if not config.validate():
+                raise ValueError(f"{self.directory}: sherpa-onnx does not accept these files")
+            with _stderr_to_log():  # one "Missing byte token" line per byte piece a vocabulary lacks
+                self._tts = sherpa_onnx.OfflineTts(config)
+        return self._tts
+
+    def _reference_audio(self, settings: SynthesisSettings) -> np.ndarray:
+        model = self.model
+        if settings.voice is None:
+            if model.modules.mimi.has_encoder:
+                raise Unmeasurable(
+                    "sherpa-onnx always prompts with a voice, voxport's reference has none: set "
+                    "validate.voice to a WAV file to compare them"
+                )
+            return np.zeros(model.cfg.frame_size, np.float32)  # ignored: no codec encoder
+        if Path(settings.voice).suffix == ".npy":
+            raise Unmeasurable("the voice prompt is latents (.npy): sherpa-onnx takes reference audio")
+        return voice_audio(Path(settings.voice), model.sample_rate)
+
+    def speak(self, text: str, settings: SynthesisSettings) -> np.ndarray:
+        import sherpa_onnx
+
+        model = self.model
+        prepared = prepare_text(text, model.cfg.text_options)
+        if _SEVERAL_SENTENCES.search(prepared.strip()):
+            raise Unmeasurable(
+                f"{text!r} has several sentences: sherpa-onnx speaks them one by one, voxport as one prompt"
+            )
+        ids = model.text_to_ids(text)
+        loop = model.loop_settings(settings, ids)
+        g = sherpa_onnx.GenerationConfig()
+        g.num_steps = 1  # voxport's flow_head graph: one LSD step
+        g.silence_scale = 1.0  # sherpa's default 0.2 rescales quiet stretches
+        g.reference_audio = self._reference_audio(settings).tolist()
+        g.reference_sample_rate = model.sample_rate
+        g.extra = {
+            "temperature": str(loop.temperature),
+            "seed": str(loop.seed),
+            "max_frames": str(loop.max_frames or max_frames_for(len(ids), model.loop_spec.frame_rate)),
+            "frames_after_eos": str(loop.frames_after_eos + 1),
+        }
+        audio = np.asarray(self._engine().generate(prepared, g).samples, np.float32)
+        return fade_in(audio, model.sample_rate)
+
+
+@contextlib.contextmanager
+def _stderr_to_log() -> Iterator[None]:
+    """sherpa-onnx's C++ writes warnings to file descriptor 2: catch them and log them at debug level,
+    so a build's terminal shows voxport's progress, not hundreds of tokenizer lines."""
+    try:
+        fd = os.dup(2)
+    except OSError:  # no stderr to redirect
+        yield
+        return
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(fd, 2)
+            os.close(fd)
+            sink.seek(0)
+            lines = sink.read().decode("utf-8", "replace").splitlines()
+            if lines:
+                log.debug("sherpa-onnx: %d lines, first: %s", len(lines), lines[0])
+
+
 __all__ = [
     "GRAPH_FILES",
+    "LAYOUT_NAME",
     "SHERPA_EOS_THRESHOLD",
-    "export_sherpa",
+    "SherpaVoice",
     "sherpa_config_args",
-    "sherpa_dir",
     "sherpa_graphs",
+    "sherpa_layout",
     "sherpa_vocab",
     "unsupported",
-    "write_sherpa_sidecar",
 ]

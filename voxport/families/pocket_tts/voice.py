@@ -33,6 +33,17 @@ def load_voice(voice: str, model: PocketTTSAdapter | None) -> np.ndarray:
             f"{model.source}: this checkpoint has no codec encoder (mimi.encoder.*), so it cannot encode "
             "a voice prompt; use a checkpoint with voice cloning weights or give latents (.npy)"
         )
+    mono = voice_audio(path, model.sample_rate)
+    with torch.no_grad():
+        latents = encode_voice(
+            model.modules.mimi, torch.from_numpy(np.ascontiguousarray(mono)), model.cfg.frame_size
+        )
+    return latents[0].numpy().astype(np.float32)
+
+
+def voice_audio(path: Path, sample_rate: int) -> np.ndarray:
+    """A voice prompt WAV as mono float32 at `sample_rate`: what the codec encoder (and any runtime
+    given the same prompt, e.g. sherpa-onnx) hears."""
     import librosa
     import soundfile as sf
 
@@ -41,10 +52,6 @@ def load_voice(voice: str, model: PocketTTSAdapter | None) -> np.ndarray:
     except Exception as exc:  # soundfile raises LibsndfileError and RuntimeError variants
         raise BadInput(f"{path}: not a readable audio file ({exc})") from None
     mono = audio.mean(axis=1)
-    if rate != model.sample_rate:
-        mono = librosa.resample(mono, orig_sr=rate, target_sr=model.sample_rate)
-    with torch.no_grad():
-        latents = encode_voice(
-            model.modules.mimi, torch.from_numpy(np.ascontiguousarray(mono)), model.cfg.frame_size
-        )
-    return latents[0].numpy().astype(np.float32)
+    if rate != sample_rate:
+        mono = librosa.resample(mono, orig_sr=rate, target_sr=sample_rate)
+    return np.ascontiguousarray(mono, dtype=np.float32)

@@ -219,9 +219,8 @@ class VitsModelAdapter(FamilyModel):
                 meta["general.license"] = license_
         return meta
 
-    def write_sidecars(self, primary: Path, weights: Mapping[str, Any] | None = None) -> dict[str, Path]:
-        """A Piper voice's `.onnx.json` and sherpa-onnx's `tokens.txt`, so Piper and sherpa load it.
-        `weights` (the precision's stored weights) is unused: these sidecars hold no weights."""
+    def write_sidecars(self, primary: Path) -> dict[str, Path]:
+        """A Piper voice's `.onnx.json` and sherpa-onnx's `tokens.txt`, so Piper and sherpa load it."""
         if PIPER_CONFIG not in self.tokenizer_files:
             return {}
         from voxport.families.vits.piper_files import write_piper_sidecars
