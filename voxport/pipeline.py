@@ -49,7 +49,14 @@ from voxport.cache import (
 )
 from voxport.errors import BadInput, VoxportError
 from voxport.export.formats import FORMATS, Format, get_format
-from voxport.families.base import FamilyModel, SynthesisSettings, load_model
+from voxport.families.base import (
+    Family,
+    FamilyModel,
+    MetricSpec,
+    SynthesisSettings,
+    detect_family,
+    load_model,
+)
 from voxport.io import atomic_write_json, ensure_writable_dir, sweep_temporaries, write_wav
 from voxport.lock import OutputLock
 from voxport.manifest import (
@@ -64,7 +71,8 @@ from voxport.manifest import (
 from voxport.progress import CallbackProgress, NullProgress, Progress
 from voxport.quantize.stage import load_quantized, quantize_model, save_quantized
 from voxport.recipe import Recipe
-from voxport.validate.parity import Reference, aggregate, check, measure_sentence
+from voxport.validate.parity import Reference, measure_sentence
+from voxport.validate.thresholds import aggregate, check, failed_metrics, metric_specs, metrics_json
 
 #: formats this version can produce; a recipe asking for another fails before any work is done
 SUPPORTED_FORMATS = tuple(FORMATS)
@@ -196,6 +204,11 @@ class Build:
         self.close()
 
     # --- keys: everything that shapes a unit's output, and nothing else -------------------------------
+    @cached_property
+    def family(self) -> type[Family]:
+        """The checkpoint's family (the recipe's `family:`, else detected from the files)."""
+        return detect_family(self.recipe.model, self.recipe.family)
+
     @cached_property
     def source_hash(self) -> str:
         files = _source_files(self.recipe.model)
@@ -480,6 +493,11 @@ class Build:
                 advance(1)
         return files, listing
 
+    @cached_property
+    def metrics(self) -> tuple[MetricSpec, ...]:
+        """The metrics parity reports for this family: the core ones and the family's own."""
+        return metric_specs(self.family)
+
     def measure(self, entry: dict[str, Any]) -> dict[str, Any]:
         """Parity figures of one artifact, for exactly the bytes its export recorded."""
         fmt, precision = entry["format"], entry["precision"]
@@ -504,7 +522,7 @@ class Build:
         sentences, files = [], []
         with self.progress.task(f"validate: {fmt} {precision}", total=len(self.inputs)) as advance:
             for i, (label, ids) in enumerate(self.inputs):
-                s = measure_sentence(self.model, runner, self.reference, ids, label)
+                s = measure_sentence(self.model, runner, self.reference, ids, label, self.metrics)
                 path = self.layout.audio(f"{fmt}-{precision}", i)
                 write_wav(path, s.audio["test"], self.model.sample_rate)
                 rel = path.relative_to(self.out).as_posix()
@@ -584,7 +602,7 @@ class Build:
         for entry in index:
             measured = self.measure(entry)
             sentences = measured["sentences"]
-            metrics = aggregate([s["metrics"] for s in sentences])
+            metrics = aggregate([s["metrics"] for s in sentences], self.metrics)
             thresholds = self.recipe.validation.thresholds_for(entry["precision"])
             failures = check(metrics, thresholds)
             verdict = "pass" if not failures else "FAIL: " + "; ".join(failures)
@@ -608,7 +626,9 @@ class Build:
                     "passed": not failures,
                     "failures": failures,
                     "metrics": metrics,
-                    "thresholds": {k: v.describe() for k, v in thresholds.items()},
+                    # as numbers: the report checks each sentence against them with Threshold.check
+                    "thresholds": {k: v.model_dump(exclude_none=True) for k, v in thresholds.items()},
+                    "failed_metrics": failed_metrics(metrics, thresholds),
                     "sentences": sentences,
                 }
             )
@@ -622,6 +642,7 @@ class Build:
                 "family": info["family"],
                 "sample_rate": info["sample_rate"],  # no checkpoint load on a fully cached rebuild
                 "passed": passed,
+                "metrics": metrics_json(self.metrics),
                 "reference": reference,
                 "artifacts": report,
                 "phrases": [{"text": p["text"], "audio": f"phrases/{p['file']}"} for p in phrases],
