@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Annotated, Any
@@ -157,28 +157,33 @@ def _fmt(value: float | None, digits: int = 1) -> str:
     return "—" if value is None else f"{value:.{digits}f}"
 
 
-#: (column, metric, digits); the optional ones show only when some artifact reports them
-METRIC_COLUMNS = (
-    ("forced SNR dB", "forced_snr_db", 1),
-    ("SNR dB", "snr_db", 1),
-    ("log-mel dB", "logmel_dtw_db", 2),
-    ("MCD dB", "mcd_db", 2),
-    ("dur match", "duration_match", 3),
-    ("len ratio", "length_ratio", 3),
-    ("hidden SNR dB", "hidden_snr_db", 1),
-    ("latent SNR dB", "latent_snr_db", 1),
-)
-OPTIONAL_METRICS = ("hidden_snr_db", "latent_snr_db")
+#: the core metrics the build table shows, in column order (labels and digits: `CORE_METRICS`); a
+#: family's own metrics (`Family.metrics`) follow, each where some artifact reports it
+TABLE_METRICS = ("forced_snr_db", "snr_db", "logmel_dtw_db", "mcd_db", "duration_match", "length_ratio")
+
+
+def metric_columns(
+    family: str | None, artifact_metrics: Iterable[Mapping[str, float | None]]
+) -> list[tuple[str, str, int]]:
+    """(column, metric, digits) of a build's table: TABLE_METRICS, then the metrics of `family` that
+    some artifact has a figure for. Shared with benchmarks/readme_build_table.py."""
+    from voxport.families.base import families
+    from voxport.validate.thresholds import CORE_METRICS, spec_named
+
+    core = [spec for name in TABLE_METRICS if (spec := spec_named(name, CORE_METRICS)) is not None]
+    family_cls = families().get(family) if family is not None else None
+    measured = list(artifact_metrics)
+    own = [
+        spec
+        for spec in (family_cls.metrics if family_cls is not None else ())
+        if any(m.get(spec.name) is not None for m in measured)
+    ]
+    return [(spec.label, spec.name, spec.digits) for spec in (*core, *own)]
 
 
 def _print_manifest(manifest: Any, out_dir: Path) -> None:
     table = Table(title=f"{manifest.recipe.get('name')} → {out_dir}", title_justify="left")
-    columns = [
-        (col, metric, digits)
-        for col, metric, digits in METRIC_COLUMNS
-        if metric not in OPTIONAL_METRICS
-        or any(a.parity.metrics.get(metric) is not None for a in manifest.artifacts)
-    ]
+    columns = metric_columns(manifest.model.family, [a.parity.metrics for a in manifest.artifacts])
     for col in ("format", "precision", "MB", "bits/w", *[c for c, _, _ in columns], "parity", "file"):
         table.add_column(
             col,
