@@ -39,10 +39,12 @@ from typing import Any
 
 from voxport import __version__
 from voxport.cache import (
+    SOURCE_ROOT,
     Digests,
     EntryDamaged,
     FileDigest,
     StageCache,
+    code_fingerprint,
     default_cache_dir,
     hash_inputs,
     stage_key,
@@ -148,6 +150,46 @@ def _slug(text: str, index: int) -> str:
     return f"{index:02d}-{words or 'phrase'}"
 
 
+#: The code of each stage's unit, for its cache key (`cache.code_fingerprint`): the Build method that
+#: computes it, followed through the helpers and imports it uses, and the output layout; validate adds
+#: the parity code. pipeline.py holds every stage, so hashing the whole module (what it imports at the top
+#: reaches every stage's code and the report) would make an edit of the report recompute every export:
+#: the roots are the stage's own functions instead. `stage_fingerprint` adds the family's module and the
+#: format adapter where the unit runs them. report.json and report.html are rendered on every build and
+#: never cached.
+STAGE_CODE: dict[str, tuple[str, ...]] = {
+    "convert": (f"{__name__}:Build._run_convert", f"{__name__}:Layout"),
+    "quantize": (f"{__name__}:Build._run_quantize", f"{__name__}:Layout"),
+    "export": (f"{__name__}:Build._run_export", f"{__name__}:Layout"),
+    "reference": (f"{__name__}:Build._run_reference", f"{__name__}:Layout"),
+    "validate": (f"{__name__}:Build._run_measure", f"{__name__}:Layout", "voxport.validate.parity"),
+    "phrases": (f"{__name__}:Build._run_phrases", f"{__name__}:Layout"),
+}
+#: Build methods that restore or run a cached unit: a stage that uses one gets that unit's result as an
+#: input, whose own key chains into the stage's, so the code behind them is not part of the stage's code
+UNIT_BOUNDARIES: tuple[str, ...] = tuple(
+    f"{__name__}:Build.{method}"
+    for method in ("_unit", "convert", "quantize", "export", "reference_audio", "measure", "phrases")
+)
+
+
+def stage_fingerprint(
+    stage: str,
+    family: type[Family] | None = None,
+    adapter: object | None = None,
+    *,
+    source: Path = SOURCE_ROOT,
+) -> str:
+    """The fingerprint of the code a unit of `stage` runs (`STAGE_CODE`), with the family's module and the
+    format adapter's class when given; `source` is the directory holding the voxport package hashed."""
+    roots = [*STAGE_CODE[stage]]
+    if adapter is not None:
+        roots.append(f"{type(adapter).__module__}:{type(adapter).__qualname__}")
+    if family is not None:
+        roots.append(family.__module__)
+    return code_fingerprint(tuple(roots), stop=UNIT_BOUNDARIES, source=source)
+
+
 class Build:
     """One build directory for one recipe: the cache keys of every unit and the units themselves."""
 
@@ -226,7 +268,8 @@ class Build:
             "trust_pickle": r.trust_pickle,
             "prune": [p.model_dump() for p in r.prune],
         }
-        return stage_key("convert", config, [self.source_hash])
+        inputs = [self.source_hash]
+        return stage_key("convert", config, inputs, stage_fingerprint("convert", self.family))
 
     def key_quantize(self, precision: str) -> str:
         q = self.recipe.quantize
@@ -236,7 +279,7 @@ class Build:
             "block_size": q.block_size,
             "overrides": q.overrides_for(precision),
         }
-        return stage_key("quantize", config, [self.key_convert])
+        return stage_key("quantize", config, [self.key_convert], stage_fingerprint("quantize"))
 
     def key_export(self, fmt: str, precision: str) -> str:
         config = {
@@ -245,7 +288,8 @@ class Build:
             "name": self.recipe.name,
             "options": self.formats[fmt].options(self.recipe, precision),
         }
-        return stage_key("export", config, [self.key_convert, self.key_quantize(precision)])
+        code = stage_fingerprint("export", self.family, self.formats[fmt])
+        return stage_key("export", config, [self.key_convert, self.key_quantize(precision)], code)
 
     def _measure_config(self) -> dict[str, Any]:
         """Validate options that change the figures (thresholds only change the verdict)."""
@@ -258,7 +302,7 @@ class Build:
     def key_reference(self) -> str:
         """The reference is the unpruned source model: pruning does not change it."""
         config = {"measure": self._measure_config(), "family": self.recipe.family}
-        return stage_key("reference", config, [self.source_hash])
+        return stage_key("reference", config, [self.source_hash], stage_fingerprint("reference", self.family))
 
     def key_validate(self, entry: dict[str, Any]) -> str:
         """Bound to the sha256 of every file of the artifact measured: a cached result can never
@@ -267,12 +311,15 @@ class Build:
         # the platform picks the runtime for some formats (Core ML predict on macOS, else the interpreter)
         config = {"measure": self._measure_config(), "platform": sys.platform}
         hashes = [f"{rel}={sha}" for rel, sha in sorted(_recorded(entry).items())]
-        return stage_key("validate", config, [self.key_export(fmt, precision), self.key_reference, *hashes])
+        inputs = [self.key_export(fmt, precision), self.key_reference, *hashes]
+        code = stage_fingerprint("validate", self.family, self.formats[fmt])
+        return stage_key("validate", config, inputs, code)
 
     @cached_property
     def key_phrases(self) -> str:
         phrases = self.recipe.phrases
-        return stage_key("phrases", phrases.model_dump(mode="json") if phrases else None, [self.source_hash])
+        config = phrases.model_dump(mode="json") if phrases else None
+        return stage_key("phrases", config, [self.source_hash], stage_fingerprint("phrases", self.family))
 
     # --- models, loaded only when a unit has to compute ------------------------------------------------
     @cached_property
