@@ -23,7 +23,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from voxport.cli import METRIC_COLUMNS, OPTIONAL_METRICS
+from voxport.cli import metric_columns
 
 BEGIN, END = "<!-- build-table:begin -->", "<!-- build-table:end -->"
 
@@ -37,13 +37,10 @@ def table(build_dir: Path) -> list[str]:
     report = json.loads((build_dir / "report.json").read_text(encoding="utf-8"))
     # report.json names which of an artifact's files are graphs (its "bytes" sums exactly those)
     graph_files = {(a["format"], a["precision"]): a for a in report["artifacts"]}
-    # the CLI's metric columns, an optional one (Pocket TTS's step SNRs) only where an artifact has it
-    columns = [
-        (col, metric, digits)
-        for col, metric, digits in METRIC_COLUMNS
-        if metric not in OPTIONAL_METRICS
-        or any(a["parity"]["metrics"].get(metric) is not None for a in manifest["artifacts"])
-    ]
+    # the CLI's metric columns, a family's own (Pocket TTS's step SNRs) only where an artifact has it
+    columns = metric_columns(
+        manifest["model"]["family"], [a["parity"]["metrics"] for a in manifest["artifacts"]]
+    )
     header = ["format", "precision", "file MB", "all MB", "bits/w", *[c for c, _, _ in columns], "parity"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for a in manifest["artifacts"]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -15,9 +16,13 @@ from pathlib import Path
 import pytest
 
 from voxport import pipeline
-from voxport.cache import StageCache, stage_key
+from voxport.cache import SOURCE_ROOT, StageCache, stage_key
+from voxport.export.registry import formats, get_format
+from voxport.families.registry import families
 from voxport.manifest import read_manifest, verify_files
-from voxport.recipe import Recipe
+from voxport.pipeline import stage_fingerprint
+from voxport.quantize.methods import method_class
+from voxport.recipe import Recipe, load_recipe
 
 TEXTS = ["hello world, this is voxport."]
 
@@ -227,3 +232,134 @@ def test_prune_cache_keeps_exactly_what_the_build_used(
     # the original recipe now misses exactly those two units again
     again, _ = run(make_recipe(tiny_vits_dir), work)
     assert ALL_UNITS - cached_units(again) == {"export gguf int4", "validate gguf int4"}
+
+
+# --- per-stage code fingerprints ---------------------------------------------------------------------
+def _source_copy(where: Path, edit: str | None = None, *, inside: str | None = None) -> Path:
+    """A copy of the voxport package under `where` (the directory to hash), with `edit` (a path inside
+    voxport/) changed: a comment appended, or, with `inside`, a comment line inserted after the line
+    that starts with `inside` (a def, so the change lands inside that function's source)."""
+    shutil.copytree(
+        SOURCE_ROOT / "voxport", where / "voxport", ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+    )
+    if edit is not None:
+        path = where / "voxport" / edit
+        text = path.read_text(encoding="utf-8")
+        if inside is None:
+            text += "\n# edited\n"
+        else:
+            head, sep, tail = text.partition(inside)
+            assert sep, f"{inside!r} not in {edit}"
+            line_end = tail.index("\n") + 1
+            text = head + sep + tail[:line_end] + "        # edited\n" + tail[line_end:]
+        path.write_text(text, encoding="utf-8")
+    return where
+
+
+def _fingerprints(source: Path) -> dict[str, str]:
+    """Every stage's code fingerprint for a VITS build into every format, from the source at `source`."""
+    family = families()["vits"]
+    found = {
+        "convert": stage_fingerprint("convert", family, source=source),
+        "quantize": stage_fingerprint("quantize", None, method_class("rtn"), source=source),
+        "reference": stage_fingerprint("reference", family, source=source),
+        "phrases": stage_fingerprint("phrases", family, source=source),
+    }
+    for fmt in formats():
+        adapter = get_format(fmt)
+        found[f"export {fmt}"] = stage_fingerprint("export", family, adapter, source=source)
+        found[f"validate {fmt}"] = stage_fingerprint("validate", family, adapter, source=source)
+    return found
+
+
+def _changed(before: dict[str, str], after: dict[str, str]) -> set[str]:
+    return {stage for stage in before if before[stage] != after[stage]}
+
+
+@pytest.fixture(scope="module")
+def unedited(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    return _fingerprints(_source_copy(tmp_path_factory.mktemp("src")))
+
+
+def test_fingerprints_depend_on_the_code_not_where_it_lives(unedited: dict[str, str]) -> None:
+    assert _fingerprints(SOURCE_ROOT) == unedited
+    assert len(set(unedited.values())) == len(unedited)  # each stage runs different code
+
+
+def test_report_edit_changes_no_stage_fingerprint(unedited: dict[str, str], tmp_path: Path) -> None:
+    """The report is rendered on every build: an edit to it must not throw away any cached unit."""
+    edited = _fingerprints(_source_copy(tmp_path, "validate/report_html.py"))
+    assert _changed(unedited, edited) == set()
+
+
+def test_gguf_writer_edit_changes_only_gguf_export_and_validate(
+    unedited: dict[str, str], tmp_path: Path
+) -> None:
+    edited = _fingerprints(_source_copy(tmp_path, "export/gguf/writer.py"))
+    assert _changed(unedited, edited) == {"export gguf", "validate gguf"}
+
+
+def test_a_stage_is_keyed_on_its_own_code_in_the_pipeline_module(
+    unedited: dict[str, str], tmp_path: Path
+) -> None:
+    """pipeline.py holds every stage: an edit inside validate's unit changes validate's fingerprints
+    only, and one in a helper it calls (the synthesis settings) changes the stages that call it."""
+    edited = _fingerprints(_source_copy(tmp_path / "a", "pipeline.py", inside="    def _run_measure("))
+    assert _changed(unedited, edited) == {f"validate {fmt}" for fmt in formats()}
+    edited = _fingerprints(_source_copy(tmp_path / "b", "pipeline.py", inside="def settings_for("))
+    # quantize too: its unit hands calibrated methods the synthesis settings (calibration_set)
+    assert _changed(unedited, edited) == {"reference", "quantize", *(f"validate {fmt}" for fmt in formats())}
+
+
+def _voxport_cli(src: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(src), "OMP_NUM_THREADS": "1"}
+    env.pop("VOXPORT_CACHE_DIR", None)  # the cache is the build's own (OUT/stages/cache)
+    return subprocess.run(
+        [sys.executable, "-m", "voxport", *args], cwd=cwd, env=env, capture_output=True, text=True
+    )
+
+
+@pytest.mark.slow
+def test_rebuild_after_a_report_edit_restores_every_unit(tmp_path: Path) -> None:
+    """A real `voxport build` of the demo recipe, run from a copy of the code; after an edit to the report
+    renderer, the rebuild restores every unit from the cache, and the page shows the edit."""
+    src = _source_copy(tmp_path / "src")
+    probe = subprocess.run(
+        [sys.executable, "-c", "import voxport; print(voxport.__file__)"],
+        env={**os.environ, "PYTHONPATH": str(src)},
+        cwd=tmp_path,  # `python -c` puts the working directory first on sys.path
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert probe.stdout.strip() == str(src / "voxport" / "__init__.py")  # the copy is what runs
+    work = tmp_path / "repo"
+    (work / "recipes").mkdir(parents=True)
+    recipe_file = work / "recipes" / "demo-tiny-vits.yaml"
+    shutil.copy(Path(__file__).parents[1] / "recipes" / "demo-tiny-vits.yaml", recipe_file)
+    demo = _voxport_cli(src, "demo", "build/demo-checkpoint", cwd=work)
+    assert demo.returncode == 0, demo.stderr
+    build = ("build", "recipes/demo-tiny-vits.yaml", "--out", "build/demo")
+    first = _voxport_cli(src, *build, cwd=work)
+    assert first.returncode == 0, first.stderr
+    assert ": cached" not in first.stderr
+
+    renderer = src / "voxport" / "validate" / "report_html.py"
+    text = renderer.read_text(encoding="utf-8")
+    assert text.count("voxport report ·") == 1
+    renderer.write_text(text.replace("voxport report ·", "voxport report (edited) ·"), encoding="utf-8")
+    again = _voxport_cli(src, *build, cwd=work)
+    assert again.returncode == 0, again.stderr
+
+    recipe = load_recipe(recipe_file)
+    units = {"convert", "reference audio"} | {f"quantize {p}" for p in recipe.precisions}
+    units |= {
+        f"{stage} {f} {p}"
+        for stage in ("export", "validate")
+        for f in recipe.formats
+        for p in recipe.precisions
+    }
+    # the CLI's progress lines start with the elapsed time ("9.9s quantize fp32: cached")
+    lines = [re.sub(r"^\d+(\.\d+)?s\s+", "", line.strip()) for line in again.stderr.splitlines()]
+    assert cached_units(lines) == units, again.stderr
+    assert "(edited)" in (work / "build" / "demo" / "report.html").read_text(encoding="utf-8")

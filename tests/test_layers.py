@@ -11,12 +11,13 @@ may only shrink: an entry that no longer occurs fails too, so whoever removes an
 
 from __future__ import annotations
 
-import ast
-from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import pytest
+
+from voxport import _imports
+from voxport._imports import Edge
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = "voxport"
@@ -50,15 +51,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
 
 #: Imports that break the order or close a cycle today, as (importer, imported) module pairs; each with
 #: why it is still here and the work that removes it (issue 13's work packages, see its plan).
-KNOWN_BACK_EDGES: dict[tuple[str, str], str] = {
-    # validate → pipeline
-    ("voxport.validate.parity", "voxport.recipe"): (
-        "Threshold, METRIC_DIRECTIONS; WP-D: validate/thresholds.py"
-    ),
-    ("voxport.validate.report_html", "voxport.recipe"): (
-        "METRIC_DIRECTIONS; WP-D: metric specs in report.json"
-    ),
-}
+KNOWN_BACK_EDGES: dict[tuple[str, str], str] = {}
 
 
 #: Sibling packages that stay independent of each other: one family never imports another, nor one
@@ -69,72 +62,13 @@ SIBLINGS: tuple[tuple[str, ...], ...] = (
 )
 
 
-@dataclass(frozen=True)
-class Edge:
-    source: str
-    target: str
-    line: int
-
-    def __str__(self) -> str:
-        return f"{self.source}:{self.line} imports {self.target}"
-
-
 def modules(root: Path, package: str = PACKAGE) -> dict[str, Path]:
-    """Every module of `package` under `root`, by dotted name (a package by its __init__)."""
-    found = {}
-    for path in sorted((root / package).rglob("*.py")):
-        parts = list(path.relative_to(root).with_suffix("").parts)
-        if parts[-1] == "__init__":
-            parts.pop()
-        found[".".join(parts)] = path
-    return found
-
-
-def _type_checking_only(node: ast.AST, parents: Mapping[ast.AST, ast.AST]) -> bool:
-    while node in parents:
-        node = parents[node]
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-            return True
-    return False
-
-
-def _targets(node: ast.Import | ast.ImportFrom, module: str, is_package: bool) -> Iterator[str]:
-    if isinstance(node, ast.Import):
-        yield from (alias.name for alias in node.names)
-        return
-    if node.level:
-        base = module.split(".")[: len(module.split(".")) - node.level + (1 if is_package else 0)]
-        origin = ".".join(base + ([node.module] if node.module else []))
-    else:
-        origin = node.module or ""
-    yield origin
-    yield from (f"{origin}.{alias.name}" for alias in node.names)
+    return _imports.modules(root, package)
 
 
 def import_edges(root: Path, package: str = PACKAGE) -> list[Edge]:
-    """Every import between modules of `package`, with the line it is on (TYPE_CHECKING ones left out).
-
-    `from a import b` is an edge to `a.b` when that is a module, else to `a`; an import of a name
-    that is no module is resolved to the nearest enclosing module."""
-    known = modules(root, package)
-    edges: set[Edge] = set()
-    for name, path in known.items():
-        tree = ast.parse(path.read_text(), str(path))
-        parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
-        for node in ast.walk(tree):
-            if not isinstance(node, ast.Import | ast.ImportFrom) or _type_checking_only(node, parents):
-                continue
-            targets = list(_targets(node, name, path.name == "__init__.py"))
-            if isinstance(node, ast.ImportFrom):
-                submodules = [t for t in targets[1:] if t in known]
-                named = [t for t in targets[1:] if t not in known]
-                targets = submodules + ([targets[0]] if named or not submodules else [])
-            for target in targets:
-                while target not in known and "." in target:
-                    target = target.rsplit(".", 1)[0]
-                if target in known and target != name:
-                    edges.add(Edge(name, target, node.lineno))
-    return sorted(edges, key=lambda e: (e.source, e.line, e.target))
+    """Every import between modules of `package` (the walker the stage cache uses too)."""
+    return _imports.import_edges(root, package)
 
 
 def layer_of(module: str, layers: Iterable[tuple[str, tuple[str, ...]]] = LAYERS) -> int | None:

@@ -23,7 +23,6 @@ FAMILY_WORDS = re.compile(r"vits|pocket|piper|sherpa|kyutai|hidden_snr|latent_sn
 #: file (relative to voxport/) -> how many family-naming tokens it may still hold
 KNOWN_FAMILY_NAMES: dict[str, int] = {
     "export/gguf/general.py": 6,  # Piper JSON read for general.* keys: a family metadata hook
-    "recipe.py": 2,  # Pocket TTS step metrics: Family.metrics
 }
 
 

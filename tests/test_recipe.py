@@ -11,13 +11,14 @@ import pytest
 import yaml
 
 from voxport.errors import BadInput
+from voxport.families.base import MetricSpec
+from voxport.families.registry import families
 from voxport.recipe import (
-    METRIC_DIRECTIONS,
     Recipe,
-    Threshold,
     load_recipe,
     recipe_json_schema,
 )
+from voxport.validate.thresholds import CORE_METRICS, Threshold, spec_named
 
 FULL = """\
 name: tiny-vits
@@ -168,15 +169,58 @@ def test_json_schema_names_yaml_keys() -> None:
 # ------------------------------------------------------------------------------------------ thresholds
 
 
-def test_metric_directions() -> None:
-    assert METRIC_DIRECTIONS["snr_db"] == "min"
-    assert METRIC_DIRECTIONS["forced_snr_db"] == "min"
-    assert METRIC_DIRECTIONS["tts_snr_db"] == "min"
-    assert METRIC_DIRECTIONS["duration_match"] == "min"
-    assert METRIC_DIRECTIONS["logmel_dtw_db"] == "max"
-    assert METRIC_DIRECTIONS["mcd_db"] == "max"
-    assert METRIC_DIRECTIONS["max_abs_error"] == "max"
-    assert METRIC_DIRECTIONS["length_ratio"] == "band"
+def _registered_metrics() -> list[MetricSpec]:
+    """The core metrics and every registered family's own, each name once."""
+    specs = {s.name: s for s in CORE_METRICS}
+    for family in families().values():
+        for spec in family.metrics:
+            specs.setdefault(spec.name, spec)
+    return list(specs.values())
+
+
+#: a bare limit every metric's range admits (a duration match is a fraction; a band of 0.5 is [0.5, 1.5])
+BARE = 0.5
+
+
+@pytest.mark.parametrize("spec", _registered_metrics(), ids=lambda s: s.name)
+def test_a_bare_number_is_a_bound_in_the_metrics_direction(tmp_path: Path, spec: MetricSpec) -> None:
+    """On every registered metric (a family's own included), a bare number becomes the bound its direction
+    implies: checked on a value on each side of it, not by restating the table."""
+    recipe = Recipe.from_mapping(
+        {"name": "t", "model": "m", "validate": {"ids": [[1]], "thresholds": {spec.name: BARE}}}, tmp_path
+    )
+    assert recipe.validation is not None
+    threshold = recipe.validation.thresholds[spec.name]
+    step = 0.1
+    sides = {
+        "min": [(BARE + step, True), (BARE - step, False)],  # higher is better
+        "max": [(BARE - step, True), (BARE + step, False)],  # lower is better
+        # |ratio - 1| <= BARE: inside on both sides of 1, outside beyond either end
+        "band": [
+            (1 - BARE + step, True),
+            (1 + BARE - step, True),
+            (1 - BARE - step, False),
+            (1 + BARE + step, False),
+        ],
+    }[spec.direction]
+    assert [threshold.check(value) for value, _ in sides] == [ok for _, ok in sides]
+
+
+def test_families_add_metrics_a_recipe_can_limit(tmp_path: Path) -> None:
+    """A family's own metric is a known threshold name; a recipe naming a family that does not report
+    it fails at its line, and one naming the family that does passes."""
+    own = {s.name: f for f in families().values() for s in f.metrics}
+    assert own, "no registered family declares a metric of its own; this test needs one"
+    metric, owner = next(iter(own.items()))
+    other = next((f for f in families().values() if metric not in {s.name for s in f.metrics}), None)
+    thresholds = f"validate:\n  ids: [[1]]\n  thresholds:\n    {metric}: 20\n"
+    ok = load_recipe(write(tmp_path, f"name: t\nmodel: m\nfamily: {owner.name}\n{thresholds}"))
+    assert ok.validation is not None and ok.validation.thresholds[metric] == Threshold(min=20)
+    if other is not None:
+        with pytest.raises(BadInput) as info:
+            load_recipe(write(tmp_path, f"name: t\nmodel: m\nfamily: {other.name}\n{thresholds}"))
+        assert str(info.value).startswith(f"{tmp_path / 'recipe.yaml'}:7: validate.thresholds.{metric}: ")
+        assert f"{other.name} does not report {metric!r}" in str(info.value)
 
 
 @pytest.mark.parametrize(
@@ -198,7 +242,9 @@ def test_bare_thresholds_take_the_metric_direction(
     )
     assert recipe.validation is not None
     threshold = recipe.validation.thresholds[metric]
-    assert threshold == expected == Threshold.from_bare(metric, bare)
+    spec = spec_named(metric, CORE_METRICS)
+    assert spec is not None
+    assert threshold == expected == Threshold.from_bare(spec.direction, bare)
     assert threshold.describe() == text
 
 
@@ -210,7 +256,7 @@ def test_threshold_check() -> None:
     assert not at_least.check(math.nan)
     at_most = Threshold(max=2)
     assert at_most.check(2) and at_most.check(-1) and not at_most.check(2.01)
-    band = Threshold.from_bare("length_ratio", 0.02)
+    band = Threshold.from_bare("band", 0.02)
     assert band.check(0.98) and band.check(1.0) and band.check(1.02)
     assert not band.check(0.97) and not band.check(1.03) and not band.check(None)
     import numpy as np

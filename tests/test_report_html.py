@@ -25,12 +25,19 @@ import soundfile as sf
 
 from voxport.families import FamilyModel
 from voxport.families.vits import VitsSettings
-from voxport.recipe import Threshold
 from voxport.runtime.torch import TorchRunner
 from voxport.validate.metrics import compare_audio
-from voxport.validate.parity import SentenceParity, aggregate, check
-from voxport.validate.report_html import render_report, threshold_holds
+from voxport.validate.parity import SentenceParity
+from voxport.validate.report_html import render_report
 from voxport.validate.spectrogram import encode_png
+from voxport.validate.thresholds import (
+    CORE_METRICS,
+    Threshold,
+    aggregate,
+    check,
+    failed_metrics,
+    metrics_json,
+)
 
 CHROMIUM = Path("/usr/bin/chromium")
 needs_chromium = pytest.mark.skipif(
@@ -87,7 +94,7 @@ def _artifact(
         }
         sentences.append(SentenceParity(label=label, tokens=len(ids), metrics=metrics))
         entries.append({"input": label, "tokens": len(ids), "metrics": metrics, "audio": rel})
-    agg = aggregate([s.metrics for s in sentences])
+    agg = aggregate([s.metrics for s in sentences], CORE_METRICS)
     failures = check(agg, thresholds)
     return {
         "format": fmt,
@@ -99,8 +106,9 @@ def _artifact(
         "validate_seconds": 3.4,
         "passed": not failures,
         "failures": failures,
+        "failed_metrics": failed_metrics(agg, thresholds),
         "metrics": agg,
-        "thresholds": {k: v.describe() for k, v in thresholds.items()},
+        "thresholds": {k: v.model_dump(exclude_none=True) for k, v in thresholds.items()},
         "sentences": entries,
     }
 
@@ -142,6 +150,7 @@ def report_dir(tiny_vits: FamilyModel, tmp_path_factory: pytest.TempPathFactory)
         "family": "vits",
         "sample_rate": sr,
         "passed": False,
+        "metrics": metrics_json(CORE_METRICS),
         "reference": reference,
         "artifacts": artifacts,
         "phrases": [{"text": "Battery low", "audio": "phrases/battery-low.wav"}],
@@ -299,7 +308,8 @@ def test_chromium_shows_the_report(report_dir: Path, tmp_path: Path) -> None:
     assert "fail" in dtw_row.classes
     assert dtw_row.find_all("td", cls="verdict")[0].text() == "FAIL"
     assert dtw_row.find_all("td", cls="value")[0].text() == f"{bad_json['metrics']['logmel_dtw_db']:.4g}"
-    assert dtw_row.find_all("td", cls="threshold")[0].text() == bad_json["thresholds"]["logmel_dtw_db"]
+    limit = Threshold.model_validate(bad_json["thresholds"]["logmel_dtw_db"])
+    assert dtw_row.find_all("td", cls="threshold")[0].text() == limit.describe()
     (snr_row,) = bad[0].find_all("tr", data_metric="snr_db")  # lengths differ: null, and that fails
     assert "fail" in snr_row.classes and snr_row.find_all("td", cls="value")[0].text() == "—"
     (good_dtw,) = good[0].find_all("tr", data_metric="logmel_dtw_db")
@@ -383,8 +393,9 @@ def test_escaping_without_a_browser(tmp_path: Path) -> None:
                 "precision": "int8",
                 "passed": False,
                 "failures": [f"mcd_db = 9, needs ≤ 1 {evil}"],
+                "failed_metrics": ["mcd_db"],
                 "metrics": {"mcd_db": 9.0, "brand_new_metric": 1.0},
-                "thresholds": {"mcd_db": "≤ 1"},
+                "thresholds": {"mcd_db": {"max": 1.0}},
                 "sentences": [{"input": evil, "tokens": 3, "metrics": {"mcd_db": 9.0}, "audio": "t.wav"}],
             }
         ],
@@ -400,15 +411,89 @@ def test_escaping_without_a_browser(tmp_path: Path) -> None:
     assert 'class="metric-row fail" data-metric="mcd_db"' in page
 
 
-def test_threshold_text_and_png() -> None:
-    assert threshold_holds("≤ 1.5", 1.4) is True and threshold_holds("≤ 1.5", 2.1) is False
-    assert threshold_holds("≥ 20", 19.9) is False and threshold_holds("≥ 20", None) is None
-    assert (
-        threshold_holds("within [0.9, 1.1]", 1.05) is True
-        and threshold_holds("within [0.9, 1.1]", 1.2) is False
-    )
-    assert threshold_holds("about 3", 3.0) is None
+def test_png_encoding() -> None:
     png = encode_png(np.zeros((2, 3, 3), dtype=np.uint8) + np.array([255, 0, 0], dtype=np.uint8))
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and struct.unpack(">II", png[16:24]) == (3, 2)
     idat = png[png.index(b"IDAT") + 4 : -12 - 4]
     assert zlib.decompress(idat) == (b"\x00" + b"\xff\x00\x00" * 3) * 2
+
+
+def test_report_json_stores_thresholds_as_numbers(report_dir: Path) -> None:
+    """The limits are data, not text to re-parse: each is a mapping of real numbers that validates back
+    into the Threshold the verdict was computed with, and `failed_metrics` names exactly the misses."""
+    report = json.loads((report_dir / "report.json").read_text(encoding="utf-8"))
+    assert [m["name"] for m in report["metrics"]] == [s.name for s in CORE_METRICS]
+    for art in report["artifacts"]:
+        for limit in art["thresholds"].values():
+            assert limit and set(limit) <= {"min", "max"}
+            assert all(isinstance(v, float) for v in limit.values()), limit
+        parsed = {k: Threshold.model_validate(v) for k, v in art["thresholds"].items()}
+        assert art["failed_metrics"] == [k for k, t in parsed.items() if not t.check(art["metrics"].get(k))]
+    good, bad = report["artifacts"]
+    assert good["failed_metrics"] == [] and set(bad["failed_metrics"]) == {"snr_db", "logmel_dtw_db"}
+
+
+def _sentence_cells(page: str) -> list[tuple[str, str, str]]:
+    """(verdict class, metric, shown value) of every per-sentence cell, in page order."""
+    return re.findall(r'<td class="num (pass|fail|none)" data-metric="([a-z_]+)">([^<]*)</td>', page)
+
+
+@pytest.mark.parametrize(
+    ("limit", "value", "verdict"),
+    [
+        # a min bound: one side, the bound itself (inclusive) and the other side
+        ({"min": 20.0}, 20.5, "pass"),
+        ({"min": 20.0}, 20.0, "pass"),
+        ({"min": 20.0}, 19.5, "fail"),
+        # a max bound; the second pair is closer than describe()'s 6 digits ("≤ 0.00123457"), where a
+        # verdict re-read from the threshold's text would pass a value over the real limit
+        ({"max": 1.5}, 1.4999, "pass"),
+        ({"max": 1.5}, 1.50004, "fail"),
+        ({"max": 0.0012345678}, 0.0012345670, "pass"),
+        ({"max": 0.0012345678}, 0.0012345690, "fail"),
+        # a band, on both of its sides
+        ({"min": 0.98, "max": 1.02}, 0.97, "fail"),
+        ({"min": 0.98, "max": 1.02}, 1.0, "pass"),
+        ({"min": 0.98, "max": 1.02}, 1.03, "fail"),
+        # a figure that could not be measured never passes a limit
+        ({"min": 20.0}, None, "fail"),
+    ],
+)
+def test_sentence_cell_colour_is_threshold_check(
+    tmp_path: Path, limit: dict[str, float], value: float | None, verdict: str
+) -> None:
+    """A sentence cell is red exactly when `Threshold.check` fails on the sentence's figure, on either
+    side of a bound; a metric without a limit is grey."""
+    sr = 16000
+    t = np.arange(sr // 4) / sr
+    sf.write(tmp_path / "r.wav", 0.3 * np.sin(2 * np.pi * 220 * t), sr)
+    metric = (
+        "length_ratio" if "min" in limit and "max" in limit else ("snr_db" if "min" in limit else "mcd_db")
+    )
+    threshold = Threshold.model_validate(limit)
+    assert threshold.check(value) is (verdict == "pass")  # the page must agree with this
+    metrics = {metric: value, "max_abs_error": 0.5}
+    report = {
+        "passed": verdict == "pass",
+        "metrics": metrics_json(CORE_METRICS),
+        "reference": [{"input": "a", "tokens": 1, "audio": "r.wav"}],
+        "artifacts": [
+            {
+                "format": "onnx",
+                "precision": "int8",
+                "passed": verdict == "pass",
+                "failures": check(metrics, {metric: threshold}),
+                "failed_metrics": failed_metrics(metrics, {metric: threshold}),
+                "metrics": metrics,
+                "thresholds": {metric: threshold.model_dump(exclude_none=True)},
+                "sentences": [{"input": "a", "tokens": 1, "metrics": metrics, "audio": "r.wav"}],
+            }
+        ],
+    }
+    (tmp_path / "report.json").write_text(json.dumps(report), encoding="utf-8")
+    page = render_report(tmp_path).read_text(encoding="utf-8")
+    sentence = page[page.index('<table class="sentence-metrics">') :]
+    cells = {name: cls for cls, name, _ in _sentence_cells(sentence)}
+    assert cells == {metric: verdict, "max_abs_error": "none"}
+    row = re.search(rf'<tr class="metric-row (\w+)" data-metric="{metric}">', page)
+    assert row is not None and row.group(1) == verdict  # the artifact table agrees with the cell

@@ -1,8 +1,9 @@
 """The content-addressed stage cache: a stage's outputs stored under the hash of everything that made them.
 
-A key is the sha256 of a stage name, the voxport code (version + source hash), the stage's own
-configuration and the keys (or file hashes) of its inputs, so keys chain: a changed checkpoint
-changes every later key, a changed export option changes only export's and validate's. An entry is a
+A key is the sha256 of a stage name, the code the stage runs (version + a hash of the source it can
+execute, see `code_fingerprint`), the stage's own configuration and the keys (or file hashes) of its
+inputs, so keys chain: a changed checkpoint changes every later key, a changed export option (or
+exporter) changes only export's and validate's, and a changed report changes none. An entry is a
 directory holding copies of the files the stage wrote (paths relative to the build directory) and a
 JSON `result`:
 
@@ -25,47 +26,254 @@ about 1 GB/s, a fraction of a second for the largest artifact, and each hash is 
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import functools
 import hashlib
+import importlib.metadata
+import importlib.util
 import json
 import os
 import secrets
 import shutil
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from voxport import __version__
+from voxport import __version__, _imports
 from voxport.io import atomic_path, path_size, sha256_path, to_jsonable
 
 ENV_CACHE_DIR = "VOXPORT_CACHE_DIR"
 
 
-@functools.cache
-def code_fingerprint() -> str:
-    """The voxport version, a hash of the package's own source files, and the versions of the tools
-    that shape artifact bytes and figures (torch, onnxruntime, coremltools, piper-tts, ...).
+#: the directory holding the `voxport` package whose code the fingerprints hash
+SOURCE_ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = "voxport"
 
-    The version alone would let a development checkout (or a patched install) restore artifacts that
-    older code wrote; hashing ~100 small files costs milliseconds and makes any code change a miss."""
+
+@functools.cache
+def code_fingerprint(
+    roots: tuple[str, ...], *, stop: tuple[str, ...] = (), source: Path = SOURCE_ROOT
+) -> str:
+    """The voxport version, a hash of the code a stage runs, and the versions of the tools that shape
+    artifact bytes and figures (torch, onnxruntime, coremltools, ...).
+
+    Per stage, not per package: a report change must not throw away an hour of Core ML exports, so a
+    stage's key hashes only the source it can execute (`code_closure(roots)`): its root modules and
+    everything they import (at module level or inside functions), its root symbols and the helpers they
+    use. The version alone would let a development checkout restore artifacts older code wrote; hashing
+    the closure costs milliseconds and makes any change to that code a miss. Cached per process: the
+    code a process runs does not change under it."""
     from voxport.manifest import tool_versions
 
-    root = Path(__file__).parent
     digest = hashlib.sha256()
-    for path in sorted(root.rglob("*.py")):
-        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    for name, text in sorted(code_closure(roots, stop=stop, source=source).items()):
+        digest.update(name.encode() + b"\0" + text + b"\0")
     digest.update(json.dumps(tool_versions(), sort_keys=True).encode())
     return f"{__version__}+{digest.hexdigest()[:16]}"
 
 
-def stage_key(stage: str, config: Any, inputs: Iterable[str] = ()) -> str:
-    """sha256 over the stage name, voxport code, JSON of `config` and the input keys/hashes."""
+def code_closure(
+    roots: Iterable[str], *, stop: Iterable[str] = (), source: Path = SOURCE_ROOT
+) -> dict[str, bytes]:
+    """The source a stage can run, as {name: bytes}, from roots of three kinds:
+
+    - a voxport module (`voxport.validate.parity`): its file, every voxport module it imports
+      (transitively, function-level imports included) and the packages above each (their __init__
+      runs first);
+    - a symbol (`voxport.pipeline:Build._run_measure`, a function, class, method or constant): its own
+      source lines, the symbols of its module it uses (module-level names, and `self.x` members of its
+      class) followed the same way, and the modules of the names it uses that its module imports.
+      This is how a stage of pipeline.py, which holds every stage, is keyed on its own code and not on
+      the module's: only what the stage's code refers to joins, and annotations do not count (they are
+      never evaluated). `stop` lists symbols not followed: another stage's cached unit, whose result
+      is an input keyed on its own;
+    - anything else (`voxport_toy.model`, a family from another distribution): every .py of its
+      top-level package, and that distribution's version.
+    """
+    known = _modules(source)
+    pieces: dict[str, bytes] = {}
+    stops = set(stop)
+    todo_modules: list[str] = []
+    todo_symbols: list[tuple[str, str]] = []
+    for root in roots:
+        if ":" in root:
+            module, qualname = root.split(":", 1)
+            todo_symbols.append((module, qualname))
+        elif root == PACKAGE or root.startswith(PACKAGE + "."):
+            todo_modules.append(root)
+        else:
+            pieces.update(_external_package(root))
+    seen_symbols: set[tuple[str, str]] = set()
+    while todo_symbols:
+        module, qualname = todo_symbols.pop()
+        if (module, qualname) in seen_symbols or f"{module}:{qualname}" in stops:
+            continue
+        seen_symbols.add((module, qualname))
+        if module not in known:
+            raise KeyError(f"{module}:{qualname}: no module {module} under {source}")
+        symbols = _Symbols.of(known[module], module, known)
+        text, uses, imports = symbols.closure_step(qualname)
+        pieces[f"{module}:{qualname}"] = text
+        todo_symbols += [(module, q) for q in uses]
+        todo_modules += imports
+    seen: set[str] = set()
+    while todo_modules:
+        module = todo_modules.pop()
+        if module in seen:
+            continue
+        if module not in known:
+            raise KeyError(f"{module}: no such module under {source}")
+        seen.add(module)
+        pieces[known[module].relative_to(source).as_posix()] = known[module].read_bytes()
+        todo_modules += sorted({target for target, _ in _imports.imports_of(module, known)})
+        todo_modules += [p for p in _parents(module) if p in known]
+    return pieces
+
+
+@functools.cache
+def _modules(source: Path) -> dict[str, Path]:
+    return _imports.modules(source, PACKAGE)
+
+
+def _parents(module: str) -> list[str]:
+    parts = module.split(".")
+    return [".".join(parts[:i]) for i in range(1, len(parts))]
+
+
+def _external_package(root: str) -> dict[str, bytes]:
+    """Every .py of the top-level package of `root` (a module outside voxport), plus its distribution's
+    version: such a package is installed as a unit, so hashing all of it is simple and safe."""
+    top = root.split(".")[0]
+    spec = importlib.util.find_spec(top)
+    if spec is None:
+        raise KeyError(f"{root}: no such module installed")
+    pieces: dict[str, bytes] = {}
+    if spec.submodule_search_locations:
+        for location in spec.submodule_search_locations:
+            base = Path(location)
+            for path in sorted(base.rglob("*.py")):
+                pieces[f"{top}/{path.relative_to(base).as_posix()}"] = path.read_bytes()
+    elif spec.origin and spec.origin.endswith(".py"):
+        pieces[f"{top}.py"] = Path(spec.origin).read_bytes()
+    for dist in importlib.metadata.packages_distributions().get(top, []):
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            pieces[f"{top}@{dist}"] = importlib.metadata.version(dist).encode()
+    return pieces
+
+
+@dataclass
+class _Symbols:
+    """A module's top-level definitions (and its classes' members) by qualified name, and the modules
+    its top-level imports bind to each name."""
+
+    lines: list[str]
+    defs: dict[str, ast.AST]
+    imported: dict[str, list[str]]
+    module: str
+    is_package: bool
+    known: Mapping[str, Path]
+
+    @classmethod
+    def of(cls, path: Path, module: str, known: Mapping[str, Path]) -> _Symbols:
+        tree = _imports.parse(path)
+        defs: dict[str, ast.AST] = {}
+        imported: dict[str, list[str]] = {}
+        is_package = path.name == "__init__.py"
+        for node in _top_level(tree.body):
+            if isinstance(node, ast.Import | ast.ImportFrom):
+                for alias in node.names:
+                    one = (
+                        ast.ImportFrom(module=node.module, names=[alias], level=node.level)
+                        if isinstance(node, ast.ImportFrom)
+                        else ast.Import(names=[alias])
+                    )
+                    bound = alias.asname or alias.name.split(".")[0]
+                    imported.setdefault(bound, []).extend(_imports.resolve(one, module, is_package, known))
+            for name in _names_defined(node):
+                defs[name] = node
+            if isinstance(node, ast.ClassDef):
+                for member in node.body:
+                    for name in _names_defined(member):
+                        defs[f"{node.name}.{name}"] = member
+        return cls(
+            path.read_text(encoding="utf-8").splitlines(True), defs, imported, module, is_package, known
+        )
+
+    def closure_step(self, qualname: str) -> tuple[bytes, list[str], list[str]]:
+        """The symbol's source, the symbols of this module it uses and the modules it imports."""
+        node = self.defs.get(qualname)
+        if node is None:
+            raise KeyError(f"{self.module}:{qualname}: no such definition")
+        decorators = getattr(node, "decorator_list", [])
+        first = min([node.lineno, *(d.lineno for d in decorators)])  # type: ignore[attr-defined]
+        text = "".join(self.lines[first - 1 : node.end_lineno]).encode()  # type: ignore[attr-defined]
+        owner = qualname.rsplit(".", 1)[0] if "." in qualname else None
+        uses: list[str] = []
+        modules: list[str] = []
+        for sub in _runtime_nodes(node):
+            if isinstance(sub, ast.Name) and isinstance(sub.ctx, ast.Load):
+                if sub.id in self.defs and sub.id != qualname:
+                    uses.append(sub.id)
+                modules += self.imported.get(sub.id, [])
+            elif (
+                isinstance(sub, ast.Attribute)
+                and owner is not None
+                and isinstance(sub.value, ast.Name)
+                and sub.value.id in ("self", "cls")
+                and f"{owner}.{sub.attr}" in self.defs
+            ):
+                uses.append(f"{owner}.{sub.attr}")
+            elif isinstance(sub, ast.Import | ast.ImportFrom):
+                modules += _imports.resolve(sub, self.module, self.is_package, self.known)
+        return text, uses, modules
+
+
+def _top_level(body: list[ast.stmt]) -> Iterator[ast.stmt]:
+    """Module-level statements, looking into `if`/`try` blocks (guarded imports and definitions)."""
+    for node in body:
+        if isinstance(node, ast.If | ast.Try):
+            inner = [*node.body, *getattr(node, "orelse", []), *getattr(node, "finalbody", [])]
+            inner += [s for h in getattr(node, "handlers", []) for s in h.body]
+            yield from _top_level(inner)
+        else:
+            yield node
+
+
+def _names_defined(node: ast.AST) -> list[str]:
+    if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+        return [node.name]
+    if isinstance(node, ast.Assign):
+        return [t.id for t in node.targets if isinstance(t, ast.Name)]
+    if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+        return [node.target.id]
+    return []
+
+
+def _runtime_nodes(node: ast.AST) -> Iterator[ast.AST]:
+    """Every node under `node` that can run: annotations are skipped (never evaluated here, as every
+    voxport module has `from __future__ import annotations`)."""
+    stack = [node]
+    while stack:
+        current = stack.pop()
+        yield current
+        for field, value in ast.iter_fields(current):
+            if field in ("annotation", "returns"):
+                continue
+            if isinstance(value, ast.AST):
+                stack.append(value)
+            elif isinstance(value, list):
+                stack.extend(v for v in value if isinstance(v, ast.AST))
+
+
+def stage_key(stage: str, config: Any, inputs: Iterable[str] = (), code: str | None = None) -> str:
+    """sha256 over the stage name, the stage's code (`code_fingerprint`; the version and tools alone
+    when None), JSON of `config` and the input keys/hashes."""
     payload = {
         "stage": stage,
-        "voxport": code_fingerprint(),
+        "voxport": code if code is not None else code_fingerprint(()),
         "config": to_jsonable(config),
         "inputs": list(inputs),
     }

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -156,33 +156,33 @@ def _fmt(value: float | None, digits: int = 1) -> str:
     return "—" if value is None else f"{value:.{digits}f}"
 
 
-#: (column, metric, digits) of the metrics every family reports
-METRIC_COLUMNS = (
-    ("forced SNR dB", "forced_snr_db", 1),
-    ("SNR dB", "snr_db", 1),
-    ("log-mel dB", "logmel_dtw_db", 2),
-    ("MCD dB", "mcd_db", 2),
-    ("dur match", "duration_match", 3),
-    ("len ratio", "length_ratio", 3),
-)
+#: the core metrics the build table shows, in column order (labels and digits: `CORE_METRICS`); a
+#: family's own metrics (`Family.metrics`) follow, each where some artifact reports it
+TABLE_METRICS = ("forced_snr_db", "snr_db", "logmel_dtw_db", "mcd_db", "duration_match", "length_ratio")
 
 
-def _family_columns(manifest: Any) -> list[tuple[str, str, int]]:
-    """The built family's own metrics (`Family.metrics`) that some artifact reports, after the core ones."""
+def metric_columns(
+    family: str | None, artifact_metrics: Iterable[Mapping[str, float | None]]
+) -> list[tuple[str, str, int]]:
+    """(column, metric, digits) of a build's table: TABLE_METRICS, then the metrics of `family` that
+    some artifact has a figure for. Shared with benchmarks/readme_build_table.py."""
     from voxport.families.registry import families
+    from voxport.validate.thresholds import CORE_METRICS, spec_named
 
-    family = families().get(manifest.model.family)
-    specs = family.metrics if family is not None else ()
-    return [
-        (spec.label, spec.name, spec.digits)
-        for spec in specs
-        if any(a.parity.metrics.get(spec.name) is not None for a in manifest.artifacts)
+    core = [spec for name in TABLE_METRICS if (spec := spec_named(name, CORE_METRICS)) is not None]
+    family_cls = families().get(family) if family is not None else None
+    measured = list(artifact_metrics)
+    own = [
+        spec
+        for spec in (family_cls.metrics if family_cls is not None else ())
+        if any(m.get(spec.name) is not None for m in measured)
     ]
+    return [(spec.label, spec.name, spec.digits) for spec in (*core, *own)]
 
 
 def _print_manifest(manifest: Any, out_dir: Path) -> None:
     table = Table(title=f"{manifest.recipe.get('name')} → {out_dir}", title_justify="left")
-    columns = [*METRIC_COLUMNS, *_family_columns(manifest)]
+    columns = metric_columns(manifest.model.family, [a.parity.metrics for a in manifest.artifacts])
     for col in ("format", "precision", "MB", "bits/w", *[c for c, _, _ in columns], "parity", "file"):
         table.add_column(
             col,

@@ -39,17 +39,19 @@ from typing import Any
 
 from voxport import __version__
 from voxport.cache import (
+    SOURCE_ROOT,
     Digests,
     EntryDamaged,
     FileDigest,
     StageCache,
+    code_fingerprint,
     default_cache_dir,
     hash_inputs,
     stage_key,
 )
 from voxport.errors import BadInput, VoxportError
 from voxport.export.registry import ExportContext, ExportEntry, FormatAdapter, formats, get_format
-from voxport.families.base import CalibrationSet, FamilyModel, SynthesisSettings
+from voxport.families.base import CalibrationSet, Family, FamilyModel, MetricSpec, SynthesisSettings
 from voxport.families.layouts.onnx import OnnxLayout
 from voxport.families.registry import detect_family, families, family_of, load_model
 from voxport.io import atomic_write_json, ensure_writable_dir, sweep_temporaries, write_wav
@@ -68,7 +70,8 @@ from voxport.quantize.methods import method_class
 from voxport.quantize.stage import load_quantized, quantize_model, save_quantized
 from voxport.recipe import PhrasesConfig, Recipe
 from voxport.validate.layouts import layout_reference, measure_layout, runner_label, unmeasured
-from voxport.validate.parity import Reference, aggregate, check, measure_sentence
+from voxport.validate.parity import Reference, measure_sentence
+from voxport.validate.thresholds import aggregate, check, failed_metrics, metric_specs, metrics_json
 
 MARKER = "voxport.json"
 #: what a finished build leaves at the top of OUT; removed when a build starts, written at its end
@@ -152,6 +155,62 @@ def _slug(text: str, index: int) -> str:
     return f"{index:02d}-{words or 'phrase'}"
 
 
+#: The code of each stage's unit, for its cache key (`cache.code_fingerprint`): the Build method that
+#: computes it, followed through the helpers and imports it uses, and the output layout; validate adds
+#: the parity code. pipeline.py holds every stage, so hashing the whole module (what it imports at the top
+#: reaches every stage's code and the report) would make an edit of the report recompute every export:
+#: the roots are the stage's own functions instead. `stage_fingerprint` adds the family's module and the
+#: format adapter where the unit runs them. report.json and report.html are rendered on every build and
+#: never cached.
+STAGE_CODE: dict[str, tuple[str, ...]] = {
+    "convert": (f"{__name__}:Build._run_convert", f"{__name__}:Layout"),
+    "quantize": (f"{__name__}:Build._run_quantize", f"{__name__}:Layout"),
+    "export": (f"{__name__}:Build._run_export", f"{__name__}:Layout"),
+    "reference": (f"{__name__}:Build._run_reference", f"{__name__}:Layout"),
+    "validate": (f"{__name__}:Build._run_measure", f"{__name__}:Layout", "voxport.validate.parity"),
+    "phrases": (f"{__name__}:Build._run_phrases", f"{__name__}:Layout"),
+    "export-layout": (f"{__name__}:Build._run_export_layout", f"{__name__}:Layout"),
+    "validate-layout": (
+        f"{__name__}:Build._run_measure_layout",
+        f"{__name__}:Layout",
+        "voxport.validate.layouts",
+    ),
+}
+#: Build methods that restore or run a cached unit: a stage that uses one gets that unit's result as an
+#: input, whose own key chains into the stage's, so the code behind them is not part of the stage's code
+UNIT_BOUNDARIES: tuple[str, ...] = tuple(
+    f"{__name__}:Build.{method}"
+    for method in (
+        "_unit",
+        "convert",
+        "quantize",
+        "export",
+        "reference_audio",
+        "measure",
+        "measure_layout",
+        "phrases",
+    )
+)
+
+
+def stage_fingerprint(
+    stage: str,
+    family: type[Family] | None = None,
+    adapter: object | None = None,
+    *,
+    source: Path = SOURCE_ROOT,
+) -> str:
+    """The fingerprint of the code a unit of `stage` runs (`STAGE_CODE`), with the family's module and the
+    format adapter's class when given; `source` is the directory holding the voxport package hashed."""
+    roots = [*STAGE_CODE[stage]]
+    if adapter is not None:  # a format adapter, or a quantization method's class
+        cls = adapter if isinstance(adapter, type) else type(adapter)
+        roots.append(f"{cls.__module__}:{cls.__qualname__}")
+    if family is not None:
+        roots.append(family.__module__)
+    return code_fingerprint(tuple(roots), stop=UNIT_BOUNDARIES, source=source)
+
+
 class Build:
     """One build directory for one recipe: the cache keys of every unit and the units themselves."""
 
@@ -210,6 +269,11 @@ class Build:
 
     # --- keys: everything that shapes a unit's output, and nothing else -------------------------------
     @cached_property
+    def family(self) -> type[Family]:
+        """The checkpoint's family (the recipe's `family:`, else detected from the files)."""
+        return detect_family(self.recipe.model, self.recipe.family)
+
+    @cached_property
     def source_hash(self) -> str:
         files = _source_files(self.recipe.model)
         if isinstance(files, Path):
@@ -226,7 +290,8 @@ class Build:
             "trust_pickle": r.trust_pickle,
             "prune": [p.model_dump() for p in r.prune],
         }
-        return stage_key("convert", config, [self.source_hash])
+        inputs = [self.source_hash]
+        return stage_key("convert", config, inputs, stage_fingerprint("convert", self.family))
 
     def key_quantize(self, precision: str) -> str:
         q = self.recipe.quantize
@@ -246,7 +311,10 @@ class Build:
                 "sentences": calibration,
                 "settings": calibration_settings(self.recipe).model_dump(mode="json"),
             }
-        return stage_key("quantize", config, [self.key_convert])
+        method = method_class(q.method)
+        # a calibrated method runs the family's synthesis while it records: that code shapes the codes too
+        code = stage_fingerprint("quantize", self.family if method.calibrated else None, method)
+        return stage_key("quantize", config, [self.key_convert], code)
 
     def key_export(self, fmt: str, precision: str) -> str:
         config = {
@@ -255,7 +323,8 @@ class Build:
             "name": self.recipe.name,
             "options": self.formats[fmt].cache_options(self.recipe.export_options(fmt), precision),
         }
-        return stage_key("export", config, [self.key_convert, self.key_quantize(precision)])
+        code = stage_fingerprint("export", self.family, self.formats[fmt])
+        return stage_key("export", config, [self.key_convert, self.key_quantize(precision)], code)
 
     def _measure_config(self) -> dict[str, Any]:
         """Validate options that change the figures (thresholds only change the verdict)."""
@@ -268,7 +337,7 @@ class Build:
     def key_reference(self) -> str:
         """The reference is the unpruned source model: pruning does not change it."""
         config = {"measure": self._measure_config(), "family": self.recipe.family}
-        return stage_key("reference", config, [self.source_hash])
+        return stage_key("reference", config, [self.source_hash], stage_fingerprint("reference", self.family))
 
     def key_validate(self, entry: ExportEntry) -> str:
         """Bound to the sha256 of every file of the artifact measured: a cached result can never
@@ -277,12 +346,14 @@ class Build:
         config = {"measure": self._measure_config(), "platform": sys.platform}
         hashes = [f"{rel}={sha}" for rel, sha in sorted(entry.sha256.items())]
         inputs = [self.key_export(entry.format, entry.precision), self.key_reference, *hashes]
-        return stage_key("validate", config, inputs)
+        code = stage_fingerprint("validate", self.family, self.formats[entry.format])
+        return stage_key("validate", config, inputs, code)
 
     @cached_property
     def key_phrases(self) -> str:
         phrases = self.recipe.phrases
-        return stage_key("phrases", phrases.model_dump(mode="json") if phrases else None, [self.source_hash])
+        config = phrases.model_dump(mode="json") if phrases else None
+        return stage_key("phrases", config, [self.source_hash], stage_fingerprint("phrases", self.family))
 
     # --- models, loaded only when a unit has to compute ------------------------------------------------
     @cached_property
@@ -499,6 +570,11 @@ class Build:
                 advance(1)
         return files, listing
 
+    @cached_property
+    def metrics(self) -> tuple[MetricSpec, ...]:
+        """The metrics parity reports for this family: the core ones and the family's own."""
+        return metric_specs(self.family)
+
     def measure(self, entry: ExportEntry) -> dict[str, Any]:
         """Parity figures of one artifact, for exactly the bytes its export recorded."""
         fmt, precision = entry.format, entry.precision
@@ -523,7 +599,7 @@ class Build:
         sentences, files = [], []
         with self.progress.task(f"validate: {fmt} {precision}", total=len(self.inputs)) as advance:
             for i, (label, ids) in enumerate(self.inputs):
-                s = measure_sentence(self.model, runner, self.reference, ids, label)
+                s = measure_sentence(self.model, runner, self.reference, ids, label, self.metrics)
                 path = self.layout.audio(f"{fmt}-{precision}", i)
                 write_wav(path, s.audio["test"], self.model.sample_rate)
                 rel = path.relative_to(self.out).as_posix()
@@ -562,7 +638,8 @@ class Build:
             "name": self.recipe.name,
             "options": self.formats[fmt].cache_options(self.recipe.export_options(fmt), precision),
         }
-        return stage_key("export-layout", config, [self.key_convert, self.key_quantize(precision)])
+        code = stage_fingerprint("export-layout", self.family, self.formats[fmt])
+        return stage_key("export-layout", config, [self.key_convert, self.key_quantize(precision)], code)
 
     def key_validate_layout(self, entry: ExportEntry) -> str:
         """As `key_validate`, plus what runs the files here (a result measured without the runtime is
@@ -571,7 +648,8 @@ class Build:
         config = {"measure": self._measure_config(), "runner": runner_label(entry.runtime)}
         hashes = [f"{rel}={sha}" for rel, sha in sorted(entry.sha256.items())]
         export_key = self.key_export_layout(entry.format, entry.precision, entry.layout)
-        return stage_key("validate-layout", config, [export_key, self.key_reference, *hashes])
+        code = stage_fingerprint("validate-layout", self.family, self.formats[entry.format])
+        return stage_key("validate-layout", config, [export_key, self.key_reference, *hashes], code)
 
     def _export_layouts(self) -> list[ExportEntry]:
         index = []
@@ -740,7 +818,7 @@ class Build:
             runtime_layout = entry.runtime_layout
             measured = self.measure_layout(entry) if runtime_layout else self.measure(entry)
             sentences = measured["sentences"]
-            metrics = aggregate([s["metrics"] for s in sentences])
+            metrics = aggregate([s["metrics"] for s in sentences], self.metrics)
             if runtime_layout:  # layout limits apply where the runtime measured (never: None, no miss)
                 thresholds = self.recipe.validation.layout_thresholds
                 failures = [] if measured.get("reason") else check(metrics, thresholds)
@@ -769,7 +847,9 @@ class Build:
                     "passed": not failures,
                     "failures": failures,
                     "metrics": metrics,
-                    "thresholds": {k: v.describe() for k, v in thresholds.items()},
+                    # as numbers: the report checks each sentence against them with Threshold.check
+                    "thresholds": {k: v.model_dump(exclude_none=True) for k, v in thresholds.items()},
+                    "failed_metrics": failed_metrics(metrics, thresholds) if failures else [],
                     "sentences": sentences,
                 }
             )
@@ -783,6 +863,7 @@ class Build:
                 "family": info["family"],
                 "sample_rate": info["sample_rate"],  # no checkpoint load on a fully cached rebuild
                 "passed": passed,
+                "metrics": metrics_json(self.metrics),
                 "reference": reference,
                 "artifacts": report,
                 "phrases": [{"text": p["text"], "audio": f"phrases/{p['file']}"} for p in phrases],

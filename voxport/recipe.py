@@ -28,49 +28,29 @@ from pydantic import (
     TypeAdapter,
     ValidationError,
     ValidationInfo,
-    WithJsonSchema,
     create_model,
     field_validator,
     model_validator,
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from voxport.config import Bool, ConfigModel, Float, Int, NonEmptyStr, NonNegInt
+from voxport.config import Bool, ConfigModel, Int, NonEmptyStr, NonNegInt
 from voxport.errors import BadInput
 from voxport.export.registry import formats, get_format
 from voxport.quantize.methods import method_class, methods
 from voxport.quantize.precisions import Precision, rank
+from voxport.validate.thresholds import (
+    CORE_METRICS,
+    METRIC_RANGES,
+    Direction,
+    Threshold,
+    metric_specs,
+    spec_named,
+)
 
 if TYPE_CHECKING:  # the families load torch: imported where a recipe names synthesis settings
     from voxport.families.base import Family, SynthesisSettings
 
-Direction = Literal["min", "max", "band"]
-
-# Which way each parity metric is good. A bare number in `validate.thresholds` takes this direction;
-# "band" (length_ratio only) reads a bare t as |ratio - 1| <= t.
-METRIC_DIRECTIONS: dict[str, Direction] = {
-    "snr_db": "min",
-    "forced_snr_db": "min",
-    "tts_snr_db": "min",
-    "logmel_dtw_db": "max",
-    "mcd_db": "max",
-    "duration_match": "min",
-    "length_ratio": "band",
-    "max_abs_error": "max",
-    # autoregressive families, teacher-forced: worst step's SNR of the backbone state and the latent
-    "hidden_snr_db": "min",
-    "latent_snr_db": "min",
-}
-
-# The values each metric can take, where bounded: distances and errors are never negative, the duration
-# match is a fraction and a length ratio is never negative. SNRs can be any number.
-METRIC_RANGES: dict[str, tuple[float, float]] = {
-    "logmel_dtw_db": (0.0, math.inf),
-    "mcd_db": (0.0, math.inf),
-    "max_abs_error": (0.0, math.inf),
-    "duration_match": (0.0, 1.0),
-    "length_ratio": (0.0, math.inf),
-}
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _IDENT_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -99,9 +79,31 @@ def _no_duplicates(values: list[Any]) -> list[Any]:
     return values
 
 
+def _registered_metrics() -> dict[str, Direction]:
+    """Every metric a recipe may name: the core ones, then each registered family's, with its direction.
+
+    Loading the families imports them (and torch), so this is asked only about a name that is no core
+    metric."""
+    from voxport.families.registry import families
+
+    found: dict[str, Direction] = {s.name: s.direction for s in CORE_METRICS}
+    for family in families().values():
+        for spec in family.metrics:
+            found.setdefault(spec.name, spec.direction)
+    return found
+
+
+def _direction(name: str) -> Direction | None:
+    """Which way `name` is good, or None if no core metric or registered family's metric has that name."""
+    core = spec_named(name, CORE_METRICS)
+    if core is not None:
+        return core.direction
+    return _registered_metrics().get(name)
+
+
 def _known_metric(name: str) -> str:
-    if name not in METRIC_DIRECTIONS:
-        raise ValueError(f"unknown metric {name!r} (known: {', '.join(METRIC_DIRECTIONS)})")
+    if _direction(name) is None:
+        raise ValueError(f"unknown metric {name!r} (known: {', '.join(_registered_metrics())})")
     return name
 
 
@@ -122,66 +124,6 @@ MetricName = Annotated[str, AfterValidator(_known_metric)]
 _Base = ConfigModel
 
 
-class Threshold(_Base):
-    """A parity limit: the metric must be ≥ min and/or ≤ max."""
-
-    min: Float | None = None
-    max: Float | None = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _mapping_only(cls, data: Any) -> Any:
-        # Bare numbers were turned into mappings by ValidateConfig, which knows the metric's direction.
-        # The ones left over are NaN/infinity and a negative length_ratio tolerance.
-        if _is_number(data) and not math.isfinite(data):
-            raise ValueError(f"must be a finite number, got {data}")
-        if _is_number(data):
-            raise ValueError(
-                f"a bare length_ratio tolerance means |ratio − 1| ≤ t and must be ≥ 0, got {data}"
-            )
-        if not isinstance(data, dict | Threshold):
-            raise ValueError(
-                f"expected a number or a mapping like {{min: 20}} or {{max: 2.0}}, got {_kind(data)}"
-            )
-        return data
-
-    @model_validator(mode="after")
-    def _has_a_bound(self) -> "Threshold":
-        if self.min is None and self.max is None:
-            raise ValueError("give min:, max: or both")
-        if self.min is not None and self.max is not None and self.min > self.max:
-            raise ValueError(f"min ({_fmt_num(self.min)}) is greater than max ({_fmt_num(self.max)})")
-        return self
-
-    @classmethod
-    def from_bare(cls, metric: str, value: float) -> "Threshold":
-        """The threshold a bare number means for `metric` (see METRIC_DIRECTIONS)."""
-        direction = METRIC_DIRECTIONS[_known_metric(metric)]
-        if direction == "min":
-            return cls(min=value)
-        if direction == "max":
-            return cls(max=value)
-        return cls(min=max(0.0, round(1.0 - value, 12)), max=round(1.0 + value, 12))  # a ratio is ≥ 0
-
-    def check(self, value: float | None) -> bool:
-        """False when the metric is missing or NaN: an unmeasured limit must not pass silently."""
-        if value is None:
-            return False
-        value = float(value)
-        if math.isnan(value):
-            return False
-        if self.min is not None and value < self.min:
-            return False
-        return not (self.max is not None and value > self.max)
-
-    def describe(self) -> str:
-        if self.min is not None and self.max is not None:
-            return f"within [{_fmt_num(self.min)}, {_fmt_num(self.max)}]"
-        if self.min is not None:
-            return f"≥ {_fmt_num(self.min)}"
-        return f"≤ {_fmt_num(self.max)}"  # type: ignore[arg-type]  # _has_a_bound guarantees one
-
-
 def _non_blank_text(text: str) -> str:
     if not text.strip():
         raise ValueError("must not be empty or only whitespace")
@@ -199,12 +141,22 @@ _THRESHOLD_VALUE_SCHEMA: dict[str, Any] = {
         },
     ]
 }
-_THRESHOLDS_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "propertyNames": {"enum": list(METRIC_DIRECTIONS)},
-    "additionalProperties": _THRESHOLD_VALUE_SCHEMA,
-    "description": "metric name -> limit; a bare number uses the metric's direction",
-}
+
+
+class _ThresholdsSchema:
+    """The JSON schema of a thresholds mapping, built when a schema is asked for: its metric names come
+    from the registered families, which a recipe load must not import just to define the model."""
+
+    def __get_pydantic_json_schema__(self, core_schema: Any, handler: GetJsonSchemaHandler) -> dict[str, Any]:
+        return {
+            "type": "object",
+            "propertyNames": {"enum": list(_registered_metrics())},
+            "additionalProperties": _THRESHOLD_VALUE_SCHEMA,
+            "description": "metric name -> limit; a bare number uses the metric's direction",
+        }
+
+
+Thresholds = Annotated[dict[MetricName, Threshold], _ThresholdsSchema()]
 
 
 class SettingsSection(_Base):
@@ -277,18 +229,12 @@ class ValidateConfig(SettingsSection):
 
     texts: list[Annotated[str, AfterValidator(_non_blank_text)]] = Field(default_factory=list)
     ids: list[Annotated[list[NonNegInt], Field(min_length=1)]] = Field(default_factory=list)
-    thresholds: Annotated[dict[MetricName, Threshold], WithJsonSchema(_THRESHOLDS_SCHEMA)] = Field(
-        default_factory=dict
-    )
+    thresholds: Thresholds = Field(default_factory=dict)
     #: per-precision limits merged over `thresholds` (e.g. a looser log-mel limit for int4 only)
-    precision_thresholds: dict[
-        Precision, Annotated[dict[MetricName, Threshold], WithJsonSchema(_THRESHOLDS_SCHEMA)]
-    ] = Field(default_factory=dict)
+    precision_thresholds: dict[Precision, Thresholds] = Field(default_factory=dict)
     #: limits for other runtimes' layouts of the artifacts (sherpa-onnx's Pocket TTS files), measured
     #: where the runtime is installed; a layout measured nowhere passes (its figures are None)
-    layout_thresholds: Annotated[dict[MetricName, Threshold], WithJsonSchema(_THRESHOLDS_SCHEMA)] = Field(
-        default_factory=dict
-    )
+    layout_thresholds: Thresholds = Field(default_factory=dict)
 
     @model_validator(mode="before")
     @classmethod
@@ -364,12 +310,12 @@ def _convert_bare(thresholds: dict[Any, Any]) -> dict[Any, Any]:
     for metric, value in thresholds.items():
         if not _is_number(value) or not math.isfinite(value):
             converted[metric] = value  # Threshold rejects NaN/inf with a message at this key's line
-        elif metric not in METRIC_DIRECTIONS:
+        elif (direction := _direction(metric) if isinstance(metric, str) else None) is None:
             converted[metric] = {"min": value}  # the key error says what is wrong; avoid a 2nd error
-        elif METRIC_DIRECTIONS[metric] == "band" and value < 0:
+        elif direction == "band" and value < 0:
             converted[metric] = value  # Threshold rejects it with a message at this key's line
         else:
-            converted[metric] = Threshold.from_bare(metric, value).model_dump(exclude_none=True)
+            converted[metric] = Threshold.from_bare(direction, value).model_dump(exclude_none=True)
     return converted
 
 
@@ -606,6 +552,42 @@ class Recipe(_Base):
             _problem("family_setting", unknown_setting(family, key), (name, key), value)
             for name, key, value in given
             if key not in family.settings.model_fields
+        ]
+        if problems:
+            raise ValidationError.from_exception_data(type(self).__name__, problems)
+        return self
+
+    @model_validator(mode="after")
+    def _thresholds_fit_family(self) -> "Recipe":
+        """A recipe that names its family may set limits only on metrics that family reports: a limit on
+        another family's metric would never be measured, so the build would fail on it."""
+        v = self.validation
+        if self.family is None or v is None:
+            return self
+        located = [(("thresholds",), v.thresholds), (("layout_thresholds",), v.layout_thresholds)] + [
+            (("precision_thresholds", p), limits) for p, limits in v.precision_thresholds.items()
+        ]
+        foreign = [(w, m) for w, limits in located for m in limits if spec_named(m, CORE_METRICS) is None]
+        if not foreign:
+            return self  # core metrics only: every family reports them (and no family need be loaded)
+        from voxport.families.registry import families
+
+        family = families().get(self.family)
+        if family is None:
+            return self  # an unknown family is reported by the build, with the known ones
+        own = [s.name for s in metric_specs(family)]
+        problems = [
+            InitErrorDetails(
+                type=PydanticCustomError(
+                    "foreign_metric",
+                    "{error}",
+                    {"error": f"{self.family} does not report {metric!r} (its metrics: {', '.join(own)})"},
+                ),
+                loc=("validate", *where, metric),
+                input=metric,
+            )
+            for where, metric in foreign
+            if metric not in own
         ]
         if problems:
             raise ValidationError.from_exception_data(type(self).__name__, problems)

@@ -25,7 +25,8 @@ import numpy as np
 from voxport.families.base import FamilyModel, SynthesisSettings
 from voxport.families.layouts.onnx import OnnxLayout, Unmeasurable
 from voxport.validate import metrics as m
-from voxport.validate.parity import Reference, aggregate
+from voxport.validate.parity import Reference
+from voxport.validate.thresholds import CORE_METRICS, aggregate
 
 
 @dataclass
@@ -49,7 +50,7 @@ class LayoutParity:
     @property
     def metrics(self) -> dict[str, float | None]:
         """Worst case over the sentences (as for voxport's own artifacts); all None without figures."""
-        return aggregate([s.metrics for s in self.sentences])
+        return aggregate([s.metrics for s in self.sentences], CORE_METRICS)
 
 
 def runtime_version(package: str | None) -> str | None:

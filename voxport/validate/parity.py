@@ -7,7 +7,8 @@ Per sentence (same ids, same explicit noise):
   sample by sample and `forced_snr_db` isolates the decoder's numerical error;
 - primary graph (the one users load) with noise off: `tts_snr_db`;
 - per-graph tensor figures (max abs error, SNR) for debugging, in report.json.
-Sentence figures are aggregated to the worst case, which is what thresholds are checked against.
+Sentence figures are aggregated to the worst case (`thresholds.aggregate`), which is what thresholds
+are checked against.
 """
 
 from __future__ import annotations
@@ -17,13 +18,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from voxport.families.base import FamilyModel, Runner, Synthesis, SynthesisSettings
-from voxport.recipe import METRIC_DIRECTIONS, Threshold
+from voxport.families.base import FamilyModel, MetricSpec, Runner, Synthesis, SynthesisSettings
 from voxport.runtime.base import runs_graph
 from voxport.validate import metrics as m
-
-#: per-step tensors a family may report (`Synthesis.tensors`); each gives a `<name>_snr_db` metric
-STEP_TENSORS = ("hidden", "latent")
 
 
 @dataclass
@@ -79,21 +76,30 @@ def _graph_figures(
     return out
 
 
-def _step_snrs(ref: Synthesis, forced: Synthesis) -> dict[str, float | None]:
-    """Worst step's SNR of each per-step tensor under teacher forcing (`hidden_snr_db`, ...)."""
+def _step_snrs(ref: Synthesis, forced: Synthesis, specs: Sequence[MetricSpec]) -> dict[str, float | None]:
+    """Worst step's SNR of each per-step tensor a metric names (`spec.tensor`), under teacher forcing."""
     out: dict[str, float | None] = {}
-    for name in STEP_TENSORS:
-        a, b = ref.tensors.get(name), forced.tensors.get(name)
-        if a is None or b is None or a.shape != b.shape or not len(a):
-            out[f"{name}_snr_db"] = None
+    for spec in specs:
+        if spec.tensor is None:
             continue
-        out[f"{name}_snr_db"] = min(m.tensor_snr_db(x, y) for x, y in zip(a, b, strict=True))
+        a, b = ref.tensors.get(spec.tensor), forced.tensors.get(spec.tensor)
+        if a is None or b is None or a.shape != b.shape or not len(a):
+            out[spec.name] = None
+            continue
+        out[spec.name] = min(m.tensor_snr_db(x, y) for x, y in zip(a, b, strict=True))
     return out
 
 
 def measure_sentence(
-    model: FamilyModel, runner: Runner, reference: Reference, ids: Sequence[int], label: str
+    model: FamilyModel,
+    runner: Runner,
+    reference: Reference,
+    ids: Sequence[int],
+    label: str,
+    specs: Sequence[MetricSpec],
 ) -> SentenceParity:
+    """The figures of one sentence. `specs` are the metrics the run reports (`metric_specs(family)`):
+    those naming a per-step tensor (`spec.tensor`, a family's own) are measured here too."""
     settings = reference.settings
     ref = reference.split(ids)
     test = model.synthesize(runner, ids, settings)
@@ -116,7 +122,7 @@ def measure_sentence(
         "duration_match": match,
         "length_ratio": ratio,
         "max_abs_error": max(errors) if errors else None,
-        **_step_snrs(ref, forced),
+        **_step_snrs(ref, forced, specs),
     }
     return SentenceParity(
         label=label,
@@ -125,33 +131,3 @@ def measure_sentence(
         graphs=graphs,
         audio={"reference": ref.audio, "test": test.audio, "forced": forced.audio},
     )
-
-
-def aggregate(sentences: Sequence[Mapping[str, float | None]]) -> dict[str, float | None]:
-    """Worst case over the sentences' metrics in each metric's own direction; None if any sentence
-    lacks it (e.g. waveform SNR when one sentence's length changed), so a threshold on it cannot pass
-    blindly. Takes plain metric mappings: cached validate units come back as JSON."""
-    out: dict[str, float | None] = {}
-    for name, direction in METRIC_DIRECTIONS.items():
-        values = [s.get(name) for s in sentences]
-        if not values or any(v is None for v in values):
-            out[name] = None
-        elif direction == "min":
-            out[name] = float(min(values))  # type: ignore[type-var]
-        elif direction == "max":
-            out[name] = float(max(values))  # type: ignore[type-var]
-        else:
-            out[name] = float(max(values, key=lambda v: abs(v - 1.0)))  # type: ignore[operator]
-    return out
-
-
-def check(metrics: Mapping[str, float | None], thresholds: Mapping[str, Threshold]) -> list[str]:
-    """One line per missed threshold, saying the value and the limit."""
-    failures = []
-    for name, threshold in thresholds.items():
-        value = metrics.get(name)
-        if not threshold.check(value):
-            shown = "not measurable (lengths differ)" if value is None else f"{value:.4g}"
-            failures.append(f"{name} = {shown}, needs {threshold.describe()}")
-    return failures
-

@@ -19,7 +19,7 @@ import io
 import json
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,8 +28,8 @@ import numpy as np
 import soundfile as sf
 
 from voxport.io import atomic_write_text
-from voxport.recipe import METRIC_DIRECTIONS
 from voxport.validate.spectrogram import DIFF_RANGE_DB, spectrograms
+from voxport.validate.thresholds import Threshold
 
 #: Columns of the summary table, in this order (all metrics are in each artifact's own table).
 SUMMARY_METRICS = ("snr_db", "logmel_dtw_db", "mcd_db", "duration_match", "length_ratio")
@@ -114,37 +114,9 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]+", "-", text).strip("-") or "x"
 
 
-def _failed_metrics(failures: Sequence[str], names: Sequence[str]) -> set[str]:
-    """Metric names a failure line starts with (`logmel_dtw_db = 2.1, needs ≤ 1.5`). The name must end at
-    a non-identifier character, so `snr_db` is not failed by a line about `snr_db_x`."""
-    failed = set()
-    for line in failures:
-        for name in names:
-            if re.match(re.escape(name) + r"(?![A-Za-z0-9_])", line):
-                failed.add(name)
-    return failed
-
-
-_NUM = r"([-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?)"
-
-
-def threshold_holds(threshold: str, value: float | None) -> bool | None:
-    """Whether `value` meets a threshold written by `Threshold.describe` (`≥ 20`, `≤ 1.5`, `within [a, b]`).
-
-    Used only for per-sentence cells (report.json gives verdicts for the aggregate, not per sentence), so
-    that the sentence that breaks a threshold stands out. None when the text is not one of those forms.
-    """
-    text = threshold.strip()
-    if m := re.fullmatch(r"(?:≥|>=)\s*" + _NUM, text):
-        bound = float(m.group(1))
-        return None if value is None else value >= bound
-    if m := re.fullmatch(r"(?:≤|<=)\s*" + _NUM, text):
-        bound = float(m.group(1))
-        return None if value is None else value <= bound
-    if m := re.fullmatch(r"within\s*\[\s*" + _NUM + r"\s*,\s*" + _NUM + r"\s*\]", text):
-        low, high = float(m.group(1)), float(m.group(2))
-        return None if value is None else low <= value <= high
-    return None
+def _thresholds(art: Mapping[str, Any]) -> dict[str, Threshold]:
+    """An artifact's limits as report.json stores them (`{"snr_db": {"min": 20}}`)."""
+    return {name: Threshold.model_validate(t) for name, t in (art.get("thresholds") or {}).items()}
 
 
 def _verdict_cell(verdict: bool | None, tag: str = "td") -> str:
@@ -219,24 +191,29 @@ def _player(audio: _Audio | str, role: str, label: str) -> str:
 
 
 # --- sections -------------------------------------------------------------------------------------------
-def _metric_names(*metric_maps: Mapping[str, Any]) -> list[str]:
-    """Known metrics in their usual order, then anything new a later version reports."""
-    extra = [k for m in metric_maps for k in m if k not in METRIC_DIRECTIONS]
-    return list(METRIC_DIRECTIONS) + list(dict.fromkeys(extra))
+def _metric_names(specs: Mapping[str, Mapping[str, Any]], *metric_maps: Mapping[str, Any]) -> list[str]:
+    """The report's metrics in their listed order, then anything else an artifact reports."""
+    extra = [k for m in metric_maps for k in m if k not in specs]
+    return list(specs) + list(dict.fromkeys(extra))
 
 
-def _metrics_table(metrics: Mapping[str, Any], thresholds: Mapping[str, str], failures: Sequence[str]) -> str:
-    names = [n for n in _metric_names(metrics, thresholds) if n in metrics or n in thresholds]
-    failed = _failed_metrics(failures, names)
+def _metrics_table(
+    metrics: Mapping[str, Any],
+    thresholds: Mapping[str, Threshold],
+    failed: Collection[str],
+    specs: Mapping[str, Mapping[str, Any]],
+) -> str:
+    names = [n for n in _metric_names(specs, metrics, thresholds) if n in metrics or n in thresholds]
     rows = []
     for name in names:
         verdict = False if name in failed else (True if name in thresholds else None)
-        hint = _DIRECTION_HINT.get(METRIC_DIRECTIONS.get(name, ""), "")
+        hint = _DIRECTION_HINT.get(str(specs.get(name, {}).get("direction", "")), "")
+        limit = thresholds[name].describe() if name in thresholds else "—"
         rows.append(
             f'<tr class="metric-row {_verdict_class(verdict)}" data-metric="{_e(name)}">'
             f'<th scope="row"><code>{_e(name)}</code></th>'
             f'<td class="value num">{_e(_fmt(metrics.get(name)))}</td>'
-            f'<td class="threshold">{_e(thresholds.get(name, "—"))}</td>'
+            f'<td class="threshold">{_e(limit)}</td>'
             f'{_verdict_cell(verdict)}<td class="hint">{_e(hint)}</td></tr>'
         )
     return (
@@ -245,15 +222,18 @@ def _metrics_table(metrics: Mapping[str, Any], thresholds: Mapping[str, str], fa
     )
 
 
-def _sentence_metrics(metrics: Mapping[str, Any], thresholds: Mapping[str, str]) -> str:
-    names = [n for n in _metric_names(metrics) if n in metrics]
+def _sentence_metrics(
+    metrics: Mapping[str, Any], thresholds: Mapping[str, Threshold], specs: Mapping[str, Mapping[str, Any]]
+) -> str:
+    """One sentence's figures, each cell coloured by the same `Threshold.check` the build's verdict uses
+    (on the worst sentence), so the sentence that breaks a limit stands out. A limit on a figure that
+    could not be measured fails, as it does for the verdict."""
+    names = [n for n in _metric_names(specs, metrics) if n in metrics]
     head = "".join(f"<th><code>{_e(n)}</code></th>" for n in names)
     cells = []
     for name in names:
         value = metrics.get(name)
-        verdict = threshold_holds(thresholds[name], value) if name in thresholds else None
-        if name in thresholds and value is None:
-            verdict = False  # a threshold on a figure that could not be measured does not pass
+        verdict = thresholds[name].check(value) if name in thresholds else None
         cells.append(
             f'<td class="num {_verdict_class(verdict)}" data-metric="{_e(name)}">{_e(_fmt(value))}</td>'
         )
@@ -323,9 +303,10 @@ def _artifact_section(
     reference: Sequence[Mapping[str, Any]],
     assets: _Assets,
     cache: dict[tuple[int, int], str],
+    specs: Mapping[str, Mapping[str, Any]],
 ) -> str:
     fmt, precision = str(art.get("format", "?")), str(art.get("precision", "?"))
-    thresholds: Mapping[str, str] = art.get("thresholds") or {}
+    thresholds = _thresholds(art)
     failures: Sequence[str] = art.get("failures") or []
     passed = art.get("passed")
     out = [
@@ -340,7 +321,8 @@ def _artifact_section(
         out.append(f'<p class="note">Not measured: {_e(art["note"])}</p>')
     if failures:
         out.append('<ul class="failures">' + "".join(f"<li>{_e(f)}</li>" for f in failures) + "</ul>")
-    out.append(_metrics_table(art.get("metrics") or {}, thresholds, failures))
+    failed = set(art.get("failed_metrics") or [])
+    out.append(_metrics_table(art.get("metrics") or {}, thresholds, failed, specs))
     for i, sentence in enumerate(art.get("sentences") or []):
         label = str(sentence.get("input", f"sentence {i + 1}"))
         ref_entry = _reference_for(reference, i, label)
@@ -351,7 +333,7 @@ def _artifact_section(
             f'<div class="sentence" data-index="{i}">',
             f'<h3>Sentence {i + 1}: <q class="input">{_e(label)}</q> '
             f'<span class="meta">({_e(sentence.get("tokens", "?"))} tokens)</span></h3>',
-            _sentence_metrics(sentence.get("metrics") or {}, thresholds),
+            _sentence_metrics(sentence.get("metrics") or {}, thresholds, specs),
             _spectrogram_figures(ref_audio, test_audio, cache),
             '<div class="players">',
             _player(ref_audio, "reference", "Reference (fp32)"),
@@ -376,7 +358,7 @@ def _summary(artifacts: Sequence[Mapping[str, Any]], ids: Sequence[str]) -> str:
     for art, section_id in zip(artifacts, ids, strict=True):
         metrics = art.get("metrics") or {}
         thresholds = art.get("thresholds") or {}
-        failed = _failed_metrics(art.get("failures") or [], SUMMARY_METRICS)
+        failed = set(art.get("failed_metrics") or [])
         cells = []
         for m in SUMMARY_METRICS:
             verdict = False if m in failed else (True if m in thresholds else None)
@@ -445,7 +427,10 @@ def render_html(report: Mapping[str, Any], out_dir: Path) -> str:
         "</header>",
         _summary(artifacts, ids),
     ]
-    body += [_artifact_section(a, i, reference, assets, cache) for a, i in zip(artifacts, ids, strict=True)]
+    specs = {str(m["name"]): m for m in report.get("metrics") or []}
+    body += [
+        _artifact_section(a, i, reference, assets, cache, specs) for a, i in zip(artifacts, ids, strict=True)
+    ]
     if report.get("phrases"):
         body.append(_phrases(report["phrases"], assets))
     return (
@@ -462,9 +447,10 @@ def render_report(out_dir: Path) -> Path:
     """Read `out_dir/report.json`, write `out_dir/report.html` atomically, return its path.
 
     report.json fields used (all optional except `artifacts`): voxport_version, recipe, family,
-    sample_rate, passed, reference[{input, tokens, audio}], artifacts[{format, precision, path, bytes,
-    bits_per_weight, export_seconds, validate_seconds, passed, failures, metrics, thresholds,
-    sentences[{input, tokens, metrics, audio}]}], phrases[{text, audio}]. Missing or unreadable audio
+    sample_rate, passed, metrics[{name, direction, label, digits}], reference[{input, tokens, audio}],
+    artifacts[{format, precision, path, bytes, bits_per_weight, export_seconds, validate_seconds, passed,
+    failures, failed_metrics, metrics, thresholds{metric: {min, max}}, sentences[{input, tokens, metrics,
+    audio}]}], phrases[{text, audio}]. Missing or unreadable audio
     is reported on the page rather than aborting the render.
     """
     out_dir = Path(out_dir)
