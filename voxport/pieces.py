@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Collection, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar, cast
 
 #: ids per VITS piece. A Piper sentence is ``^ _ p1 _ … $`` (two ids per phoneme), so 400 ids are ~200
 #: phonemes, ~15 s of speech at the normal pace: longer than almost any sentence (which then is one
@@ -37,7 +37,7 @@ PAUSE_SYMBOLS = (",", ";", ":", ".", "!", "?")
 WORD_SYMBOLS = (" ",)
 
 T = TypeVar("T")
-S = TypeVar("S", bound=Sequence)  # type: ignore[type-arg]
+S = TypeVar("S", bound=Sequence[Any])
 
 
 def split_sentences(text: str) -> list[str]:
@@ -57,7 +57,9 @@ def bisect_to_fit(seq: S, size: Callable[[S], int], limit: int, rank: Callable[[
         return [seq]
     middle = len(seq) / 2
     cut = max(range(1, len(seq)), key=lambda i: (rank(seq, i), -abs(i - middle)))
-    return bisect_to_fit(seq[:cut], size, limit, rank) + bisect_to_fit(seq[cut:], size, limit, rank)  # type: ignore[index]
+    # a slice of a str, list or tuple has the type of the whole (Sequence's own __getitem__ says less)
+    head, tail = cast(S, seq[:cut]), cast(S, seq[cut:])
+    return bisect_to_fit(head, size, limit, rank) + bisect_to_fit(tail, size, limit, rank)
 
 
 def text_rank(text: str, i: int) -> int:
