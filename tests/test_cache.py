@@ -151,11 +151,13 @@ def test_incomplete_cache_entry_is_ignored(tmp_path: Path) -> None:
 
 
 # --- SIGKILL ------------------------------------------------------------------------------------------
-def _cli_build(recipe_path: Path, out: Path) -> subprocess.Popen[str]:
+def _cli_build(recipe_path: Path, out: Path, *, json_stdout: bool = False) -> subprocess.Popen[str]:
+    """`voxport build` in its own process; with `json_stdout`, `--json` and stdout piped to the test."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(
-        [sys.executable, "-m", "voxport", "build", str(recipe_path), "--out", str(out)],
-        stdout=subprocess.DEVNULL,
+        [sys.executable, "-m", "voxport", "build", str(recipe_path), "--out", str(out)]
+        + (["--json"] if json_stdout else []),
+        stdout=subprocess.PIPE if json_stdout else subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
         env=env,
@@ -191,6 +193,38 @@ def _no_finished_looking_broken_artifact(out: Path) -> None:
             read_gguf(path)
 
 
+def test_a_build_sigkilled_mid_export_resumes_to_identical_bytes(
+    first: tuple[Path, list[str], object], tiny_vits_dir: Path, tmp_path: Path
+) -> None:
+    """Fast variant of the test below: one kill, mid-export, on a one-artifact recipe. The resumed ONNX
+    fp32 artifact has the bytes of the same artifact in the clean full build. With --json, stdout stays
+    clean while every stage computes in a real process: empty up to the kill, then exactly one document
+    (a library writing to fd 1 behind Python's back would break the JSON)."""
+    _, _, clean = first
+    recipe_path = tmp_path / "tiny.yaml"
+    recipe = make_recipe(tiny_vits_dir, formats=["onnx"], precisions=["fp32"])
+    recipe_path.write_text(json.dumps(recipe.model_dump(mode="json", by_alias=True, exclude_none=True)))
+    out = tmp_path / "out"
+    killed = _cli_build(recipe_path, out, json_stdout=True)
+    seen = _kill_when(killed, "export: onnx fp32", 0.5)
+    assert any("export: onnx fp32" in line for line in seen), seen
+    assert killed.stdout is not None and killed.stdout.read() == ""
+    _no_finished_looking_broken_artifact(out)
+    final = _cli_build(recipe_path, out, json_stdout=True)
+    stdout, err = final.communicate(timeout=600)
+    assert final.returncode == 0, err
+    assert "convert: cached" in err
+    assert json.loads(stdout)["passed"] is True
+    resumed = read_manifest(out)
+    assert verify_files(out, resumed) == []
+    expected = {(a.format, a.precision): a.sha256 for a in clean.artifacts}  # type: ignore[attr-defined]
+    assert [(a.format, a.precision, a.sha256) for a in resumed.artifacts] == [
+        ("onnx", "fp32", expected["onnx", "fp32"])
+    ]
+    assert not [p for p in out.rglob("*") if ".tmp-" in p.name and "cache" not in p.parts]
+
+
+@pytest.mark.slow  # ~4 CLI builds (265 s on the loaded 2-core box); the fast variant above kills once
 def test_sigkilled_builds_resume_to_identical_artifacts(
     first: tuple[Path, list[str], object], tiny_vits_dir: Path, tmp_path: Path
 ) -> None:

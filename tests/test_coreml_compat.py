@@ -8,13 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import coremltools as ct
 import pytest
 import torch
 from torch import nn
 
-ct = pytest.importorskip("coremltools")
-
-from voxport.export.coreml import compat  # noqa: E402
+from voxport.export.coreml import compat
 
 
 class SizeReshape(nn.Module):

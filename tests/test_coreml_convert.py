@@ -11,18 +11,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import coremltools as ct
 import numpy as np
 import pytest
 import torch
 from torch import nn
+from transformers.models.vits.modeling_vits import VitsAttention
 
-ct = pytest.importorskip("coremltools")
-
-from transformers.models.vits.modeling_vits import VitsAttention  # noqa: E402
-
-from voxport import __version__  # noqa: E402
-from voxport.errors import BadInput  # noqa: E402
-from voxport.export.coreml import (  # noqa: E402
+from voxport import __version__
+from voxport.errors import BadInput
+from voxport.export.coreml import (
     convert_graph,
     program_to_mlmodel,
     read_metadata,
@@ -30,11 +28,12 @@ from voxport.export.coreml import (  # noqa: E402
     to_program,
     weight_consts,
 )
-from voxport.export.coreml.metadata import apply_metadata  # noqa: E402
-from voxport.families import FamilyModel  # noqa: E402
-from voxport.families.base import GraphSpec  # noqa: E402
-from voxport.families.vits.attention import WindowedRelativeAttention  # noqa: E402
-from voxport.families.vits.graphs import EncoderGraph  # noqa: E402
+from voxport.export.coreml.metadata import apply_metadata
+from voxport.families import FamilyModel
+from voxport.families.base import GraphSpec
+from voxport.families.vits.attention import WindowedRelativeAttention
+from voxport.families.vits.graphs import EncoderGraph
+from voxport.runtime.coreml import CoremlRunner
 
 USER_META = {"family": "vits", "sample_rate": 16000, "precision": "fp32", "recipe": "tiny.yaml"}
 
@@ -204,8 +203,7 @@ def test_mil_interpreter_matches_torch_at_other_lengths(
     tiny_vits: FamilyModel, converted: dict[str, Converted]
 ) -> None:
     """The flexible programs compute the right thing at lengths other than the traced example."""
-    runners = pytest.importorskip("voxport.runtime.coreml")
-    coreml = runners.CoremlRunner({g: c.path for g, c in converted.items()})
+    coreml = CoremlRunner({g: c.path for g, c in converted.items()})
     reference = tiny_vits.torch_runner()
     rng = np.random.default_rng(0)
     for tokens in (3, 13):

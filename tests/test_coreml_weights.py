@@ -14,29 +14,26 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import coremltools as ct
 import numpy as np
 import onnx
 import pytest
 import torch
+from coremltools.converters.mil.frontend.milproto.load import load as milproto_load
 from onnx import numpy_helper
 
 from voxport.errors import BadInput
-from voxport.families.base import FamilyModel
-from voxport.quantize.stage import QuantizedModel, quantize_model
-from voxport.quantize.tensor import QuantizedTensor
-
-ct = pytest.importorskip("coremltools")
-
-from coremltools.converters.mil.frontend.milproto.load import load as milproto_load  # noqa: E402
-
-from voxport.export.coreml.palettize import palettize_model  # noqa: E402
-from voxport.export.coreml.weights import (  # noqa: E402
+from voxport.export.coreml.palettize import palettize_model
+from voxport.export.coreml.weights import (
     TARGET_MESSAGE,
     CompressionResult,
     compress_program,
     mlprogram_compute_precision,
     unplaced_across,
 )
+from voxport.families.base import FamilyModel
+from voxport.quantize.stage import QuantizedModel, quantize_model
+from voxport.quantize.tensor import QuantizedTensor
 
 torch.set_num_threads(1)
 

@@ -12,6 +12,7 @@ import time
 import warnings
 from pathlib import Path
 
+import coremltools as ct
 import numpy as np
 import pytest
 import torch
@@ -19,10 +20,9 @@ from torch import nn
 from torch.nn import functional as F  # noqa: N812
 
 from voxport.errors import BadInput
+from voxport.export.coreml import convert as convert_module
 from voxport.runtime.coreml import CoremlRunner
 from voxport.runtime.mil import MilInterpreter, constexpr, kernels, load_mlpackage
-
-ct = pytest.importorskip("coremltools")
 
 torch.set_num_threads(1)
 warnings.filterwarnings("ignore", module="coremltools")
@@ -423,7 +423,6 @@ def test_bad_package_and_inputs(mixed: tuple, work: Path) -> None:
 def test_vits_split_graphs_via_exporter(work: Path) -> None:
     """Encoder and decoder converted by voxport's own Core ML exporter (flexible token/frame axes),
     then the family's synthesis loop driven by the interpreter runner against the torch runner."""
-    convert_module = pytest.importorskip("voxport.export.coreml.convert")
     from voxport.families import load_model
     from voxport.families.base import SynthesisSettings
     from voxport.families.vits.synthetic import make_vits_checkpoint

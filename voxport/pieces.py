@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Collection, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar, cast
 
 #: sentence end: terminal punctuation and any closing quotes or brackets, before whitespace
 _SENTENCE_END = re.compile(r"[.!?\u2026]+[\"'\u201d\u2019)\]\u00bb]*(?=\s)")
@@ -28,7 +28,7 @@ PAUSE_SYMBOLS = (",", ";", ":", ".", "!", "?")
 WORD_SYMBOLS = (" ",)
 
 T = TypeVar("T")
-S = TypeVar("S", bound=Sequence)  # type: ignore[type-arg]
+S = TypeVar("S", bound=Sequence[Any])
 
 
 def split_sentences(text: str) -> list[str]:
@@ -48,7 +48,9 @@ def bisect_to_fit(seq: S, size: Callable[[S], int], limit: int, rank: Callable[[
         return [seq]
     middle = len(seq) / 2
     cut = max(range(1, len(seq)), key=lambda i: (rank(seq, i), -abs(i - middle)))
-    return bisect_to_fit(seq[:cut], size, limit, rank) + bisect_to_fit(seq[cut:], size, limit, rank)  # type: ignore[index]
+    # a slice of a str, list or tuple has the type of the whole (Sequence's own __getitem__ says less)
+    head, tail = cast(S, seq[:cut]), cast(S, seq[cut:])
+    return bisect_to_fit(head, size, limit, rank) + bisect_to_fit(tail, size, limit, rank)
 
 
 def text_rank(text: str, i: int) -> int:

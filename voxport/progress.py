@@ -20,6 +20,10 @@ from rich.markup import escape
 Advance = Callable[[int], None]
 
 
+def _ignore_advance(n: int = 1) -> None:
+    """The `Advance` of a task nobody watches."""
+
+
 class Progress(Protocol):
     def log(self, message: str) -> None: ...
 
@@ -34,7 +38,7 @@ class NullProgress:
 
     @contextmanager
     def task(self, description: str, total: int | None = None) -> Iterator[Advance]:
-        yield lambda n=1: None
+        yield _ignore_advance
 
 
 class LineProgress:

@@ -102,7 +102,7 @@ class CoremlPredictRunner:
             raise BadInput("Core ML predict needs macOS; use CoremlRunner (the MIL interpreter) elsewhere")
         import coremltools as ct
 
-        self.models = {graph: ct.models.MLModel(str(path)) for graph, path in files.items()}
+        self.models: dict[str, Any] = {graph: ct.models.MLModel(str(path)) for graph, path in files.items()}
         self.graph_names = frozenset(self.models)
 
     def run(self, graph: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from voxport.errors import BadInput
 
 
-def ort_session(path: Path, *, threads: int = 1):  # noqa: ANN201 - onnxruntime type is optional
+def ort_session(path: Path, *, threads: int = 1) -> Any:  # onnxruntime ships no type stubs
     """An ONNX Runtime session with deterministic, single-threaded defaults.
 
     One intra-op thread: on a 2-core shared machine two threads were slower and erratic."""

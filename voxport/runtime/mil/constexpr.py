@@ -111,8 +111,8 @@ def unpack_bits(packed: np.ndarray, nbits: int, count: int) -> np.ndarray:
     bits = np.unpackbits(np.asarray(packed, np.uint8).ravel(), bitorder="little")
     if bits.size < nbits * count:
         raise BadInput(f"packed data holds {bits.size // nbits} values of {nbits} bits, need {count}")
-    bits = bits[: nbits * count].reshape(count, nbits).astype(np.int64)
-    return (bits << np.arange(nbits)).sum(axis=1)
+    values = bits[: nbits * count].reshape(count, nbits).astype(np.int64)
+    return (values << np.arange(nbits)).sum(axis=1)
 
 
 def lut_to_dense_ios16(indices: np.ndarray, lut: np.ndarray, shape: Sequence[int]) -> np.ndarray:

@@ -20,7 +20,7 @@ import numpy as np
 from voxport.errors import BadInput
 
 #: Core ML feature-description array types -> numpy dtypes
-_ARRAY_DTYPES = {
+_ARRAY_DTYPES: dict[str, np.dtype[Any]] = {
     "FLOAT32": np.dtype(np.float32),
     "FLOAT16": np.dtype(np.float16),
     "DOUBLE": np.dtype(np.float64),
