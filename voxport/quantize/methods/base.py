@@ -1,9 +1,10 @@
 """The quantization-method protocol and its registry: a method is one registered subclass.
 
 As in gguf-py's ``quants.py`` (one class per quant type, registered by subclassing) a method is added
-by writing ``class Gptq(QuantMethod, name="gptq")``; nothing else changes. Its options are a typed
-pydantic model whose fields carry a type, a default and a description (Olive's pass configs), so the
-recipe validates ``quantize.options`` with the method's own model and the cache keys them.
+by writing ``class Gptq(QuantMethod, name="gptq")``; nothing else changes. Another package declares its
+methods under the ``voxport.quantize_methods`` entry point group, so recipes can name them. Its options
+are a typed pydantic model whose fields carry a type, a default and a description (Olive's pass
+configs), so the recipe validates ``quantize.options`` with the method's own model and the cache keys them.
 
 A *calibrated* method (GPTQ, AWQ) sets ``calibrated = True``; before any weight is quantized it gets
 ``calibrate(model, batch, names)``, where ``model.calibration_inputs(batch, names)`` yields what each
@@ -15,6 +16,7 @@ integer precision, and returns its codes and scales.
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Mapping
@@ -23,6 +25,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
+from voxport.errors import BadInput
 from voxport.quantize.precisions import PrecisionSpec
 from voxport.quantize.tensor import QuantizedTensor
 
@@ -50,7 +53,11 @@ BUILTIN: dict[str, str] = {
     "mse": "voxport.quantize.methods.mse",
 }
 
+#: methods of other packages: `[project.entry-points."voxport.quantize_methods"] NAME = "module:Class"`
+ENTRY_POINT_GROUP = "voxport.quantize_methods"
+
 _REGISTRY: dict[str, type[QuantMethod]] = {}
+_entry_points_loaded = False
 
 
 class QuantMethod(ABC):
@@ -111,10 +118,30 @@ def _qualified(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
+def _load_entry_points() -> None:
+    """Import the methods other packages declare (once): a recipe can name them with nothing imported."""
+    global _entry_points_loaded
+    if _entry_points_loaded:
+        return
+    _entry_points_loaded = True
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        cls = ep.load()
+        if (
+            not (isinstance(cls, type) and issubclass(cls, QuantMethod))
+            or getattr(cls, "name", None) != ep.name
+        ):
+            raise BadInput(
+                f"entry point {ep.name} = {ep.value} ({ENTRY_POINT_GROUP}) is not a QuantMethod registered "
+                f"as {ep.name!r}; fix or uninstall the package that declares it"
+            )
+
+
 def methods() -> dict[str, type[QuantMethod]]:
-    """Every registered method by name: the built-ins first, then those registered by subclassing."""
+    """Every registered method by name: the built-ins first, then those registered by subclassing or
+    declared as entry points."""
     for module in BUILTIN.values():
         importlib.import_module(module)
+    _load_entry_points()
     return {**{n: _REGISTRY[n] for n in BUILTIN}, **_REGISTRY}
 
 
@@ -122,6 +149,8 @@ def method_class(name: str) -> type[QuantMethod]:
     """The class registered as `name`, importing only its module when it is a built-in."""
     if name in BUILTIN:
         importlib.import_module(BUILTIN[name])
+    elif name not in _REGISTRY:
+        _load_entry_points()
     if name not in _REGISTRY:
         raise ValueError(f"unknown quantization method {name!r} (known: {', '.join(methods())})")
     return _REGISTRY[name]
