@@ -21,9 +21,7 @@ PACKAGE = ROOT / "voxport"
 FAMILY_WORDS = re.compile(r"vits|pocket|piper|sherpa|kyutai|hidden_snr|latent_snr|pockettts", re.IGNORECASE)
 
 #: file (relative to voxport/) -> how many family-naming tokens it may still hold
-KNOWN_FAMILY_NAMES: dict[str, int] = {
-    "export/gguf/general.py": 6,  # Piper JSON read for general.* keys: a family metadata hook
-}
+KNOWN_FAMILY_NAMES: dict[str, int] = {}
 
 
 def _docstring_starts(source: str) -> set[tuple[int, int]]:

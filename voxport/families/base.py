@@ -204,6 +204,13 @@ class FamilyModel(ABC):
         others are namespaced by the family."""
         return {}
 
+    def declared_metadata(self) -> dict[str, Any]:
+        """GGUF `general.*` keys (gguf-py `Keys.General`) that this family's own checkpoint files declare
+        (a Piper voice's JSON: license, language, dataset), only where declared, never guessed. The GGUF
+        writer also reads the generic sources (`embedded_metadata`'s `general.` keys, model cards);
+        none by default."""
+        return {}
+
     def gguf_layout(self) -> GgufLayout | None:
         """None: GGUF export writes voxport's own one-file layout (export/gguf/writer.py). A family whose
         models a GGUF runtime already runs under its own names and file split (llama.cpp's pockettts

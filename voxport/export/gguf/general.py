@@ -7,14 +7,14 @@ file says what it is, where it came from and under which license, without the ma
 - `general.license`, `general.languages`, `general.tags`, `general.author`, `general.organization`,
   `general.source.url`, `general.source.huggingface.repository`: only where the checkpoint declares
   them, never guessed. Sources, first found wins: the family's own `embedded_metadata()` `general.*`
-  keys (e.g. a Pocket TTS release's weights path), a Piper voice's JSON (`license`, `language.code`,
-  `dataset`), a Piper voice package's `MODEL_CARD` (`* License: CC0`), a Hugging Face model card's
-  YAML front matter (`README.md`: `license:`, `language:`, `tags:`).
+  keys (e.g. a Pocket TTS release's weights path), what the family reads from its own files
+  (`FamilyModel.declared_metadata()`: a Piper voice's JSON), a voice package's `MODEL_CARD`
+  (`* License: CC0`), a Hugging Face model card's YAML front matter (`README.md`: `license:`,
+  `language:`, `tags:`).
 """
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -24,8 +24,8 @@ import yaml
 from voxport import __version__
 from voxport.families.base import FamilyModel
 
-#: the text files a family carries that may declare a license (FamilyModel.tokenizer_files names)
-PIPER_JSON, MODEL_CARD, HF_CARD = "piper.json", "MODEL_CARD", "README.md"
+#: the generic text files a checkpoint may carry that declare a license (FamilyModel.tokenizer_files names)
+MODEL_CARD, HF_CARD = "MODEL_CARD", "README.md"
 
 
 def _text(files: Mapping[str, Any], name: str) -> str | None:
@@ -33,27 +33,6 @@ def _text(files: Mapping[str, Any], name: str) -> str | None:
     if isinstance(data, bytes):
         return data.decode("utf-8", errors="replace")
     return data if isinstance(data, str) else None
-
-
-def _from_piper_json(text: str | None) -> dict[str, Any]:
-    try:
-        voice = json.loads(text) if text else {}
-    except ValueError:
-        return {}
-    if not isinstance(voice, dict):
-        return {}
-    out: dict[str, Any] = {}
-    if isinstance(voice.get("license"), str):
-        out["general.license"] = voice["license"]
-    language = voice.get("language")
-    if isinstance(language, dict) and isinstance(language.get("code"), str):
-        out["general.languages"] = [language["code"]]
-    if isinstance(voice.get("dataset"), str):
-        out["general.basename"] = voice["dataset"]
-        audio = voice.get("audio")
-        quality = audio.get("quality") if isinstance(audio, dict) else None
-        out["general.description"] = f"Piper voice {voice['dataset']}" + (f" ({quality})" if quality else "")
-    return out
 
 
 def _from_model_card(text: str | None) -> dict[str, Any]:
@@ -90,7 +69,7 @@ def declared_metadata(model: FamilyModel) -> dict[str, Any]:
     out: dict[str, Any] = {}
     sources = [
         {k: v for k, v in model.embedded_metadata().items() if k.startswith("general.")},
-        _from_piper_json(_text(files, PIPER_JSON)),
+        model.declared_metadata(),
         _from_model_card(_text(files, MODEL_CARD)),
         _from_hf_card(_text(files, HF_CARD)),
     ]

@@ -42,7 +42,11 @@ MARKER = "voxport.json"
 #: text-frontend files carried through load/save/prune unchanged; piper.json is a Piper voice's .onnx.json,
 #: MODEL_CARD a Piper voice package's card (its license goes into GGUF's general.license)
 TOKENIZER_FILES = (
-    "vocab.json", "tokenizer_config.json", "special_tokens_map.json", PIPER_CONFIG, "MODEL_CARD"
+    "vocab.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    PIPER_CONFIG,
+    "MODEL_CARD",
 )
 
 
@@ -218,6 +222,31 @@ class VitsModelAdapter(FamilyModel):
             if isinstance(license_, str):
                 meta["general.license"] = license_
         return meta
+
+    def declared_metadata(self) -> dict[str, Any]:
+        """What a Piper voice's JSON says about the voice: license, language code, dataset (its name)."""
+        try:
+            voice = (
+                json.loads(self.tokenizer_files[PIPER_CONFIG]) if PIPER_CONFIG in self.tokenizer_files else {}
+            )
+        except ValueError:
+            return {}
+        if not isinstance(voice, dict):
+            return {}
+        out: dict[str, Any] = {}
+        if isinstance(voice.get("license"), str):
+            out["general.license"] = voice["license"]
+        language = voice.get("language")
+        if isinstance(language, dict) and isinstance(language.get("code"), str):
+            out["general.languages"] = [language["code"]]
+        if isinstance(voice.get("dataset"), str):
+            out["general.basename"] = voice["dataset"]
+            audio = voice.get("audio")
+            quality = audio.get("quality") if isinstance(audio, dict) else None
+            out["general.description"] = f"Piper voice {voice['dataset']}" + (
+                f" ({quality})" if quality else ""
+            )
+        return out
 
     def write_sidecars(self, primary: Path) -> dict[str, Path]:
         """A Piper voice's `.onnx.json` and sherpa-onnx's `tokens.txt`, so Piper and sherpa load it."""
