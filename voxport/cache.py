@@ -90,8 +90,8 @@ def code_closure(
       the module's: only what the stage's code refers to joins, and annotations do not count (they are
       never evaluated). `stop` lists symbols not followed: another stage's cached unit, whose result
       is an input keyed on its own;
-    - anything else (`voxport_toy.model`, a family from another distribution): every .py of its
-      top-level package, and that distribution's version.
+    - anything else (`voxport_toy.model`, a family from another distribution, or a symbol in one, such
+      as a format adapter's class): every .py of its top-level package, and that distribution's version.
     """
     known = _modules(source)
     pieces: dict[str, bytes] = {}
@@ -99,13 +99,13 @@ def code_closure(
     todo_modules: list[str] = []
     todo_symbols: list[tuple[str, str]] = []
     for root in roots:
-        if ":" in root:
-            module, qualname = root.split(":", 1)
+        module, _, qualname = root.partition(":")
+        if not (module == PACKAGE or module.startswith(PACKAGE + ".")):
+            pieces.update(_external_package(module))  # a plugin's symbol: its whole package
+        elif qualname:
             todo_symbols.append((module, qualname))
-        elif root == PACKAGE or root.startswith(PACKAGE + "."):
-            todo_modules.append(root)
         else:
-            pieces.update(_external_package(root))
+            todo_modules.append(root)
     seen_symbols: set[tuple[str, str]] = set()
     while todo_symbols:
         module, qualname = todo_symbols.pop()
