@@ -151,7 +151,12 @@ def test_pruning_costs_parity_against_the_unpruned_reference(tiny_vits_dir: Path
     assert manifest.model.parameters < load_model(tiny_vits_dir).parameters()
 
 
-@pytest.mark.parametrize("fmt", list(formats()))
+#: Core ML's export takes ~30 s on 2 cores: slow here, covered fast by
+#: test_pipeline_coreml.py::test_verify_loads_every_package
+FORMAT_CASES = [pytest.param(f, marks=pytest.mark.slow) if f == "coreml" else f for f in formats()]
+
+
+@pytest.mark.parametrize("fmt", FORMAT_CASES)
 def test_every_registered_format_exports_files_that_load(
     fmt: str, tiny_vits_dir: Path, tmp_path: Path
 ) -> None:

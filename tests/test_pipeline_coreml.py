@@ -172,6 +172,9 @@ def test_predict_agrees_with_the_interpreter_and_torch(built: Path, tiny_vits: o
     assert waveform_snr_db(interpreted, predicted) > 60
 
 
+# slow (a full Core ML int4 build, ~30 s on 2 cores); the fast suite covers palettes in
+# test_coreml_weights.py::test_palettize_makes_lut_ops_for_quantizable_weights_only
+@pytest.mark.slow
 def test_palettized_int4_is_a_recipe_option(built: Path, tiny_vits_dir: Path, tmp_path: Path) -> None:
     """k-means lookup tables instead of linear codes: other weights (so other audio), still measured."""
     from voxport.runtime.mil import load_mlpackage
