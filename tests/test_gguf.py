@@ -284,6 +284,9 @@ class _BigModel:
     def embedded_metadata(self) -> dict[str, Any]:
         return {}
 
+    def declared_metadata(self) -> dict[str, Any]:
+        return {}
+
 
 def test_writer_streams_one_tensor_at_a_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def forbidden(*args: Any, **kwargs: Any) -> None:
