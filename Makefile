@@ -9,6 +9,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 RECIPE ?= recipes/joe-medium.yaml
 PYTEST_ARGS ?= -m "not slow"
+# test files spread over two processes (pytest-xdist, one file per worker at a time so module fixtures
+# build once): the suite is single-threaded CPU work and the CI machine has two cores
+PYTEST_WORKERS ?= 2
 
 .PHONY: setup browser build demo demo-pocket lint typecheck test test-all bench clean
 
@@ -57,7 +60,7 @@ typecheck: setup
 	$(BIN)/mypy
 
 test: setup browser lint typecheck
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 test-all: PYTEST_ARGS =
 test-all: test

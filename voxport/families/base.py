@@ -21,8 +21,8 @@ from voxport.errors import BadInput
 from voxport.families.calibration import CalibrationSet as CalibrationSet
 from voxport.families.calibration import WeightInputs as WeightInputs
 from voxport.families.layouts.gguf import GgufLayout
-from voxport.families.settings import SynthesisSettings
-from voxport.runtime.base import Runner
+from voxport.families.settings import SynthesisSettings as SynthesisSettings
+from voxport.runtime.base import Runner as Runner
 from voxport.runtime.torch import TorchRunner
 
 if TYPE_CHECKING:

@@ -26,10 +26,16 @@ class Runner(Protocol):
 class TorchGraph(Protocol):
     """What `TorchRunner` needs of a graph: a family's `GraphSpec` satisfies it structurally."""
 
-    name: str
-    module: torch.nn.Module
-    input_names: Sequence[str]
-    output_names: Sequence[str]
+    # read-only members: a dataclass with `list[str]` fields then matches (mutable protocol attributes
+    # are invariant, so `input_names: Sequence[str]` would refuse GraphSpec's list)
+    @property
+    def name(self) -> str: ...
+    @property
+    def module(self) -> torch.nn.Module: ...
+    @property
+    def input_names(self) -> Sequence[str]: ...
+    @property
+    def output_names(self) -> Sequence[str]: ...
 
 
 def runs_graph(runner: Runner, graph: str) -> bool:
