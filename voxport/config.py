@@ -52,3 +52,27 @@ class ConfigModel(BaseModel):
 
 def _allows_none(field: FieldInfo) -> bool:
     return type(None) in typing.get_args(field.annotation) or field.annotation is type(None)
+
+
+def is_number(value: Any) -> bool:
+    """A YAML number (int or float), not a bool (which Python counts as an int)."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def describe_kind(value: Any) -> str:
+    """What a value of the wrong type is, as every config message says it ("got a list")."""
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, bool):
+        return f"a boolean ({str(value).lower()})"
+    if isinstance(value, int):
+        return f"an integer ({value})"
+    if isinstance(value, float):
+        return f"a number ({value:g})"
+    if isinstance(value, str):
+        return f"the string {value!r}"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return f"a {type(value).__name__} ({value})"

@@ -34,7 +34,7 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from voxport.config import Bool, ConfigModel, Int, NonEmptyStr, NonNegInt
+from voxport.config import Bool, ConfigModel, Int, NonEmptyStr, NonNegInt, describe_kind, is_number
 from voxport.errors import BadInput
 from voxport.export.registry import formats, get_format
 from voxport.quantize.methods import method_class, methods
@@ -111,10 +111,6 @@ def _block_size(value: int) -> int:
     if value <= 0 or value % 16:
         raise ValueError(f"must be a positive multiple of 16 (16, 32, 64, ...), got {value}")
     return value
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 MetricName = Annotated[str, AfterValidator(_known_metric)]
@@ -308,7 +304,7 @@ def _out_of_range(metric: str, limit: Threshold) -> str | None:
 def _convert_bare(thresholds: dict[Any, Any]) -> dict[Any, Any]:
     converted: dict[Any, Any] = {}
     for metric, value in thresholds.items():
-        if not _is_number(value) or not math.isfinite(value):
+        if not is_number(value) or not math.isfinite(value):
             converted[metric] = value  # Threshold rejects NaN/inf with a message at this key's line
         elif (direction := _direction(metric) if isinstance(metric, str) else None) is None:
             converted[metric] = {"min": value}  # the key error says what is wrong; avoid a 2nd error
@@ -399,7 +395,7 @@ class QuantizeConfig(_Base):
         if method_class(self.method).calibrated and (c is None or not (c.texts or c.ids)):
             raise ValueError(
                 f"method {self.method!r} is calibrated: give the sentences it records on, e.g. "
-                "calibration: {texts: [\"...\"]} (texts: or ids:)"
+                'calibration: {texts: ["..."]} (texts: or ids:)'
             )
         return self
 
@@ -501,7 +497,7 @@ class Recipe(_Base):
         if isinstance(value, PurePath):
             return value
         if not isinstance(value, str):
-            raise ValueError(f"expected a checkpoint path, got {_kind(value)}")
+            raise ValueError(f"expected a checkpoint path, got {describe_kind(value)}")
         if not value.strip():
             raise ValueError("must not be empty")
         return value
@@ -713,7 +709,7 @@ def _load_layers(file: Path, label: str, chain: tuple[Path, ...]) -> tuple[dict[
         return data, [(label, root)]
     if not isinstance(base, str) or not base.strip():
         line = _line_for(root, ("extends",))
-        raise BadInput(f"{label}:{line}: extends: expected a recipe file path, got {_kind(base)}")
+        raise BadInput(f"{label}:{line}: extends: expected a recipe file path, got {describe_kind(base)}")
     base_file = Path(base).expanduser()
     if not base_file.is_absolute():
         base_file = file.absolute().parent / base_file
@@ -806,7 +802,7 @@ def _read_mapping(file: Path, label: str) -> tuple[dict[str, Any], yaml.Node]:
         line = root.start_mark.line + 1
         raise BadInput(
             f"{label}:{line}: the recipe must be a mapping of keys (name:, model:, formats:, ...), "
-            f"got {_kind(data)}"
+            f"got {describe_kind(data)}"
         )
     _check_duplicate_keys(root, (), label, set())
     return data, root
@@ -948,24 +944,6 @@ def _walk(root: yaml.Node, loc: tuple[Any, ...]) -> tuple[int, int]:
     return line, depth
 
 
-def _kind(value: Any) -> str:
-    if value is None:
-        return "nothing (null)"
-    if isinstance(value, bool):
-        return f"a boolean ({str(value).lower()})"
-    if isinstance(value, int):
-        return f"an integer ({value})"
-    if isinstance(value, float):
-        return f"a number ({value:g})"
-    if isinstance(value, str):
-        return f"the string {value!r}"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, dict):
-        return "a mapping"
-    return f"a {type(value).__name__} ({value})"
-
-
 def _unwrap(tp: Any) -> Any:
     """Strip Annotated[...] and `X | None` down to the type a loc step walks into."""
     while True:
@@ -1034,11 +1012,11 @@ def _message(err: Mapping[str, Any]) -> str:
     if kind in ("value_error", "assertion_error"):
         return str(ctx.get("error", err["msg"]))
     if kind == "list_type" and isinstance(value, str):
-        return f"expected a list like [{value}], got {_kind(value)}"
+        return f"expected a list like [{value}], got {describe_kind(value)}"
     if kind in ("float_type", "float_parsing") and isinstance(value, str) and _looks_like_float(value):
-        return f"expected a number, got {_kind(value)} (YAML 1.1 reads 1e-3 as text: write 1.0e-3)"
+        return f"expected a number, got {describe_kind(value)} (YAML 1.1 reads 1e-3 as text: write 1.0e-3)"
     if kind in _EXPECTED:
-        return f"expected {_EXPECTED[kind]}, got {_kind(value)}"
+        return f"expected {_EXPECTED[kind]}, got {describe_kind(value)}"
     if kind in ("too_short", "string_too_short"):
         minimum = ctx.get("min_length", 1)
         return "must not be empty" if minimum == 1 else f"needs at least {minimum} items"
@@ -1051,7 +1029,7 @@ def _message(err: Mapping[str, Any]) -> str:
     if kind in bounds:
         symbol, key = bounds[kind]
         limit = ctx.get(key)
-        shown = _fmt_num(limit) if _is_number(limit) else limit
+        shown = _fmt_num(limit) if is_number(limit) else limit
         return f"must be {symbol} {shown}, got {value!r}"
     if kind == "finite_number":
         return f"must be a finite number, got {value!r}"

@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, Strict, model_validator
 
+from voxport.config import describe_kind, is_number
 from voxport.families.base import Family, MetricSpec
 
 Direction = Literal["min", "max", "band"]
@@ -58,23 +59,6 @@ def _fmt_num(x: float) -> str:
     return f"{x:g}"
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _kind(value: Any) -> str:
-    """What a non-number, non-mapping limit is, as the recipe's other messages say it."""
-    if value is None:
-        return "nothing (null)"
-    if isinstance(value, bool):
-        return f"a boolean ({str(value).lower()})"
-    if isinstance(value, str):
-        return f"the string {value!r}"
-    if isinstance(value, list):
-        return "a list"
-    return f"a {type(value).__name__} ({value})"
-
-
 #: a bound as the recipe writes it: a real number (YAML's `true` is not 1), never NaN or infinite
 Bound = Annotated[float, Strict(), Field(allow_inf_nan=False)]
 
@@ -92,15 +76,15 @@ class Threshold(BaseModel):
     def _mapping_only(cls, data: Any) -> Any:
         # Bare numbers were turned into mappings by the recipe, which knows the metric's direction.
         # The ones left over are NaN/infinity and a negative length_ratio tolerance.
-        if _is_number(data) and not math.isfinite(data):
+        if is_number(data) and not math.isfinite(data):
             raise ValueError(f"must be a finite number, got {data}")
-        if _is_number(data):
+        if is_number(data):
             raise ValueError(
                 f"a bare length_ratio tolerance means |ratio − 1| ≤ t and must be ≥ 0, got {data}"
             )
         if not isinstance(data, dict | Threshold):
             raise ValueError(
-                f"expected a number or a mapping like {{min: 20}} or {{max: 2.0}}, got {_kind(data)}"
+                f"expected a number or a mapping like {{min: 20}} or {{max: 2.0}}, got {describe_kind(data)}"
             )
         return data
 
