@@ -316,13 +316,17 @@ class Build:
         code = stage_fingerprint("quantize", self.family if method.calibrated else None, method)
         return stage_key("quantize", config, [self.key_convert], code)
 
-    def key_export(self, fmt: str, precision: str) -> str:
-        config = {
+    def _export_config(self, fmt: str, precision: str) -> dict[str, Any]:
+        """What shapes one precision's files in `fmt`: shared by the artifact and its runtime layouts."""
+        return {
             "format": fmt,
             "precision": precision,
             "name": self.recipe.name,
             "options": self.formats[fmt].cache_options(self.recipe.export_options(fmt), precision),
         }
+
+    def key_export(self, fmt: str, precision: str) -> str:
+        config = self._export_config(fmt, precision)
         code = stage_fingerprint("export", self.family, self.formats[fmt])
         return stage_key("export", config, [self.key_convert, self.key_quantize(precision)], code)
 
@@ -631,13 +635,7 @@ class Build:
         return tuple(families()[self.convert()["family"]].layouts.get(fmt, ()))
 
     def key_export_layout(self, fmt: str, precision: str, name: str) -> str:
-        config = {
-            "format": fmt,
-            "precision": precision,
-            "layout": name,
-            "name": self.recipe.name,
-            "options": self.formats[fmt].cache_options(self.recipe.export_options(fmt), precision),
-        }
+        config = {**self._export_config(fmt, precision), "layout": name}  # keys are hashed sorted
         code = stage_fingerprint("export-layout", self.family, self.formats[fmt])
         return stage_key("export-layout", config, [self.key_convert, self.key_quantize(precision)], code)
 
