@@ -54,7 +54,13 @@ from voxport.export.registry import ExportContext, ExportEntry, FormatAdapter, f
 from voxport.families.base import CalibrationSet, Family, FamilyModel, MetricSpec, SynthesisSettings
 from voxport.families.layouts.onnx import OnnxLayout
 from voxport.families.registry import detect_family, families, family_of, load_model
-from voxport.io import atomic_write_json, ensure_writable_dir, sweep_temporaries, write_wav
+from voxport.io import (
+    atomic_write_bytes,
+    atomic_write_json,
+    ensure_writable_dir,
+    sweep_temporaries,
+    write_wav,
+)
 from voxport.lock import OutputLock
 from voxport.manifest import (
     Artifact,
@@ -66,10 +72,19 @@ from voxport.manifest import (
     write_manifest,
 )
 from voxport.progress import CallbackProgress, NullProgress, Progress
-from voxport.quantize.methods import method_class
-from voxport.quantize.stage import load_quantized, quantize_model, save_quantized
+from voxport.quantize.budget import budget_yaml
+from voxport.quantize.methods import QuantMethod, method_class
+from voxport.quantize.stage import (
+    QuantizedModel,
+    load_quantized,
+    quantize_model,
+    quantize_with_budget,
+    quantized_info,
+    save_quantized,
+)
 from voxport.recipe import PhrasesConfig, Recipe
 from voxport.validate.layouts import layout_reference, measure_layout, runner_label, unmeasured
+from voxport.validate.objective import AudioObjective
 from voxport.validate.parity import Reference, measure_sentence
 from voxport.validate.thresholds import aggregate, check, failed_metrics, metric_specs, metrics_json
 
@@ -99,6 +114,10 @@ class Layout:
 
     def quantized(self, precision: str) -> Path:
         return self.out / "stages" / "quantized" / f"{precision}.safetensors"
+
+    def budget_plan(self, precision: str) -> Path:
+        """The mix a size budget chose, as a recipe fragment that rebuilds it by hand."""
+        return self.out / "stages" / "quantized" / f"{precision}.budget.yaml"
 
     @property
     def export_index(self) -> Path:
@@ -251,6 +270,10 @@ class Build:
         for path in sweep_temporaries(self.out, skip=self.cache.root):
             self.progress.log(f"removed {path.relative_to(self.out)} left by an interrupted build")
         self._prepared: dict[str, Any] = {}
+        self._quant_method: QuantMethod | None = None
+        self._candidates: dict[str, QuantizedModel] = {}
+        self._objectives: dict[int, AudioObjective] = {}
+        self._sensitivities: dict[str, dict[tuple[str, str], float]] = {}
         self._layout_references: dict[str, Reference] = {}
         self._converted: dict[str, Any] | None = None
         #: files the units of this run produced or restored (relative to OUT)
@@ -304,16 +327,20 @@ class Build:
         # only what a method has: an option-less, uncalibrated method (rtn) keeps its earlier keys
         if options := q.method_options():
             config["options"] = options
-        if method_class(q.method).calibrated:
+        if q.needs_calibration(precision):
             # texts, not token ids: the tokenizer is part of the converted checkpoint (key_convert)
-            calibration = q.calibration.model_dump(mode="json") if q.calibration is not None else None
+            texts, ids = q.calibration_texts()
             config["calibration"] = {
-                "sentences": calibration,
+                "sentences": {"texts": texts, "ids": ids},
+                "seed": None if q.calibration is None else q.calibration.seed,
                 "settings": calibration_settings(self.recipe).model_dump(mode="json"),
             }
+        if precision in q.budget:
+            config["budget"] = q.budget[precision].model_dump(mode="json")
         method = method_class(q.method)
-        # a calibrated method runs the family's synthesis while it records: that code shapes the codes too
-        code = stage_fingerprint("quantize", self.family if method.calibrated else None, method)
+        # a calibrated method or a budget runs the family's synthesis: that code shapes the codes too
+        runs_model = q.needs_calibration(precision)
+        code = stage_fingerprint("quantize", self.family if runs_model else None, method)
         return stage_key("quantize", config, [self.key_convert], code)
 
     def _export_config(self, fmt: str, precision: str) -> dict[str, Any]:
@@ -495,21 +522,73 @@ class Build:
     def _run_quantize(self, precision: str) -> tuple[list[str], Any]:
         q = self.recipe.quantize
         started = time.perf_counter()
-        with self.progress.task(f"quantize: {precision} ({q.method})"):
-            qm = quantize_model(
+        method = self._method()
+        calibration = calibration_set(self.recipe, self.model, precision)
+        outputs = [self.layout.quantized(precision)]
+        if precision in q.budget:
+            budget = q.budget[precision]
+            qm = quantize_with_budget(
                 self.model,
                 precision,
-                method=method_class(q.method)(q.options),
+                method,
+                bits_per_weight=budget.bits_per_weight,
+                candidates=budget.candidates,
+                objective=self._objective(budget.sentences),
+                granularity=budget.granularity,
+                sentences=budget.sentences,
                 block_size=q.block_size,
                 overrides=q.overrides_for(precision),
-                calibration=calibration_set(self.recipe, self.model),
+                calibration=calibration,
+                memo=self._candidates,
+                sensitivities=self._sensitivities.setdefault(
+                    f"{budget.sentences}|{budget.granularity}|{sorted(q.overrides_for(precision).items())}",
+                    {},
+                ),
+                progress=self.progress,
             )
-            save_quantized(qm, self.layout.quantized(precision))
+            plan = self.layout.budget_plan(precision)
+            plan.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(plan, budget_yaml(qm.budget or {}).encode())
+            outputs.append(plan)
+        else:
+            with self.progress.task(f"quantize: {precision} ({q.method})"):
+                qm = quantize_model(
+                    self.model,
+                    precision,
+                    method=method,
+                    block_size=q.block_size,
+                    overrides=q.overrides_for(precision),
+                    calibration=calibration,
+                )
+        save_quantized(qm, self.layout.quantized(precision))
         self.progress.log(
             f"quantize: {precision} ({q.method}) {qm.bits_per_weight(scale_bits=16):.2f} bits/weight, "
             f"{len(qm.skipped_weights())} kept at higher precision, {time.perf_counter() - started:.1f}s"
         )
-        return [self.layout.quantized(precision).relative_to(self.out).as_posix()], None
+        return [p.relative_to(self.out).as_posix() for p in outputs], None
+
+    def _method(self) -> QuantMethod:
+        """One method object per build: a calibrated method records each weight once and reuses it for
+        every precision (and every budget candidate) of the build."""
+        if self._quant_method is None:
+            q = self.recipe.quantize
+            self._quant_method = method_class(q.method)(q.options)
+        return self._quant_method
+
+    def _objective(self, sentences: int) -> AudioObjective:
+        """The audio objective a budget minimises, on `sentences` of the calibration set at evenly spaced
+        quantiles of their length (short and long ones both in, the longest few out: every unit's
+        measurement synthesises all of them), built once per build."""
+        if sentences not in self._objectives:
+            calibration = calibration_set(self.recipe, self.model, None)
+            assert calibration is not None
+            ids = sorted(calibration.ids, key=len)
+            n = min(sentences, len(ids))
+            picked = [list(ids[int((i + 1) * len(ids) / (n + 2))]) for i in range(n)]
+            self._objectives[sentences] = AudioObjective(
+                self.model, picked, calibration.settings, metric_specs(family_of(self.model))
+            )
+        return self._objectives[sentences]
 
     def export(self) -> list[ExportEntry]:
         self.convert()
@@ -865,6 +944,7 @@ class Build:
                 "reference": reference,
                 "artifacts": report,
                 "phrases": [{"text": p["text"], "audio": f"phrases/{p['file']}"} for p in phrases],
+                "quantization": self._quantization_report(),
             },
         )
         self._render_report()
@@ -882,6 +962,20 @@ class Build:
         )
         write_manifest(self.out, manifest)
         return manifest
+
+    def _quantization_report(self) -> dict[str, Any]:
+        """Per integer precision: the method, what it did per module and, with a budget, the plan (and
+        the file it was written to), for the report's quantization section."""
+        out: dict[str, Any] = {}
+        for precision in self.recipe.precisions:
+            info = quantized_info(self.layout.quantized(precision))
+            integer = any(row.get("error_vs_rtn") is not None for row in info.get("summary", []))
+            if not (integer or info.get("budget")):
+                continue
+            if info.get("budget"):
+                info["plan_file"] = self.layout.budget_plan(precision).relative_to(self.out).as_posix()
+            out[precision] = info
+        return out
 
     def _file(self, rel: str, graph: str) -> ArtifactFile:
         digest = self.digests.of(self.out / rel)
@@ -903,11 +997,24 @@ def validation_inputs(recipe: Recipe, model: FamilyModel) -> list[tuple[str, lis
 
 
 def calibration_inputs(recipe: Recipe, model: FamilyModel) -> list[list[int]]:
-    """Token ids of `quantize.calibration`'s sentences (texts first, then ids), [] when there are none."""
-    c = recipe.quantize.calibration
-    if c is None:
-        return []
-    return [model.text_to_ids(text) for text in c.texts] + [list(ids) for ids in c.ids]
+    """Token ids of the calibration sentences (texts first, then ids): `quantize.calibration`'s, else
+    the built-in English set, which needs a text frontend that reads English."""
+    texts, ids = recipe.quantize.calibration_texts()
+    out: list[list[int]] = []
+    for text in texts:
+        try:
+            out.append(model.text_to_ids(text))
+        except (BadInput, ValueError) as exc:
+            where = (
+                "quantize.calibration.texts"
+                if recipe.quantize.calibration
+                else "the built-in calibration set"
+            )
+            raise BadInput(
+                f"{where}: cannot turn {text!r} into ids ({exc}); give quantize.calibration.ids "
+                "(or texts this model's frontend reads)"
+            ) from None
+    return out + ids
 
 
 def calibration_settings(recipe: Recipe, model: FamilyModel | None = None) -> SynthesisSettings:
@@ -917,9 +1024,10 @@ def calibration_settings(recipe: Recipe, model: FamilyModel | None = None) -> Sy
     return settings if c is None or c.seed is None else settings.model_copy(update={"seed": c.seed})
 
 
-def calibration_set(recipe: Recipe, model: FamilyModel) -> CalibrationSet | None:
-    """What a calibrated method records on; None when the method is not calibrated."""
-    if not method_class(recipe.quantize.method).calibrated:
+def calibration_set(recipe: Recipe, model: FamilyModel, precision: str | None) -> CalibrationSet | None:
+    """What a calibrated method records on and a budget measures on; None when building `precision`
+    needs neither (`precision` None: the set regardless)."""
+    if precision is not None and not recipe.quantize.needs_calibration(precision):
         return None
     ids = calibration_inputs(recipe, model)
     return CalibrationSet(tuple(tuple(i) for i in ids), calibration_settings(recipe, model))

@@ -34,11 +34,12 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from voxport.config import Bool, ConfigModel, Int, NonEmptyStr, NonNegInt, describe_kind, is_number
+from voxport.config import Bool, ConfigModel, Float, Int, NonEmptyStr, NonNegInt, describe_kind, is_number
 from voxport.errors import BadInput
 from voxport.export.registry import formats, get_format
+from voxport.quantize.calibration import default_texts, overlap, overlapping_ids
 from voxport.quantize.methods import method_class, methods
-from voxport.quantize.precisions import Precision, rank
+from voxport.quantize.precisions import SPECS, Precision, rank
 from voxport.validate.thresholds import (
     CORE_METRICS,
     METRIC_RANGES,
@@ -341,6 +342,28 @@ class CalibrationConfig(_Base):
     seed: NonNegInt | None = None
 
 
+class BudgetConfig(_Base):
+    """A size budget for one precision's artifacts: voxport measures how much each module's audio suffers
+    when that module alone drops to each candidate precision, then picks the mix with the least total
+    damage whose bits per weight (every weight counted, integer scales at 32 bits as ONNX stores them, so
+    the figure bounds every format) stay within `bits_per_weight`."""
+
+    bits_per_weight: Annotated[Float, Field(gt=0, le=32, description="upper bound on stored bits per weight")]
+    candidates: Annotated[
+        list[Precision],
+        Field(min_length=1, description="precisions a module may take (default int4, int8, fp16)"),
+        AfterValidator(_no_duplicates),
+    ] = Field(default_factory=lambda: ["int4", "int8", "fp16"])
+    granularity: Literal["module", "weight"] = Field(
+        "module",
+        description="unit of choice: a module (the weights two name levels up, e.g. one attention block) "
+        "or each weight alone (finer, and one sensitivity run per weight and precision)",
+    )
+    sentences: Annotated[
+        Int, Field(ge=1, le=64, description="calibration sentences each sensitivity run synthesises")
+    ] = 4
+
+
 class QuantizeConfig(_Base):
     """How weights are quantized.
 
@@ -358,6 +381,8 @@ class QuantizeConfig(_Base):
     block_size: Annotated[Int, AfterValidator(_block_size)] = 32
     overrides: dict[NonEmptyStr, Precision] = Field(default_factory=dict)
     precision_overrides: dict[Precision, dict[NonEmptyStr, Precision]] = Field(default_factory=dict)
+    #: per artifact precision, a size budget that replaces a hand-written mix (see BudgetConfig)
+    budget: dict[Precision, BudgetConfig] = Field(default_factory=dict)
 
     @field_validator("options", mode="after")
     @classmethod
@@ -389,15 +414,64 @@ class QuantizeConfig(_Base):
         return value
 
     @model_validator(mode="after")
-    def _calibrated_method_has_sentences(self) -> "QuantizeConfig":
-        """Said when the recipe loads, not after the convert stage has run."""
+    def _calibration_is_not_empty(self) -> "QuantizeConfig":
+        """An empty `calibration:` section would silently mean the built-in set; say so instead."""
         c = self.calibration
-        if method_class(self.method).calibrated and (c is None or not (c.texts or c.ids)):
+        if c is not None and not (c.texts or c.ids):
             raise ValueError(
-                f"method {self.method!r} is calibrated: give the sentences it records on, e.g. "
-                'calibration: {texts: ["..."]} (texts: or ids:)'
+                "calibration: give sentences under texts: or ids:, or remove the section to use the "
+                f"built-in English set ({len(default_texts())} sentences)"
             )
         return self
+
+    @model_validator(mode="after")
+    def _budget_or_hand_mix(self) -> "QuantizeConfig":
+        """A budget chooses the whole mix of its precision, so a hand mix for the same precision would be
+        overwritten without a word; a budget for a float precision has nothing to choose."""
+        problems = []
+        for precision, budget in self.budget.items():
+            if not SPECS[precision].integer:
+                problems.append(
+                    _problem(
+                        "budget_precision",
+                        f"a budget applies to int8/int4 artifacts, not {precision}",
+                        ("budget", precision),
+                        precision,
+                    )
+                )
+            elif precision in self.precision_overrides:
+                problems.append(
+                    _problem(
+                        "budget_and_mix",
+                        f"{precision} has both a budget and precision_overrides: the budget picks the mix; "
+                        "remove one of them",
+                        ("budget", precision),
+                        precision,
+                    )
+                )
+            elif "fp32" in budget.candidates:
+                problems.append(
+                    _problem(
+                        "budget_candidate",
+                        "fp32 is not a candidate: fp16 stores the same weights in half the bits",
+                        ("budget", precision, "candidates"),
+                        budget.candidates,
+                    )
+                )
+        if problems:
+            raise ValidationError.from_exception_data(type(self).__name__, problems)
+        return self
+
+    def needs_calibration(self, precision: str) -> bool:
+        """True when building `precision` runs the model on calibration sentences (a calibrated method
+        for an integer precision, or a budget)."""
+        return SPECS[precision].integer and (method_class(self.method).calibrated or precision in self.budget)
+
+    def calibration_texts(self) -> tuple[list[str], list[list[int]]]:
+        """The calibration sentences as (texts, ids): the recipe's own, else the built-in English set."""
+        if self.calibration is None:
+            return list(default_texts()), []
+        return list(self.calibration.texts), [list(i) for i in self.calibration.ids]
 
     def method_options(self) -> dict[str, Any]:
         """The method's options with its defaults filled in (what the cache keys)."""
@@ -584,6 +658,29 @@ class Recipe(_Base):
             )
             for where, metric in foreign
             if metric not in own
+        ]
+        if problems:
+            raise ValidationError.from_exception_data(type(self).__name__, problems)
+        return self
+
+    @model_validator(mode="after")
+    def _validation_apart_from_calibration(self) -> "Recipe":
+        """A gate measured on the sentences the codes were fitted to (or the mix was ranked on) proves
+        nothing about the next sentence: validate sentences must not be calibration sentences."""
+        q, v = self.quantize, self.validation
+        if v is None or not any(q.needs_calibration(p) for p in self.precisions):
+            return self
+        texts, ids = q.calibration_texts()
+        source = "quantize.calibration" if q.calibration is not None else "the built-in calibration set"
+        why = "a gate measured on calibration data proves nothing; validate on other sentences"
+        shared = set(overlap(texts, v.texts))
+        problems = [
+            _problem("calibration_overlap", f"also in {source}: {why}", ("validate", "texts", i), text)
+            for i, text in enumerate(v.texts)
+            if text in shared
+        ] + [
+            _problem("calibration_overlap", f"also in {source}: {why}", ("validate", "ids", i), v.ids[i])
+            for i in overlapping_ids(ids, v.ids)
         ]
         if problems:
             raise ValidationError.from_exception_data(type(self).__name__, problems)

@@ -7,9 +7,10 @@ so export can run later, elsewhere, or for several formats from the same bits.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -17,6 +18,8 @@ import torch
 from voxport.errors import BadInput
 from voxport.families.base import CalibrationSet, FamilyModel
 from voxport.io import atomic_write_bytes
+from voxport.progress import Progress
+from voxport.quantize.budget import Objective, plan_budget, units_of
 from voxport.quantize.methods import QuantMethod, get_method, quantize
 from voxport.quantize.plan import WeightDecision, plan_precisions, skipped
 from voxport.quantize.precisions import SPECS
@@ -31,6 +34,10 @@ class QuantizedModel:
     method: str
     weights: dict[str, Stored]
     decisions: dict[str, WeightDecision]
+    #: per module: what was done to it (`summarize`), for `voxport quantize` and the report
+    summary: list[dict[str, Any]] = field(default_factory=list)
+    #: the size budget's plan (`BudgetPlan.to_json()`) when a budget chose the mix
+    budget: dict[str, Any] | None = None
 
     def skipped_weights(self) -> list[dict]:
         return skipped(self.decisions)
@@ -104,7 +111,44 @@ def quantize_model(
             )
         except ValueError as exc:
             raise BadInput(f"quantize {name}: {exc}") from None
-    return QuantizedModel(precision=precision, method=chosen.name, weights=weights, decisions=decisions)
+    qm = QuantizedModel(precision=precision, method=chosen.name, weights=weights, decisions=decisions)
+    qm.summary = summarize(state, qm, chosen, block_size)
+    return qm
+
+
+def summarize(
+    state: Mapping[str, torch.Tensor], qm: QuantizedModel, method: QuantMethod, block_size: int
+) -> list[dict[str, Any]]:
+    """One row per module (`units_of`, two name levels up): its precisions, and the error of the
+    method's codes relative to rtn's codes for the same weights, both judged by the method's own
+    `error` (output error on the calibration inputs for a calibrated method): 1.0 means no better than
+    rounding to nearest, 0.6 means 40 % less error."""
+    rtn = get_method("rtn")
+    rows: list[dict[str, Any]] = []
+    quantizable = [n for n, d in qm.decisions.items() if d.quantizable]
+    for unit, names in units_of(quantizable, "module").items():
+        ours = theirs = 0.0
+        precisions: dict[str, int] = {}
+        for name in names:
+            value = qm.weights[name]
+            stored = qm.decisions[name].precision
+            precisions[stored] = precisions.get(stored, 0) + 1
+            if not isinstance(value, QuantizedTensor):
+                continue
+            weight = state[name].to(torch.float32).numpy()
+            spec = SPECS[stored]
+            ours += method.error(name, weight, value)
+            theirs += method.error(name, weight, rtn.quantize_weight(name, weight, spec, block_size))
+        rows.append(
+            {
+                "module": unit,
+                "weights": len(names),
+                "precision": ", ".join(f"{p}×{n}" if n > 1 else p for p, n in precisions.items()),
+                "method": qm.method if theirs > 0 else "-",
+                "error_vs_rtn": round(ours / theirs, 4) if theirs > 0 else None,
+            }
+        )
+    return rows
 
 
 def save_quantized(qm: QuantizedModel, path: Path) -> None:
@@ -131,7 +175,10 @@ def save_quantized(qm: QuantizedModel, path: Path) -> None:
         "method": qm.method,
         "layout": json.dumps(layout),
         "decisions": json.dumps({k: vars(d) for k, d in qm.decisions.items()}),
+        "summary": json.dumps(qm.summary),
     }
+    if qm.budget is not None:
+        meta["budget"] = json.dumps(qm.budget)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, save(tensors, metadata=meta))
 
@@ -147,6 +194,8 @@ def load_quantized(path: Path) -> QuantizedModel:
             raw = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no iterator
         layout = json.loads(meta["layout"])
         decisions = {k: WeightDecision(**v) for k, v in json.loads(meta["decisions"]).items()}
+        summary = json.loads(meta.get("summary", "[]"))
+        budget = json.loads(meta["budget"]) if "budget" in meta else None
     except (SafetensorError, OSError, KeyError, ValueError, TypeError) as exc:
         raise BadInput(f"{path}: not a voxport quantized-weights file ({exc})") from None
     weights: dict[str, Stored] = {}
@@ -164,5 +213,98 @@ def load_quantized(path: Path) -> QuantizedModel:
     order = list(decisions) or list(weights)
     weights = {k: weights[k] for k in order if k in weights} | weights
     return QuantizedModel(
-        precision=meta["precision"], method=meta["method"], weights=weights, decisions=decisions
+        precision=meta["precision"],
+        method=meta["method"],
+        weights=weights,
+        decisions=decisions,
+        summary=summary,
+        budget=budget,
     )
+
+
+def quantize_with_budget(
+    model: FamilyModel,
+    precision: str,
+    method: QuantMethod,
+    *,
+    bits_per_weight: float,
+    candidates: Sequence[str],
+    objective: Objective,
+    granularity: str = "module",
+    sentences: int = 0,
+    block_size: int = 32,
+    overrides: Mapping[str, str] | None = None,
+    calibration: CalibrationSet | None = None,
+    memo: dict[str, QuantizedModel] | None = None,
+    sensitivities: dict[tuple[str, str], float] | None = None,
+    progress: Progress | None = None,
+) -> QuantizedModel:
+    """`precision`'s artifact with the per-module mix a size budget chose (see `budget.py`).
+
+    Every quantizable weight is quantized once at each candidate precision by `method` (the codes a
+    unit gets in the artifact are exactly those it was measured with); `memo` keeps those candidate
+    models across the precisions of one build, since an int8 and an int4 budget share them, and
+    `sensitivities` the measured (unit, candidate) objectives for the same objective. `overrides`
+    (keep-higher globs) hold in every candidate, so a module they pin is measured and stored as pinned."""
+    memo = {} if memo is None else memo
+    base = quantize_model(
+        model, precision, method, block_size=block_size, overrides=overrides, calibration=calibration
+    )
+    per_candidate: dict[str, QuantizedModel] = {}
+    for candidate in candidates:
+        key = f"{candidate}|{sorted((overrides or {}).items())}"
+        if candidate == precision:
+            memo.setdefault(key, base)
+        elif key not in memo:
+            memo[key] = quantize_model(
+                model, candidate, method, block_size=block_size, overrides=overrides, calibration=calibration
+            )
+        per_candidate[candidate] = memo[key]
+    quantizable = [n for n, d in base.decisions.items() if d.quantizable]
+    fixed = {n: v for n, v in base.weights.items() if n not in set(quantizable)}
+    state = model.state_dict()
+    plan = plan_budget(
+        precision=precision,
+        budget_bits_per_weight=bits_per_weight,
+        candidates={c: {n: qm.weights[n] for n in quantizable} for c, qm in per_candidate.items()},
+        quantizable=quantizable,
+        reference={k: v.to(torch.float32) for k, v in state.items()},
+        fixed=fixed,
+        objective=objective,
+        granularity=granularity,
+        sentences=sentences,
+        progress=progress,
+        known=sensitivities,
+    )
+    weights = dict(base.weights)
+    decisions = dict(base.decisions)
+    for row in plan.units:
+        source = per_candidate[row.precision]
+        for name in row.weights:
+            weights[name] = source.weights[name]
+            d = source.decisions[name]
+            reason = d.reason or (
+                f"budget: {row.unit} → {row.precision}" if d.precision != precision else None
+            )
+            decisions[name] = WeightDecision(name, d.precision, precision, reason, d.quantizable)
+    qm = QuantizedModel(precision=precision, method=base.method, weights=weights, decisions=decisions)
+    qm.summary = summarize(state, qm, method, block_size)
+    qm.budget = plan.to_json()
+    return qm
+
+
+def quantized_info(path: Path) -> dict[str, Any]:
+    """What the quantize stage recorded about one precision (method, per-module summary, budget plan),
+    read from the file's metadata alone, for the report; {} when the file is missing or unreadable."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            meta = f.metadata() or {}
+        return {
+            "method": meta.get("method"),
+            "summary": json.loads(meta.get("summary", "[]")),
+            "budget": json.loads(meta["budget"]) if "budget" in meta else None,
+        }
+    except (SafetensorError, OSError, ValueError):
+        return {}

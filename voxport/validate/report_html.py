@@ -385,6 +385,53 @@ def _summary(artifacts: Sequence[Mapping[str, Any]], ids: Sequence[str]) -> str:
     )
 
 
+def _quantization(quantization: Mapping[str, Mapping[str, Any]]) -> str:
+    """Per precision: what the method did per module and, where a size budget chose the mix, the plan
+    (module, precision, sensitivity per candidate, bytes), so a reader sees why a module kept its bits."""
+    parts = ['<section id="quantization"><h2>Quantization</h2>']
+    for precision, info in quantization.items():
+        plan = info.get("budget")
+        parts.append(f'<div class="quantization" data-precision="{_e(precision)}"><h3>{_e(precision)}</h3>')
+        if plan:
+            measured = plan.get("measured_objective")
+            parts.append(
+                f'<p class="meta budget">Size budget {_e(plan["budget_bits_per_weight"])} bits/weight → '
+                f"{_e(_fmt(plan['bits_per_weight']))} bits/weight chosen from "
+                f"{_e(', '.join(plan['candidates']))} over {len(plan['units'])} {_e(plan['granularity'])}s, "
+                f"audio objective predicted {_e(_fmt(plan['predicted_objective']))}, measured "
+                f"{_e(_fmt(measured))} on {_e(plan['sentences'])} calibration sentences. "
+                f"Reusable mix: <code>{_e(info.get('plan_file', ''))}</code></p>"
+            )
+            cands = list(plan["candidates"])
+            head = "".join(f"<th>objective at {_e(c)}</th>" for c in cands)
+            rows = "".join(
+                f'<tr class="budget-row" data-unit="{_e(u["unit"])}"><td><code>{_e(u["unit"])}</code></td>'
+                f"<td>{_e(u['precision'])}</td>"
+                + "".join(f'<td class="num">{_e(_fmt(u["sensitivity"].get(c)))}</td>' for c in cands)
+                + f'<td class="num">{_e(u["bytes"])}</td></tr>'
+                for u in plan["units"]
+            )
+            parts.append(
+                f'<table class="budget-table"><thead><tr><th>module</th><th>precision</th>{head}'
+                f"<th>bytes</th></tr></thead><tbody>{rows}</tbody></table>"
+            )
+        summary = [r for r in info.get("summary") or [] if r.get("error_vs_rtn") is not None]
+        if summary:
+            rows = "".join(
+                f"<tr><td><code>{_e(r['module'])}</code></td><td>{_e(r['precision'])}</td>"
+                f'<td>{_e(r["method"])}</td><td class="num">{_e(_fmt(r["error_vs_rtn"]))}</td></tr>'
+                for r in summary
+            )
+            parts.append(
+                f"<details><summary>Per module: {_e(info.get('method', '?'))} error relative to rtn</summary>"
+                '<table class="method-table"><thead><tr><th>module</th><th>stored</th><th>method</th>'
+                f"<th>error ÷ rtn</th></tr></thead><tbody>{rows}</tbody></table></details>"
+            )
+        parts.append("</div>")
+    parts.append("</section>")
+    return "".join(parts)
+
+
 def _phrases(phrases: Sequence[Mapping[str, Any]], assets: _Assets) -> str:
     items = []
     for i, phrase in enumerate(phrases):
@@ -431,6 +478,8 @@ def render_html(report: Mapping[str, Any], out_dir: Path) -> str:
     body += [
         _artifact_section(a, i, reference, assets, cache, specs) for a, i in zip(artifacts, ids, strict=True)
     ]
+    if report.get("quantization"):
+        body.append(_quantization(report["quantization"]))
     if report.get("phrases"):
         body.append(_phrases(report["phrases"], assets))
     return (
@@ -450,7 +499,8 @@ def render_report(out_dir: Path) -> Path:
     sample_rate, passed, metrics[{name, direction, label, digits}], reference[{input, tokens, audio}],
     artifacts[{format, precision, path, bytes, bits_per_weight, export_seconds, validate_seconds, passed,
     failures, failed_metrics, metrics, thresholds{metric: {min, max}}, sentences[{input, tokens, metrics,
-    audio}]}], phrases[{text, audio}]. Missing or unreadable audio
+    audio}]}], phrases[{text, audio}], quantization{precision: {method, summary, budget,
+    plan_file}}. Missing or unreadable audio
     is reported on the page rather than aborting the render.
     """
     out_dir = Path(out_dir)

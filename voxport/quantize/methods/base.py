@@ -109,6 +109,14 @@ class QuantMethod(ABC):
         block_size)` cuts the weight as every format expects. ValueError for a weight that cannot be
         quantized (NaN, empty, scale out of the float16 range)."""
 
+    def error(self, name: str, weight: np.ndarray, quantized: QuantizedTensor) -> float:
+        """How far `quantized` is from `weight`, as this method judges it (lower is better): the squared
+        weight error by default; a calibrated method weighs it by what the weight's inputs were, so the
+        figure is the layer's output error on the calibration sentences. `voxport quantize` prints each
+        module's error relative to rtn's codes measured the same way."""
+        diff = np.asarray(weight, dtype=np.float64).reshape(quantized.shape) - quantized.dequantize()
+        return float(np.sum(diff * diff))
+
     def describe(self) -> dict[str, Any]:
         """Name and options for logs and the cache key (options with their defaults filled in)."""
         return {"method": self.name, "options": self.options.model_dump(mode="json")}
