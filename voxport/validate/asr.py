@@ -237,7 +237,9 @@ def transcribe_sentences(audios: Sequence[np.ndarray], sample_rate: int) -> list
     gap = int(GAP_SECONDS * SAMPLE_RATE)
     heard: list[list[str]] = [[] for _ in clips]
     for window in _windows([c.size for c in clips], gap, int(WINDOW_SECONDS * SAMPLE_RATE)):
-        pieces, spans, at = [], [], 0
+        pieces: list[np.ndarray] = []
+        spans: list[tuple[int, float, float]] = []
+        at = 0
         for i in window:
             if pieces:
                 pieces.append(np.zeros(gap, dtype=np.float32))
