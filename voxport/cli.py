@@ -164,17 +164,20 @@ TABLE_METRICS = ("forced_snr_db", "snr_db", "logmel_dtw_db", "mcd_db", "duration
 def metric_columns(
     family: str | None, artifact_metrics: Iterable[Mapping[str, float | None]]
 ) -> list[tuple[str, str, int]]:
-    """(column, metric, digits) of a build's table: TABLE_METRICS, then the metrics of `family` that
-    some artifact has a figure for. Shared with benchmarks/readme_build_table.py."""
+    """(column, metric, digits) of a build's table: TABLE_METRICS, then the metrics of `family` and the
+    ASR gate's (`wer`, `wer_increase`) that some artifact has a figure for. Shared with
+    benchmarks/readme_build_table.py."""
     from voxport.families.registry import families
+    from voxport.validate.asr import ASR_METRICS
     from voxport.validate.thresholds import CORE_METRICS, spec_named
 
     core = [spec for name in TABLE_METRICS if (spec := spec_named(name, CORE_METRICS)) is not None]
     family_cls = families().get(family) if family is not None else None
     measured = list(artifact_metrics)
+    # the family's own metrics, then the ASR gate's (validate.asr), where some artifact has a figure
     own = [
         spec
-        for spec in (family_cls.metrics if family_cls is not None else ())
+        for spec in (*(family_cls.metrics if family_cls is not None else ()), *ASR_METRICS)
         if any(m.get(spec.name) is not None for m in measured)
     ]
     return [(spec.label, spec.name, spec.digits) for spec in (*core, *own)]

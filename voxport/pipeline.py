@@ -83,6 +83,7 @@ from voxport.quantize.stage import (
     save_quantized,
 )
 from voxport.recipe import PhrasesConfig, Recipe
+from voxport.validate import asr
 from voxport.validate.layouts import layout_reference, measure_layout, runner_label, unmeasured
 from voxport.validate.objective import AudioObjective
 from voxport.validate.parity import Reference, measure_sentence
@@ -194,6 +195,7 @@ STAGE_CODE: dict[str, tuple[str, ...]] = {
         f"{__name__}:Layout",
         "voxport.validate.layouts",
     ),
+    "asr": (f"{__name__}:Build._run_asr", "voxport.validate.asr"),
 }
 #: Build methods that restore or run a cached unit: a stage that uses one gets that unit's result as an
 #: input, whose own key chains into the stage's, so the code behind them is not part of the stage's code
@@ -208,6 +210,7 @@ UNIT_BOUNDARIES: tuple[str, ...] = tuple(
         "measure",
         "measure_layout",
         "phrases",
+        "transcripts",
     )
 )
 
@@ -362,7 +365,9 @@ class Build:
         v = self.recipe.validation
         if v is None:
             return {}
-        return v.model_dump(mode="json", exclude={"thresholds", "precision_thresholds", "layout_thresholds"})
+        # the ASR gate transcribes in units of its own (`transcripts`): it changes no parity figure
+        limits = {"thresholds", "precision_thresholds", "layout_thresholds", "asr"}
+        return v.model_dump(mode="json", exclude=limits)
 
     @cached_property
     def key_reference(self) -> str:
@@ -842,6 +847,37 @@ class Build:
         }
         return files, result
 
+    # --- intelligibility gate (validate.asr) ----------------------------------------------------------
+    def transcripts(self, label: str, audio_key: str, audio: list[str]) -> list[dict[str, Any]]:
+        """Word errors of the validate texts in `audio` (WAVs under OUT, in input order, texts first),
+        cached on the key of the unit that wrote the audio."""
+        assert self.recipe.validation is not None
+        config = {"texts": self.recipe.validation.texts, **asr.cache_config()}
+        key = stage_key("asr", config, [audio_key], stage_fingerprint("asr"))
+        return self._unit("asr", f"asr {label}", key, lambda: self._run_asr(label, audio))
+
+    def _run_asr(self, label: str, audio: list[str]) -> tuple[list[str], Any]:
+        assert self.recipe.validation is not None
+        texts = self.recipe.validation.texts
+        with self.progress.task(f"validate: asr {label}"):
+            scored = asr.score_files(texts, [self.out / rel for rel in audio[: len(texts)]])
+        return [], [s.to_json() for s in scored]
+
+    def _asr_gate(self, reference: list[dict[str, Any]]) -> tuple[asr.Gate | None, dict[str, Any] | None]:
+        """The gate with the reference's transcripts, and report.json's `asr` section; (None, None)
+        without `validate.asr`, (None, why) where the `asr` extra is missing: skipped, never guessed."""
+        v = self.recipe.validation
+        if v is None or v.asr is None:
+            return None, None
+        reason = asr.missing_reason()
+        if reason is not None:
+            self.progress.log(f"validate: ASR gate skipped: {reason}")
+            return None, asr.skipped(v.asr.max_wer_increase, reason)
+        heard = self.transcripts("reference", self.key_reference, [r["audio"] for r in reference])
+        gate = asr.Gate(v.asr.max_wer_increase, tuple(heard))
+        self.progress.log(f"validate: asr reference: WER {gate.reference_wer:.3f} ({asr.MODEL_NAME})")
+        return gate, gate.summary()
+
     def phrases(self) -> list[dict[str, Any]]:
         if self.recipe.phrases is None:
             return []
@@ -890,6 +926,7 @@ class Build:
         reference = self.reference_audio()
         phrases = self.phrases()
         info = self.convert()
+        gate, asr_report = self._asr_gate(reference)
         artifacts, report = [], []
         for entry in index:
             runtime_layout = entry.runtime_layout
@@ -901,6 +938,11 @@ class Build:
                 failures = [] if measured.get("reason") else check(metrics, thresholds)
             else:
                 thresholds = self.recipe.validation.thresholds_for(entry.precision)
+                if gate is not None:  # word errors of the artifact's own audio (runtime layouts: none)
+                    heard = self.transcripts(
+                        _unit_name(entry), self.key_validate(entry), [s["audio"] for s in sentences]
+                    )
+                    sentences, metrics, thresholds = gate.apply(sentences, metrics, thresholds, heard)
                 failures = check(metrics, thresholds)
             verdict = "pass" if not failures else "FAIL: " + "; ".join(failures)
             self.progress.log(f"validate: {_unit_name(entry)}: {verdict}")
@@ -940,11 +982,12 @@ class Build:
                 "family": info["family"],
                 "sample_rate": info["sample_rate"],  # no checkpoint load on a fully cached rebuild
                 "passed": passed,
-                "metrics": metrics_json(self.metrics),
+                "metrics": metrics_json((*self.metrics, *(asr.ASR_METRICS if gate is not None else ()))),
                 "reference": reference,
                 "artifacts": report,
                 "phrases": [{"text": p["text"], "audio": f"phrases/{p['file']}"} for p in phrases],
                 "quantization": self._quantization_report(),
+                **({"asr": asr_report} if asr_report is not None else {}),
             },
         )
         self._render_report()

@@ -220,6 +220,14 @@ def unknown_setting(family: "type[Family]", key: str) -> str:
     return f"{family.name} has no setting {key!r} (its settings: {fields})"
 
 
+class AsrConfig(_Base):
+    """The intelligibility gate (voxport/validate/asr.py, the `asr` extra): Whisper base transcribes the
+    reference's and each artifact's audio of the validate texts, and an artifact's corpus word error rate
+    may exceed the reference's by at most `max_wer_increase` (0.02: two more wrong words per hundred)."""
+
+    max_wer_increase: Annotated[float, Strict(), Field(ge=0.0, le=1.0, allow_inf_nan=False)] = 0.02
+
+
 class ValidateConfig(SettingsSection):
     """What parity is measured on, with which synthesis settings (flat keys, see SettingsSection), and
     the limits it must meet."""
@@ -232,6 +240,8 @@ class ValidateConfig(SettingsSection):
     #: limits for other runtimes' layouts of the artifacts (sherpa-onnx's Pocket TTS files), measured
     #: where the runtime is installed; a layout measured nowhere passes (its figures are None)
     layout_thresholds: Thresholds = Field(default_factory=dict)
+    #: the intelligibility gate: word error rate against the reference's, when the `asr` extra is installed
+    asr: AsrConfig | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -260,6 +270,16 @@ class ValidateConfig(SettingsSection):
     def _needs_input(self) -> "ValidateConfig":
         if not self.texts and not self.ids:
             raise ValueError("give at least one sentence under texts: or one id list under ids:")
+        return self
+
+    @model_validator(mode="after")
+    def _asr_needs_texts(self) -> "ValidateConfig":
+        """Word errors are counted against the words said: id sequences have none to compare with."""
+        if self.asr is not None and not self.texts:
+            problem = "the ASR gate transcribes the validate texts: give texts: (ids: cannot be transcribed)"
+            error = PydanticCustomError("asr_texts", "{error}", {"error": problem})
+            details = InitErrorDetails(type=error, loc=("asr",), input=self.asr.model_dump())
+            raise ValidationError.from_exception_data(type(self).__name__, [details])
         return self
 
     @model_validator(mode="after")

@@ -33,6 +33,8 @@ from voxport.validate.thresholds import Threshold
 
 #: Columns of the summary table, in this order (all metrics are in each artifact's own table).
 SUMMARY_METRICS = ("snr_db", "logmel_dtw_db", "mcd_db", "duration_match", "length_ratio")
+#: the ASR gate's figures (validate.asr), summary columns where some artifact has them
+ASR_SUMMARY_METRICS = ("wer", "wer_increase")
 
 _DIRECTION_HINT = {"min": "higher is better", "max": "lower is better", "band": "closer to 1 is better"}
 
@@ -57,6 +59,7 @@ image-rendering:pixelated;border:1px solid #e4e4ea}
 td.num.pass::after{content:"\\00a0\\2713"}td.num.fail::after{content:"\\00a0\\2717"}
 audio{width:320px}
 .missing{color:#8a1414;font-style:italic}ul.failures{color:#8a1414}
+.heard{margin:4px 0;font-size:13px}.heard q{font-style:italic}
 """
 
 # Records what the browser decoded, for the headless test and for anyone checking a page in devtools:
@@ -297,6 +300,19 @@ def _reference_for(reference: Sequence[Mapping[str, Any]], index: int, label: st
     return reference[index] if index < len(reference) else {}
 
 
+def _heard(sentence: Mapping[str, Any], index: int, asr: Mapping[str, Any]) -> str:
+    """What the ASR gate's recogniser heard in the reference's and the artifact's audio of a sentence."""
+    if "transcript" not in sentence:
+        return ""
+    said = list(asr.get("reference") or [])
+    ref = said[index].get("transcript") if index < len(said) else None
+    rows = [("reference", ref), ("exported", sentence.get("transcript"))]
+    return "".join(
+        f'<p class="heard" data-role="{role}">Heard ({role}): <q>{_e("—" if text is None else text)}</q></p>'
+        for role, text in rows
+    )
+
+
 def _artifact_section(
     art: Mapping[str, Any],
     section_id: str,
@@ -304,6 +320,7 @@ def _artifact_section(
     assets: _Assets,
     cache: dict[tuple[int, int], str],
     specs: Mapping[str, Mapping[str, Any]],
+    asr: Mapping[str, Any] | None = None,
 ) -> str:
     fmt, precision = str(art.get("format", "?")), str(art.get("precision", "?"))
     thresholds = _thresholds(art)
@@ -334,6 +351,7 @@ def _artifact_section(
             f'<h3>Sentence {i + 1}: <q class="input">{_e(label)}</q> '
             f'<span class="meta">({_e(sentence.get("tokens", "?"))} tokens)</span></h3>',
             _sentence_metrics(sentence.get("metrics") or {}, thresholds, specs),
+            _heard(sentence, i, asr or {}),
             _spectrogram_figures(ref_audio, test_audio, cache),
             '<div class="players">',
             _player(ref_audio, "reference", "Reference (fp32)"),
@@ -353,14 +371,17 @@ def _seconds(x: Any) -> str:
 
 
 def _summary(artifacts: Sequence[Mapping[str, Any]], ids: Sequence[str]) -> str:
-    head = "".join(f"<th><code>{_e(m)}</code></th>" for m in SUMMARY_METRICS)
+    shown = SUMMARY_METRICS + tuple(
+        m for m in ASR_SUMMARY_METRICS if any((a.get("metrics") or {}).get(m) is not None for a in artifacts)
+    )
+    head = "".join(f"<th><code>{_e(m)}</code></th>" for m in shown)
     rows = []
     for art, section_id in zip(artifacts, ids, strict=True):
         metrics = art.get("metrics") or {}
         thresholds = art.get("thresholds") or {}
         failed = set(art.get("failed_metrics") or [])
         cells = []
-        for m in SUMMARY_METRICS:
+        for m in shown:
             verdict = False if m in failed else (True if m in thresholds else None)
             cells.append(
                 f'<td class="num {_verdict_class(verdict)}" data-metric="{m}">{_e(_fmt(metrics.get(m)))}</td>'
@@ -443,6 +464,24 @@ def _phrases(phrases: Sequence[Mapping[str, Any]], assets: _Assets) -> str:
     return '<section id="phrases"><h2>Pre-rendered phrases</h2>' + "".join(items) + "</section>"
 
 
+def _asr_line(asr: Mapping[str, Any] | None) -> str:
+    """The header's line on the intelligibility gate: its baseline and limit, or why it was skipped."""
+    if not asr:
+        return ""
+    model = _e(asr.get("model", "ASR"))
+    limit = _e(_fmt(asr.get("max_wer_increase")))
+    if asr.get("skipped"):
+        return (
+            f'<p class="meta" id="asr" data-skipped="true">Intelligibility (ASR) not measured: '
+            f"{_e(asr['skipped'])}</p>"
+        )
+    return (
+        f'<p class="meta" id="asr" data-skipped="false">Intelligibility: {model} transcribes every '
+        f"sentence; the reference's word error rate is {_e(_fmt(asr.get('reference_wer')))} and an "
+        f"artifact's may exceed it by at most {limit} (<code>wer_increase</code>).</p>"
+    )
+
+
 def render_html(report: Mapping[str, Any], out_dir: Path) -> str:
     """The page as a string; `out_dir` resolves the audio paths in `report`."""
     artifacts: list[Mapping[str, Any]] = list(report.get("artifacts") or [])
@@ -471,12 +510,14 @@ def render_html(report: Mapping[str, Any], out_dir: Path) -> str:
         f"{len(reference)} sentence(s)</p>",
         f'<p>Overall: <span id="overall-verdict" class="verdict {_verdict_class(bool(passed))}">'
         f"{verdict}</span></p>",
+        _asr_line(report.get("asr")),
         "</header>",
         _summary(artifacts, ids),
     ]
     specs = {str(m["name"]): m for m in report.get("metrics") or []}
     body += [
-        _artifact_section(a, i, reference, assets, cache, specs) for a, i in zip(artifacts, ids, strict=True)
+        _artifact_section(a, i, reference, assets, cache, specs, report.get("asr"))
+        for a, i in zip(artifacts, ids, strict=True)
     ]
     if report.get("quantization"):
         body.append(_quantization(report["quantization"]))
@@ -499,8 +540,9 @@ def render_report(out_dir: Path) -> Path:
     sample_rate, passed, metrics[{name, direction, label, digits}], reference[{input, tokens, audio}],
     artifacts[{format, precision, path, bytes, bits_per_weight, export_seconds, validate_seconds, passed,
     failures, failed_metrics, metrics, thresholds{metric: {min, max}}, sentences[{input, tokens, metrics,
-    audio}]}], phrases[{text, audio}], quantization{precision: {method, summary, budget,
-    plan_file}}. Missing or unreadable audio
+    audio, transcript}]}], phrases[{text, audio}], asr{model, max_wer_increase, reference_wer,
+    reference[{transcript}], skipped}, quantization{precision: {method, summary, budget, plan_file}}.
+    Missing or unreadable audio
     is reported on the page rather than aborting the render.
     """
     out_dir = Path(out_dir)
