@@ -49,7 +49,8 @@ def test_rows_patch_the_override_free_recipe() -> None:
     assert rows["hand-mix rtn"].quantize["precision_overrides"] == recipe["quantize"]["precision_overrides"]
     assert "precision_overrides" not in rows["mse"].quantize and rows["mse"].quantize["method"] == "mse"
     assert rows["fp32"].precisions == ("fp32",)
-    budget = bench.parse_row("budget=budget: {int8: {bits_per_weight: 8.7}}", recipe["quantize"], ["int8"], ["x."])
+    patch = "budget=budget: {int8: {bits_per_weight: 8.7}}"
+    budget = bench.parse_row(patch, recipe["quantize"], ["int8"], ["x."])
     assert budget.quantize["budget"] == {"int8": {"bits_per_weight": 8.7}}
     assert budget.quantize["calibration"] == {"texts": ["x."]}  # a budget measures on calibration data
     assert "precision_overrides" not in budget.quantize
@@ -65,7 +66,7 @@ def test_core_measures_finite_figures_on_the_tiny_vits(tiny_vits_dir: Path, tmp_
                 "formats": ["onnx"],
                 "precisions": ["fp32", "int8"],
                 "quantize": {"method": "rtn", "block_size": 32},
-                "validate": {"texts": ["a validation text."], "noise_scale": 0.0, "noise_scale_duration": 0.0},
+                "validate": {"texts": ["a text."], "noise_scale": 0.0, "noise_scale_duration": 0.0},
             }
         )
     )
