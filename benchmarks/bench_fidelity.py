@@ -384,7 +384,13 @@ def asr_backend() -> tuple[Any | None, str]:
 
 
 def corpus_wer(asr: Any, texts: Sequence[str], audios: Sequence[np.ndarray], sample_rate: int) -> float:
-    return float(asr.wer(list(texts), [asr.transcribe(a, sample_rate) for a in audios]))
+    """Corpus WER of what the recogniser hears in `audios` against `texts` (batched when it can)."""
+    batch = getattr(asr, "transcribe_sentences", None)
+    if callable(batch):
+        heard = list(batch(list(audios), sample_rate))
+    else:
+        heard = [asr.transcribe(a, sample_rate) for a in audios]
+    return float(asr.wer(list(texts), heard))
 
 
 # ------------------------------------------------------------------------------------------- results
