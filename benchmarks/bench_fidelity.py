@@ -728,6 +728,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
     check_held_out(HELD_OUT, held_out_sources())
+    stamp = commit()  # the code this run measures, before anyone edits the checkout during the run
     raw = yaml.safe_load(args.recipe.read_text(encoding="utf-8"))
     precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
     calibration = calibration_texts()
@@ -743,7 +744,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         rows = [r for r in rows if r.name in wanted or r.name == "fp32"]
     result = run(args.recipe, rows, args.out.resolve(), repeats=args.repeats, log=log)
-    stamp = commit()
     lines = report(result, argv, args.repeats, args.goal_row, stamp)
     print("\n".join(lines))
     if args.json:
