@@ -92,3 +92,13 @@ def test_core_measures_finite_figures_on_the_tiny_vits(tiny_vits_dir: Path, tmp_
     assert len(lines) == 4 and lines[3].startswith("| rtn | int8 |")
     if run.reference_wer is None:
         assert run.wer_note.startswith("n/a") and all(r.wer is None for r in run.results)
+
+
+def test_write_section_appends_once_then_replaces_between_markers(tmp_path: Path) -> None:
+    doc = tmp_path / "benchmarks.md"
+    doc.write_text("# Benchmarks\n\nearlier text\n")
+    bench.write_section(doc, ["| a |", "first"])
+    bench.write_section(doc, ["| b |", "second"])
+    text = doc.read_text()
+    assert text.count(bench.SECTION) == 1 and text.count(bench.BEGIN) == 1
+    assert "second" in text and "first" not in text and "earlier text" in text
