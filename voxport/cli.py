@@ -325,11 +325,53 @@ def quantize(
     Example: voxport quantize recipes/demo-tiny-vits.yaml --out build/demo
     """
     r, _, o = _stage("quantize", recipe, out_dir, quiet, as_json, force=force, cache_dir=cache_dir)
-    if as_json:
-        from voxport.pipeline import Layout
+    from voxport.pipeline import Layout
+    from voxport.quantize.stage import quantized_info
 
-        files = {p: Layout(o).quantized(p) for p in r.precisions}
-        _emit_json({"stage": "quantize", "out": o, "precisions": list(r.precisions), "files": files})
+    layout = Layout(o)
+    info = {p: quantized_info(layout.quantized(p)) for p in r.precisions}
+    if as_json:
+        files = {p: layout.quantized(p) for p in r.precisions}
+        _emit_json(
+            {
+                "stage": "quantize",
+                "out": o,
+                "precisions": list(r.precisions),
+                "files": files,
+                "modules": {p: i.get("summary", []) for p, i in info.items()},
+                "budgets": {p: i["budget"] for p, i in info.items() if i.get("budget")},
+            }
+        )
+    elif not quiet:
+        _print_quantize_summary(info, layout)
+
+
+def _print_quantize_summary(info: dict[str, dict[str, Any]], layout: Any) -> None:
+    """Per integer precision, what was done to each module: stored precision, method, and its error
+    relative to rtn's codes (the method's own error measure; < 1 is better than rounding to nearest)."""
+    for precision, data in info.items():
+        rows = [row for row in data.get("summary", []) if row.get("error_vs_rtn") is not None]
+        if not rows:
+            continue
+        budget = data.get("budget")
+        title = f"quantize {precision} ({data.get('method')})"
+        if budget:
+            title += (
+                f": budget {budget['budget_bits_per_weight']} → {budget['bits_per_weight']:.3f} bits/weight, "
+                f"mix in {layout.budget_plan(precision)}"
+            )
+        table = Table(title=title, title_justify="left")
+        for col in ("module", "weights", "stored", "method", "error ÷ rtn"):
+            table.add_column(col, justify="right" if col in ("weights", "error ÷ rtn") else "left")
+        for row in rows:
+            table.add_row(
+                row["module"],
+                str(row["weights"]),
+                row["precision"],
+                row["method"],
+                f"{row['error_vs_rtn']:.3f}",
+            )
+        out.print(table)
 
 
 @app.command("export")
