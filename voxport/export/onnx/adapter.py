@@ -24,8 +24,18 @@ ONNX_SCALE_BITS = 32
 Traced = dict[str, tuple["onnx.ModelProto", bool, dict[str, str]]]
 
 
+#: ONNX Runtime's MatMulNBits accuracy levels: 0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8 activations
+AccuracyLevel = Annotated[Int, Field(ge=0, le=4)]
+
+
 class OnnxExportConfig(ConfigModel):
     opset: Annotated[Int, Field(ge=17, le=23)] = 21
+    #: write quantized Linear weights as ONNX Runtime's `com.microsoft.MatMulNBits` with this
+    #: `accuracy_level` (one level, or graph name → level), so every ONNX Runtime that loads the file
+    #: computes them that way whatever its session options (export/onnx/matmulnbits.py). null keeps
+    #: the portable DequantizeLinear → MatMul, which ONNX Runtime fuses at its default level 4 (int8
+    #: activations). On CPU, 8-bit weights at levels 0-2 run a reference kernel ~25x slower.
+    matmul_accuracy_level: AccuracyLevel | dict[str, AccuracyLevel] | None = None
     #: also write the family's graphs in other ONNX runtimes' layouts, each its own artifact beside
     #: voxport's (Pocket TTS: sherpa-onnx's five-file layout, a second copy of the weights, measured in
     #: sherpa-onnx where it is installed); false skips those units only
@@ -55,6 +65,7 @@ class OnnxFormat(FormatAdapter[OnnxExportConfig, Traced], name="onnx"):
             metadata={"recipe": ctx.name, "sample_rate": str(model.sample_rate)},
             traced=prepared,
             opset=ctx.options.opset,
+            matmul_accuracy_level=ctx.options.matmul_accuracy_level,
         )
         primary = next(f for f in files if f.primary)
         sidecars = model.write_sidecars(primary.path)
@@ -69,8 +80,12 @@ class OnnxFormat(FormatAdapter[OnnxExportConfig, Traced], name="onnx"):
         )
 
     def cache_options(self, options: OnnxExportConfig, precision: str) -> Any:
-        # runtime_layouts only adds or drops the layout units: it does not shape these bytes
-        return options.model_dump(mode="json", exclude={"runtime_layouts"})
+        # runtime_layouts only adds or drops the layout units: it does not shape these bytes; an unset
+        # accuracy level is left out so the keys of builds made before the option existed still hold
+        exclude = {"runtime_layouts"}
+        if options.matmul_accuracy_level is None:
+            exclude.add("matmul_accuracy_level")
+        return options.model_dump(mode="json", exclude=exclude)
 
     def export_layout(self, ctx: ExportContext[OnnxExportConfig], layout: OnnxLayout) -> ExportEntry:
         """One runtime layout of one precision (issue 13, §2.5): its own directory and export entry."""
