@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
-from voxport.config import Bool, ConfigModel, Int
+from voxport.config import Bool, ConfigModel, Int, describe_kind
 from voxport.export.registry import ExportContext, ExportEntry, FormatAdapter
 
 if TYPE_CHECKING:
@@ -36,6 +36,27 @@ class OnnxExportConfig(ConfigModel):
     #: the portable DequantizeLinear → MatMul, which ONNX Runtime fuses at its default level 4 (int8
     #: activations). On CPU, 8-bit weights at levels 0-2 run a reference kernel ~25x slower.
     matmul_accuracy_level: AccuracyLevel | dict[str, AccuracyLevel] | None = None
+
+    @field_validator("matmul_accuracy_level", mode="before")
+    @classmethod
+    def _level_or_mapping(cls, value: Any) -> Any:
+        """One message for the three accepted shapes (a union would report each branch's failure)."""
+
+        def level(v: Any) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 4
+
+        if value is None or level(value):
+            return value
+        if isinstance(value, dict):
+            for graph, v in value.items():
+                if not isinstance(graph, str) or not level(v):
+                    raise ValueError(f"{graph}: must be an accuracy level 0-4, got {describe_kind(v)}")
+            return value
+        raise ValueError(
+            "must be an ONNX Runtime MatMulNBits accuracy level 0-4 (1 fp32, 4 int8 activations), "
+            f"a mapping graph → level, or null; got {describe_kind(value)}"
+        )
+
     #: also write the family's graphs in other ONNX runtimes' layouts, each its own artifact beside
     #: voxport's (Pocket TTS: sherpa-onnx's five-file layout, a second copy of the weights, measured in
     #: sherpa-onnx where it is installed); false skips those units only
