@@ -125,8 +125,9 @@ def use_matmulnbits(model: onnx.ModelProto, accuracy_level: int) -> int:
             continue
         codes, scales, bits, block = found
         n, k = codes.shape
-        base = node.output[0]
-        packed, scale_name = f"{base}__nbits", f"{base}__nbits_scale"
+        # named after the weight (weights.py names its codes `<weight>__q`) so a reader can map it back
+        base = node.input[0].removesuffix("__q")
+        packed, scale_name = f"{base}__nbits", f"{base}__nbits__scale"
         new_inits += [numpy_helper.from_array(_pack(codes, bits, block), packed)]
         new_inits += [numpy_helper.from_array(scales, scale_name)]
         dropped_inits.update(node.input[:2])
