@@ -42,7 +42,7 @@ LEVELS = (0, 1, 2, 3, 4)
 PER_CHANNEL_BLOCK_INT8_ACTIVATIONS = 32
 PER_CHANNEL_BLOCK = 256
 
-_INTEGER = {TensorProto.INT4: 4, TensorProto.INT8: 8}
+_INTEGER: dict[int, int] = {TensorProto.INT4: 4, TensorProto.INT8: 8}
 
 
 def _attr(node: onnx.NodeProto, name: str, default: int) -> int:
