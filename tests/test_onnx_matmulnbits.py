@@ -168,3 +168,41 @@ def test_the_recipe_key_accepts_null_a_level_or_a_mapping(tmp_path: Path, value:
         f"name: r\nmodel: {tmp_path}\nformats: [onnx]\nexport:\n  onnx:\n    matmul_accuracy_level: {value}\n"
     )
     assert load_recipe(path).export_options("onnx").matmul_accuracy_level == expected
+
+
+def test_a_build_writes_the_level_into_the_artifact_its_parity_runs(
+    tiny_vits_dir: Path, tmp_path: Path
+) -> None:
+    """Through the pipeline: the recipe key reaches the file, the validate stage runs that file with
+    default session options (as a user would), and the cache key changes only when a level is set."""
+    from voxport import pipeline
+    from voxport.export.registry import get_format
+    from voxport.recipe import Recipe
+
+    recipe = Recipe.from_mapping(
+        {
+            "name": "tiny",
+            "model": str(tiny_vits_dir),
+            "formats": ["onnx"],
+            "precisions": ["int8"],
+            "export": {"onnx": {"matmul_accuracy_level": 1}},
+            "validate": {"texts": ["hello world."], "thresholds": {"forced_snr_db": 3, "logmel_dtw_db": 15}},
+        },
+        tiny_vits_dir,
+    )
+    manifest = pipeline.build(recipe, tmp_path)
+    (entry,) = manifest.artifacts
+    proto = onnx.load(str(tmp_path / entry.path))
+    levels = {
+        a.i
+        for n in proto.graph.node
+        if n.op_type == "MatMulNBits"
+        for a in n.attribute
+        if a.name == "accuracy_level"
+    }
+    assert levels == {1}
+    assert entry.parity.metrics["forced_snr_db"] > 15  # ran in ONNX Runtime
+    onnx_format = get_format("onnx")
+    assert "matmul_accuracy_level" not in onnx_format.cache_options(onnx_format.Options(), "int8")
+    keyed = onnx_format.cache_options(onnx_format.Options(matmul_accuracy_level=1), "int8")
+    assert keyed["matmul_accuracy_level"] == 1
