@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/bench_pocket.py [--configs english_2026-10,english_18m_2026-10]
         [--frames 50] [--repeats 5] [--threads 1] [--text-ids 20] [--voice-frames 10]
         [--precisions fp32,fp16,int8,int4,int8-bb,int4-bb] [--json FILE] [--keep DIR] [--profile]
+        [--accuracy-levels 1,4]
 
 Why: Pocket TTS is a streaming model, so what a user feels is the time to first audio (TTFA) and
 whether frames come faster than real time (RTF). The goal for the 4/8-bit artifacts is TTFA ≤ 30 ms
@@ -22,6 +23,10 @@ torch reference, Kyutai and every ONNX precision are deterministic and comparabl
   exported once per config with voxport's own quantize + export stages (cached in the work dir);
   `int8-bb`/`int4-bb` ("backbone only") quantize with recipe overrides that keep the flow head and the
   codec at fp32, Kyutai's quantization scope, for an equal-scope comparison with the anchor.
+- `--accuracy-levels 1,4` adds, per integer variant V and level L, a variant `V@L` exported with
+  `export.onnx.matmul_accuracy_level: L` (the quantized Linears written as MatMulNBits carrying that
+  accuracy level, run with default session options as a user's ONNX Runtime would); `V@L:backbone`
+  sets the level on that graph only (the others keep DequantizeLinear → MatMul, i.e. ORT's default 4).
 
 Timing follows DESIGN.md's notes for this 2-core shared machine: one intra-op thread (torch and ONNX
 Runtime), one warm-up run, then targets interleaved round-robin over `--repeats` so a burst of load
@@ -180,17 +185,18 @@ def export_all(
         if variant in files:
             continue
         started = time.perf_counter()
-        precision, overrides = VARIANTS[variant]
+        precision, overrides, level = variant_spec(variant)
         qm = quantize_model(model, precision, method=q.method, block_size=q.block_size, overrides=overrides)
         written = export_onnx(
             model,
             qm.weights,
             out,
-            stem=f"pocket-{variant}",
+            stem=f"pocket-{variant.replace('@', '-L').replace(':', '-')}",
             precision=precision,
             metadata={"recipe": "bench"},
             traced=traced,
             opset=DEFAULT_OPSET,
+            matmul_accuracy_level=level,
         )
         files[variant] = {f.graph: f.path for f in written}
         index["files"][variant] = {f.graph: f.path.name for f in written}
@@ -352,9 +358,24 @@ class Row:
     spread: dict[str, float] = field(default_factory=dict)
 
 
+def variant_spec(variant: str) -> tuple[str, dict[str, str], int | dict[str, int] | None]:
+    """(precision, quantize overrides, matmul_accuracy_level) of `int8`, `int8@1`, `int8@1:flow_head`."""
+    base, _, level = variant.partition("@")
+    precision, overrides = VARIANTS[base]
+    if not level:
+        return precision, overrides, None
+    value, _, graph = level.partition(":")
+    return precision, overrides, {graph: int(value)} if graph else int(value)
+
+
 def onnx_label(variant: str) -> str:
-    precision, overrides = VARIANTS[variant]
-    return f"onnx {precision}" + (", backbone only" if overrides == ANCHOR_SCOPE else "")
+    precision, overrides, level = variant_spec(variant)
+    label = f"onnx {precision}" + (", backbone only" if overrides == ANCHOR_SCOPE else "")
+    if isinstance(level, dict):
+        label += ", " + ", ".join(f"{g} MatMulNBits level {v}" for g, v in level.items())
+    elif level is not None:
+        label += f", MatMulNBits level {level}"
+    return label
 
 
 def log(message: str) -> None:
@@ -423,7 +444,7 @@ def bench_config(name: str, args: argparse.Namespace, work: Path) -> tuple[list[
         **{label: sum(f.stat().st_size for f in files[v].values()) for label, v in onnx_labels.items()},
     }
     quantized = {"kyutai int8 (apply_dynamic_int8)"} | {
-        label for label, v in onnx_labels.items() if VARIANTS[v][0] in ("int8", "int4")
+        label for label, v in onnx_labels.items() if variant_spec(v)[0] in ("int8", "int4")
     }
 
     log("  warm-up (also the parity outputs)")
@@ -610,10 +631,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, help="also write rows + run info as JSON here")
     parser.add_argument("--keep", type=Path, help="keep (and reuse) the exported ONNX in this directory")
     parser.add_argument("--profile", action="store_true", help="ORT profiler: ms per node type per graph")
+    parser.add_argument(
+        "--accuracy-levels",
+        default="",
+        help="add each integer variant at these MatMulNBits accuracy levels (e.g. 1,4 or 1:flow_head)",
+    )
     args = parser.parse_args(argv)
     args.configs = [c for c in args.configs.split(",") if c]
     args.precisions = [p for p in args.precisions.split(",") if p]
-    unknown = set(args.precisions) - set(VARIANTS)
+    levels = [lv for lv in args.accuracy_levels.split(",") if lv]
+    integer = [p for p in args.precisions if VARIANTS.get(p, ("",))[0] in ("int8", "int4")]
+    args.precisions += [f"{p}@{lv}" for p in integer for lv in levels]
+    unknown = {p.partition("@")[0] for p in args.precisions} - set(VARIANTS)
     if unknown:
         parser.error(f"unknown precisions {sorted(unknown)}")
     return args

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
-from voxport.config import Bool, ConfigModel, Int
+from voxport.config import Bool, ConfigModel, Int, describe_kind
 from voxport.export.registry import ExportContext, ExportEntry, FormatAdapter
 
 if TYPE_CHECKING:
@@ -24,8 +24,39 @@ ONNX_SCALE_BITS = 32
 Traced = dict[str, tuple["onnx.ModelProto", bool, dict[str, str]]]
 
 
+#: ONNX Runtime's MatMulNBits accuracy levels: 0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8 activations
+AccuracyLevel = Annotated[Int, Field(ge=0, le=4)]
+
+
 class OnnxExportConfig(ConfigModel):
     opset: Annotated[Int, Field(ge=17, le=23)] = 21
+    #: write quantized Linear weights as ONNX Runtime's `com.microsoft.MatMulNBits` with this
+    #: `accuracy_level` (one level, or graph name → level), so every ONNX Runtime that loads the file
+    #: computes them that way whatever its session options (export/onnx/matmulnbits.py). null keeps
+    #: the portable DequantizeLinear → MatMul, which ONNX Runtime fuses at its default level 4 (int8
+    #: activations). On CPU, 8-bit weights at levels 0-2 run a reference kernel ~25x slower.
+    matmul_accuracy_level: AccuracyLevel | dict[str, AccuracyLevel] | None = None
+
+    @field_validator("matmul_accuracy_level", mode="before")
+    @classmethod
+    def _level_or_mapping(cls, value: Any) -> Any:
+        """One message for the three accepted shapes (a union would report each branch's failure)."""
+
+        def level(v: Any) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 4
+
+        if value is None or level(value):
+            return value
+        if isinstance(value, dict):
+            for graph, v in value.items():
+                if not isinstance(graph, str) or not level(v):
+                    raise ValueError(f"{graph}: must be an accuracy level 0-4, got {describe_kind(v)}")
+            return value
+        raise ValueError(
+            "must be an ONNX Runtime MatMulNBits accuracy level 0-4 (1 fp32, 4 int8 activations), "
+            f"a mapping graph → level, or null; got {describe_kind(value)}"
+        )
+
     #: also write the family's graphs in other ONNX runtimes' layouts, each its own artifact beside
     #: voxport's (Pocket TTS: sherpa-onnx's five-file layout, a second copy of the weights, measured in
     #: sherpa-onnx where it is installed); false skips those units only
@@ -55,6 +86,7 @@ class OnnxFormat(FormatAdapter[OnnxExportConfig, Traced], name="onnx"):
             metadata={"recipe": ctx.name, "sample_rate": str(model.sample_rate)},
             traced=prepared,
             opset=ctx.options.opset,
+            matmul_accuracy_level=ctx.options.matmul_accuracy_level,
         )
         primary = next(f for f in files if f.primary)
         sidecars = model.write_sidecars(primary.path)
@@ -69,8 +101,12 @@ class OnnxFormat(FormatAdapter[OnnxExportConfig, Traced], name="onnx"):
         )
 
     def cache_options(self, options: OnnxExportConfig, precision: str) -> Any:
-        # runtime_layouts only adds or drops the layout units: it does not shape these bytes
-        return options.model_dump(mode="json", exclude={"runtime_layouts"})
+        # runtime_layouts only adds or drops the layout units: it does not shape these bytes; an unset
+        # accuracy level is left out so the keys of builds made before the option existed still hold
+        exclude = {"runtime_layouts"}
+        if options.matmul_accuracy_level is None:
+            exclude.add("matmul_accuracy_level")
+        return options.model_dump(mode="json", exclude=exclude)
 
     def export_layout(self, ctx: ExportContext[OnnxExportConfig], layout: OnnxLayout) -> ExportEntry:
         """One runtime layout of one precision (issue 13, §2.5): its own directory and export entry."""

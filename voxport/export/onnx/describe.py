@@ -37,6 +37,12 @@ def describe_onnx(path: Path) -> dict[str, Any]:
         # protobuf parses many byte strings (even a few bytes of text) as an empty model
         raise BadInput(f"{path}: not a valid ONNX model (no graph nodes); re-export or re-download it")
     scale_like = ("__scale", "__shape")
+    # MatMulNBits (export.onnx.matmul_accuracy_level) packs its codes in bytes: count them as codes
+    nbits = {
+        n.input[1]: next(a.i for a in n.attribute if a.name == "bits")
+        for n in model.graph.node
+        if n.op_type == "MatMulNBits" and len(n.input) > 1
+    }
     elements: Counter[str] = Counter()
     bits = 0
     weights = 0
@@ -46,6 +52,8 @@ def describe_onnx(path: Path) -> dict[str, Any]:
             count *= d
         dtype = TensorProto.DataType.Name(init.data_type)
         bits += count * _ONNX_BITS.get(dtype, 32)
+        if init.name in nbits:
+            count, dtype = count * 8 // nbits[init.name], f"INT{nbits[init.name]}"
         if init.name.endswith(scale_like):
             continue
         elements[dtype] += count
@@ -61,5 +69,6 @@ def describe_onnx(path: Path) -> dict[str, Any]:
         "parameters_by_precision": dict(elements),
         "bits_per_weight": round(bits / max(weights, 1), 3),
         "dequantize_nodes": ops.get("DequantizeLinear", 0),
+        "matmulnbits_nodes": ops.get("MatMulNBits", 0),
         "nodes": sum(ops.values()),
     }

@@ -9,6 +9,8 @@ from pathlib import Path
 import onnx
 
 from voxport import __version__
+from voxport.errors import BadInput
+from voxport.export.onnx.matmulnbits import use_matmulnbits
 from voxport.export.onnx.trace import trace_graph
 from voxport.export.onnx.weights import Stored, apply_stored_weights
 from voxport.families.base import FamilyModel
@@ -35,6 +37,21 @@ def trace_all(
     return {spec.name: (trace_graph(spec, opset), spec.primary, spec.metadata) for spec in model.graphs()}
 
 
+def graph_levels(level: int | Mapping[str, int] | None, graphs: list[str]) -> dict[str, int]:
+    """The MatMulNBits accuracy level of each graph (absent: keep DequantizeLinear → MatMul)."""
+    if level is None:
+        return {}
+    if isinstance(level, int):
+        return dict.fromkeys(graphs, level)
+    unknown = sorted(set(level) - set(graphs))
+    if unknown:
+        raise BadInput(
+            f"export.onnx.matmul_accuracy_level: no graph named {', '.join(unknown)} "
+            f"(this model's graphs: {', '.join(graphs)})"
+        )
+    return dict(level)
+
+
 def _file_name(stem: str, precision: str, graph: str, primary: bool) -> str:
     return f"{stem}.{precision}.onnx" if primary else f"{stem}.{precision}.{graph}.onnx"
 
@@ -49,15 +66,23 @@ def export_onnx(
     metadata: Mapping[str, str],
     traced: dict[str, tuple[onnx.ModelProto, bool, dict[str, str]]] | None = None,
     opset: int = DEFAULT_OPSET,
+    matmul_accuracy_level: int | Mapping[str, int] | None = None,
 ) -> list[ExportedFile]:
-    """Export all graphs of `model` with `weights` stored in their chosen encodings."""
+    """Export all graphs of `model` with `weights` stored in their chosen encodings.
+
+    `matmul_accuracy_level` (one level, or graph name → level; None: portable DequantizeLinear →
+    MatMul) writes quantized Linear weights as ONNX Runtime's MatMulNBits with that accuracy level."""
     traced = traced if traced is not None else trace_all(model, opset)
+    levels = graph_levels(matmul_accuracy_level, list(traced))
     out_dir.mkdir(parents=True, exist_ok=True)
     files = []
     for graph, (proto, primary, graph_meta) in traced.items():
         copy = onnx.ModelProto()
         copy.CopyFrom(proto)
         stored = apply_stored_weights(copy, weights, opset=opset)
+        level = levels.get(graph)
+        if level is not None:
+            use_matmulnbits(copy, level)
         props = {
             "family": model.family,
             "graph": graph,
@@ -65,6 +90,7 @@ def export_onnx(
             "voxport_version": __version__,
             **graph_meta,
             **metadata,
+            **({"matmul_accuracy_level": str(level)} if level is not None else {}),
         }
         del copy.metadata_props[:]
         for key, value in props.items():
