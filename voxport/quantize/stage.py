@@ -65,13 +65,15 @@ def quantize_model(
     block_size: int = 32,
     overrides: Mapping[str, str] | None = None,
     calibration: CalibrationSet | None = None,
+    int8_block_size: int | None = None,
 ) -> QuantizedModel:
     """Every weight of `model` in its stored encoding at `precision` (torchao's ``quantize_(model,
     config)``: this entry point stays the same whatever `method` is).
 
     `method` is a registered name (default options) or a method object. A calibrated method first
     gets `calibration` (the sentences it records activations on) for the weights the plan stores at an
-    integer precision; an uncalibrated one ignores it."""
+    integer precision; an uncalibrated one ignores it. `int8_block_size` stores int8 weights in blocks
+    of that many elements (32: the codes of GGUF Q8_0) instead of one scale per row."""
     state = model.state_dict()
     try:
         chosen = method if isinstance(method, QuantMethod) else get_method(method)
@@ -81,6 +83,7 @@ def quantize_model(
             precision,
             dict(overrides or {}),
             block_size=block_size,
+            int8_block_size=int8_block_size,
         )
     except ValueError as exc:
         raise BadInput(f"quantize: {exc}") from None
@@ -100,7 +103,12 @@ def quantize_model(
             continue
         try:
             weights[name] = quantize(
-                array, decisions[name].precision, method=chosen, block_size=block_size, name=name
+                array,
+                decisions[name].precision,
+                method=chosen,
+                block_size=block_size,
+                name=name,
+                int8_block_size=decisions[name].int8_block_size,
             )
         except ValueError as exc:
             raise BadInput(f"quantize {name}: {exc}") from None
@@ -130,10 +138,18 @@ def save_quantized(qm: QuantizedModel, path: Path) -> None:
         "precision": qm.precision,
         "method": qm.method,
         "layout": json.dumps(layout),
-        "decisions": json.dumps({k: vars(d) for k, d in qm.decisions.items()}),
+        "decisions": json.dumps({k: _decision_json(d) for k, d in qm.decisions.items()}),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, save(tensors, metadata=meta))
+
+
+def _decision_json(d: WeightDecision) -> dict:
+    """A decision's fields; `int8_block_size` only when set, so per-row builds keep their old bytes."""
+    fields = dict(vars(d))
+    if fields.get("int8_block_size") is None:
+        fields.pop("int8_block_size", None)
+    return fields
 
 
 def load_quantized(path: Path) -> QuantizedModel:

@@ -2,12 +2,13 @@
 
 - fp16: a float16 initializer followed by `Cast` to float32 (weight-only; compute stays fp32).
 - int8: an int8 initializer of the original shape with a per-output-channel `DequantizeLinear`.
-- int4: an INT4 initializer in the 2-D layout of `QuantizedTensor` with a blocked
-  `DequantizeLinear` (opset 21), then `Reshape` back to the kernel's shape. A Linear weight that the
+- int4, and int8 in blocks (`quantize.int8_block_size`): an INT4 (INT8) initializer in the 2-D layout
+  of `QuantizedTensor` with a blocked `DequantizeLinear` (opset 21), then `Reshape` back to the
+  kernel's shape. A Linear weight that the
   trace feeds through `Transpose` into `MatMul` is stored pre-transposed with blocks along axis 0,
   the pattern ONNX Runtime fuses into `MatMulNBits`.
 
-Scales are stored as float32 holding the quantizer's values (for int4 those are exactly
+Scales are stored as float32 holding the quantizer's values (for blocks those are exactly
 float16-representable), so every runtime dequantizes to the same floats as `QuantizedTensor`.
 """
 
@@ -23,7 +24,7 @@ from onnx import TensorProto, helper, numpy_helper
 from voxport.errors import BadInput
 from voxport.quantize.tensor import QuantizedTensor
 
-#: blocked DequantizeLinear (int4 blocks) exists from opset 21; per-axis int8 DQ and Cast need less
+#: blocked DequantizeLinear (int4 or int8 blocks) exists from opset 21; per-axis int8 DQ and Cast need less
 BLOCKED_DQ_OPSET = 21
 
 Stored = np.ndarray | QuantizedTensor
@@ -91,20 +92,26 @@ class _Rewriter:
             self.removed.add(id(transpose))
         else:
             axis = 1
-        if q.bits == 8:
+        blocked = q.block_size < q.cols
+        if q.bits == 8 and not blocked:
             # per output channel: the original kernel shape (or [in, out] for MatMul), one scale per row
             stored = codes if transpose is not None else codes.reshape(q.shape)
             q8 = numpy_helper.from_array(stored.astype(np.int8), f"{name}__q")
             self._dequantize(name, q8, scales.reshape(-1), out, axis=1 if transpose is not None else 0)
             return
-        if q.bits != 4:
+        if q.bits not in (4, 8):
             raise ValueError(f"{name}: unsupported bit width {q.bits}")
         if q.offsets is not None:
-            raise ValueError(f"{name}: asymmetric int4 is not exported to ONNX yet")
+            raise ValueError(f"{name}: asymmetric int{q.bits} blocks are not exported to ONNX yet")
         needs_reshape = transpose is None and tuple(codes.shape) != tuple(q.shape)
         dq_out = f"{name}__dq2d" if needs_reshape else out
-        q4 = _int4_tensor(f"{name}__q", codes)
-        self._dequantize(name, q4, np.ascontiguousarray(scales), dq_out, axis=axis, block_size=q.block_size)
+        if q.bits == 4:
+            stored_codes = _int4_tensor(f"{name}__q", codes)
+        else:
+            stored_codes = numpy_helper.from_array(np.ascontiguousarray(codes, dtype=np.int8), f"{name}__q")
+        self._dequantize(
+            name, stored_codes, np.ascontiguousarray(scales), dq_out, axis=axis, block_size=q.block_size
+        )
         if needs_reshape:
             self.new_inits.append(numpy_helper.from_array(np.asarray(q.shape, np.int64), f"{name}__shape"))
             self.new_nodes.append(
@@ -141,7 +148,7 @@ def apply_stored_weights(
     blocked = [k for k, v in weights.items() if isinstance(v, QuantizedTensor) and v.block_size < v.cols]
     if blocked and opset < BLOCKED_DQ_OPSET:
         raise BadInput(
-            f"int4 blocks need ONNX opset >= {BLOCKED_DQ_OPSET} (blocked DequantizeLinear), "
+            f"int4 blocks (and int8 blocks) need ONNX opset >= {BLOCKED_DQ_OPSET} (blocked DequantizeLinear), "
             f"the recipe asks for {opset}: set export.onnx.opset: {BLOCKED_DQ_OPSET}"
         )
     rewriter = _Rewriter(model)
