@@ -348,8 +348,9 @@ def test_int8_blocks_match_gguf_q8_0_and_onnx(
     reader = GGUFReader(tmp_path / "tiny.gguf")
     q8 = [t for t in reader.tensors if t.tensor_type == GGMLQuantizationType.Q8_0]
     assert {t.name for t in q8} == set(from_codes)
+    traced = trace_all(tiny_vits)
     onnx_files = export_onnx(
-        tiny_vits, qm.weights, tmp_path, stem="tiny", precision="int8", metadata={}, traced=trace_all(tiny_vits)
+        tiny_vits, qm.weights, tmp_path, stem="tiny", precision="int8", metadata={}, traced=traced
     )
     onnx_weights = _onnx_dequantized(next(f.path for f in onnx_files if f.primary))
     compared = 0

@@ -337,7 +337,8 @@ BAD_CASES = [
         """,
         6,
         "quantize.blok_size: unknown key "
-        "(allowed: method, options, calibration, block_size, int8_block_size, overrides, precision_overrides)",
+        "(allowed: method, options, calibration, block_size, int8_block_size, overrides, "
+        "precision_overrides)",
         id="unknown-nested-key",
     ),
     pytest.param(

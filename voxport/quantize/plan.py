@@ -140,7 +140,10 @@ def plan_precisions(
             if cols >= int8_block_size:
                 int8_blocks = int8_block_size
             elif reason is None:
-                reason = f"int8 blocks need at least int8_block_size columns: {cols} < {int8_block_size} → per-row scales"
+                reason = (
+                    f"int8 blocks need at least int8_block_size columns: {cols} < {int8_block_size} "
+                    "→ one scale per row"
+                )
         decisions[name] = WeightDecision(name, stored, requested, reason, is_q, int8_blocks)
     return decisions
 

@@ -91,8 +91,9 @@ class TensorPlan:
     shape: tuple[int, ...]  # original shape
     stored_shape: tuple[int, ...]  # numpy order: (rows, cols) for >= 2-D, else the shape
     #: where the bytes come from: "stored" (the QuantizedModel's array as is), "codes" (Q4_0 / Q8_0
-    #: packed from the int4 / blocked int8 codes and scales, bit-exact), "dequantized" (the QuantizedTensor's dequantized
-    #: values, for fallbacks) or "fp32" (encoded from the model's fp32 weight)
+    #: packed from the int4 / blocked int8 codes and scales, bit-exact), "dequantized" (the
+    #: QuantizedTensor's dequantized values, for fallbacks) or "fp32" (encoded from the model's fp32
+    #: weight)
     source: str
 
     @property

@@ -144,11 +144,12 @@ def apply_stored_weights(
 ) -> set[str]:
     """Replace initializers named ``prefix + weight name``; returns the weight names stored.
 
-    The model is stamped with `opset` (at least the traced one); blocked int4 needs 21 or later."""
+    The model is stamped with `opset` (at least the traced one); blocks (int4, blocked int8) need 21
+    or later."""
     blocked = [k for k, v in weights.items() if isinstance(v, QuantizedTensor) and v.block_size < v.cols]
     if blocked and opset < BLOCKED_DQ_OPSET:
         raise BadInput(
-            f"int4 blocks (and int8 blocks) need ONNX opset >= {BLOCKED_DQ_OPSET} (blocked DequantizeLinear), "
+            f"int4 and int8 blocks need ONNX opset >= {BLOCKED_DQ_OPSET} (blocked DequantizeLinear), "
             f"the recipe asks for {opset}: set export.onnx.opset: {BLOCKED_DQ_OPSET}"
         )
     rewriter = _Rewriter(model)
