@@ -141,6 +141,9 @@ def _onnx_dequantized(path: Path, prefix: str = "model.") -> dict[str, np.ndarra
     model = onnx.load(str(path))
     inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     by_output = {n.output[0]: n for n in model.graph.node}
+    for node in model.graph.node:  # blocked int8 scales: a float16 initializer cast to float32
+        if node.op_type == "Cast" and node.name.endswith("__scale_cast"):
+            inits[node.output[0]] = inits[node.input[0]].astype(np.float32)
     out = {}
     for node in model.graph.node:
         if node.op_type != "DequantizeLinear" or not node.name.endswith("__dq"):
