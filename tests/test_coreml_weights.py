@@ -369,6 +369,30 @@ def test_int8_blocks_match_gguf_q8_0_and_onnx(
     assert compared >= 10
 
 
+def test_int8_blocks_package_runs_like_torch_on_the_dequantized_weights(
+    packages: dict[str, Any], decoder: tuple[torch.nn.Module, torch.Tensor]
+) -> None:
+    """The saved int8-blocks decoder, run by the numpy MIL interpreter (Core ML's semantics on Linux),
+    against torch running the same module with `qm.dequantized()` loaded."""
+    import copy
+
+    from voxport.runtime.coreml import CoremlRunner
+
+    module, example = decoder
+    qm, _, path = packages["int8b32"]
+    reference = copy.deepcopy(module)
+    prefix = "decoder."
+    reference.load_state_dict(
+        {k[len(prefix) :]: v for k, v in qm.dequantized().items() if k.startswith(prefix)}, strict=True
+    )
+    with torch.no_grad():
+        want = reference(example).numpy()
+    (got,) = CoremlRunner({"decoder": path}).run("decoder", {"x": example.numpy()}).values()
+    err = float(np.sum((want.astype(np.float64) - got) ** 2))
+    snr = 10 * np.log10(float(np.sum(want.astype(np.float64) ** 2)) / max(err, 1e-30))
+    assert got.shape == want.shape and snr > 100, snr
+
+
 def test_sizes_shrink(packages: dict[str, Any]) -> None:
     sizes = {
         "fp32": (packages["fp32"] / WEIGHT_BIN).stat().st_size,

@@ -144,6 +144,16 @@ def test_onnx_runtime_runs_int8_blocks_as_the_dequantized_model(
     inits = {i.name: i for i in proto.graph.initializer}
     assert {inits[n.input[0]].data_type for n in blocked} == {onnx.TensorProto.INT8}
     assert all(f"{n.name[: -len('__dq')]}__fp16__scale" in inits for n in blocked)
+    # the manifest's ONNX bits/weight counts those fp16 scales: 16 bits less per blocked scale
+    from voxport.export.onnx.weights import scale_bits
+
+    q8 = [v for v in qm.weights.values() if isinstance(v, QuantizedTensor)]
+    elements = sum(v.size for v in qm.weights.values() if not isinstance(v, QuantizedTensor))
+    elements += sum(int(np.prod(v.shape)) for v in q8)
+    saved = 16 * sum(v.scales.size for v in q8 if v.block_size < v.cols) / elements
+    assert saved > 0.3
+    delta = qm.bits_per_weight(scale_bits=32) - qm.bits_per_weight(scale_bits=scale_bits)
+    assert delta == pytest.approx(saved, rel=1e-9)
 
     model = tiny_vits.with_weights(qm.dequantized())
     ids = tiny_vits.text_to_ids("hello world, this is voxport.")

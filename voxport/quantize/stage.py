@@ -7,7 +7,7 @@ so export can run later, elsewhere, or for several formats from the same bits.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,13 +43,15 @@ class QuantizedModel:
             out[name] = torch.from_numpy(np.ascontiguousarray(array))
         return out
 
-    def bits_per_weight(self, *, scale_bits: int = 32) -> float:
-        """Stored bits over all weight elements; `scale_bits` is what the target format spends per scale."""
+    def bits_per_weight(self, *, scale_bits: int | Callable[[QuantizedTensor], int] = 32) -> float:
+        """Stored bits over all weight elements; `scale_bits` is what the target format spends per scale
+        (or a function of the tensor, for a format whose scale width depends on the encoding)."""
         bits = 0
         count = 0
         for value in self.weights.values():
             if isinstance(value, QuantizedTensor):
-                bits += value.storage_bits(scale_bits=scale_bits)
+                width = scale_bits(value) if callable(scale_bits) else scale_bits
+                bits += value.storage_bits(scale_bits=width)
                 count += int(np.prod(value.shape))
             else:
                 bits += value.size * value.dtype.itemsize * 8

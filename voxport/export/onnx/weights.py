@@ -49,6 +49,13 @@ def _fp16_exact(values: np.ndarray) -> bool:
         return bool(np.array_equal(values.astype(np.float16).astype(np.float32), values))
 
 
+def scale_bits(q: QuantizedTensor) -> int:
+    """Bits the ONNX file spends per scale of `q`: 16 for int8 blocks (fp16 initializer + Cast), else
+    32 (float32 scales; int4's are fp16-exact too but stay float32, the layout ORT fuses)."""
+    blocked = q.block_size < q.cols
+    return 16 if q.bits == 8 and blocked and _fp16_exact(q.scales.astype(np.float32)) else 32
+
+
 class _Rewriter:
     def __init__(self, model: onnx.ModelProto) -> None:
         self.model = model
@@ -132,6 +139,7 @@ class _Rewriter:
         cast of a constant once at load."""
         self.new_inits.append(codes)
         if codes.data_type == TensorProto.INT8 and attrs.get("block_size") and _fp16_exact(scales):
+            # the rule `scale_bits` reports
             self.new_inits.append(numpy_helper.from_array(scales.astype(np.float16), f"{name}__fp16__scale"))
             self.new_nodes.append(
                 helper.make_node(
