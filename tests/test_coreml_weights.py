@@ -141,6 +141,9 @@ def _onnx_dequantized(path: Path, prefix: str = "model.") -> dict[str, np.ndarra
     model = onnx.load(str(path))
     inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     by_output = {n.output[0]: n for n in model.graph.node}
+    for node in model.graph.node:  # blocked int8 scales: a float16 initializer cast to float32
+        if node.op_type == "Cast" and node.name.endswith("__scale_cast"):
+            inits[node.output[0]] = inits[node.input[0]].astype(np.float32)
     out = {}
     for node in model.graph.node:
         if node.op_type != "DequantizeLinear" or not node.name.endswith("__dq"):
@@ -228,7 +231,7 @@ def packages(
     decoder: tuple[torch.nn.Module, torch.Tensor],
     tmp_path_factory: pytest.TempPathFactory,
 ) -> dict[str, Any]:
-    """The decoder saved at fp32, int8 and int4 (placed codes) and 4-bit palettized."""
+    """The decoder saved at fp32, int8, int8 in blocks of 32 and int4 (placed codes) and 4-bit palettized."""
     module, example = decoder
     out = tmp_path_factory.mktemp("coreml_weights")
     state = _state(tiny_vits)
@@ -236,8 +239,11 @@ def packages(
     built: dict[str, Any] = {
         "fp32": _save(_program(module, example, target=iOS18), out / "fp32.mlpackage", target=iOS18)
     }
-    for precision in ("int8", "int4"):
-        qm = quantize_model(tiny_vits, precision)
+    for precision in ("int8", "int4", "int8b32"):
+        if precision == "int8b32":  # quantize.int8_block_size: 32, the codes of GGUF Q8_0
+            qm = quantize_model(tiny_vits, "int8", int8_block_size=32)
+        else:
+            qm = quantize_model(tiny_vits, precision)
         program = _program(module, example, target=iOS18)
         result = compress_program(program, qm.weights, state)
         path = _save(program, out / f"{precision}.mlpackage", target=iOS18)
@@ -257,7 +263,7 @@ def packages(
 # ------------------------------------------------------------------------------------------ tests
 
 
-@pytest.mark.parametrize("precision", ["int8", "int4"])
+@pytest.mark.parametrize("precision", ["int8", "int4", "int8b32"])
 def test_every_decoder_weight_placed_and_bit_identical(
     packages: dict[str, Any], precision: str, tiny_vits: FamilyModel, tmp_path: Path
 ) -> None:
@@ -270,7 +276,8 @@ def test_every_decoder_weight_placed_and_bit_identical(
     # weight, so those hold the exact dequantized values instead (and are reported)
     dilated = {k for k in wanted if re.fullmatch(r"decoder\.resblocks\.\d\.convs1\.[12]\.weight", k)}
     assert set(result.dense) == {k for k in dilated if wanted[k].block_size < wanted[k].cols}
-    assert bool(result.dense) == (precision == "int4")  # int8 is per channel: always a plain constexpr
+    # per-channel int8 is always a plain constexpr; blocks of 32 (int4, int8b32) cross dilated kernels
+    assert bool(result.dense) == (precision != "int8")
     skipped = {k for k, v in qm.weights.items() if isinstance(v, QuantizedTensor)} - set(result.placed)
     assert {row["name"] for row in result.unplaced} == skipped
     for row in result.unplaced:
@@ -293,7 +300,7 @@ def test_every_decoder_weight_placed_and_bit_identical(
         qm.weights,
         tmp_path,
         stem="tiny",
-        precision=precision,
+        precision=qm.precision,
         metadata={},
         traced=packages["onnx"],
     )
@@ -316,6 +323,74 @@ def test_int4_matches_gguf_q4_0(packages: dict[str, Any], tiny_vits: FamilyModel
     assert "decoder.conv_pre.weight" in compared and len(compared) >= 10
     for name in decoded:  # Q4_0 blocks, or exact F32 fallbacks for rows that are not whole blocks
         assert np.array_equal(tensors[name], decoded[name]), name
+
+
+def test_int8_blocks_match_gguf_q8_0_and_onnx(
+    packages: dict[str, Any], tiny_vits: FamilyModel, tmp_path: Path
+) -> None:
+    """`int8_block_size: 32`: the same codes reach Core ML (blockwise constexpr), GGUF (Q8_0 packed
+    from the codes, read back through gguf-py's dequantize) and ONNX (blocked DequantizeLinear)."""
+    from gguf import GGMLQuantizationType, GGUFReader
+    from gguf.quants import dequantize
+
+    from voxport.export.gguf.writer import plan_tensors, write_gguf
+    from voxport.export.onnx.exporter import export_onnx, trace_all
+
+    qm, result, path = packages["int8b32"]
+    blocked = {k: v for k, v in qm.weights.items() if isinstance(v, QuantizedTensor) and v.block_size == 32}
+    assert len(blocked) >= 20
+    for q in blocked.values():  # fp16-exact scales: Q8_0's d loses nothing
+        assert np.array_equal(q.scales.astype(np.float16).astype(np.float32), q.scales)
+    decoded = _decoded(path, result)
+    write_gguf(tiny_vits, qm, tmp_path / "tiny.gguf", name="tiny", fallback_type="F32")
+    plans, _ = plan_tensors(tiny_vits, qm, fallback_type="F32")
+    from_codes = {p.gguf_name: p.name for p in plans if p.ggml_type.name == "Q8_0" and p.source == "codes"}
+    # every whole-block int8 weight is packed from its codes; none is re-quantized from fp32
+    assert set(from_codes.values()) == {k for k, v in blocked.items() if v.cols % 32 == 0}
+    assert not [p for p in plans if p.ggml_type.name == "Q8_0" and p.source != "codes"]
+    reader = GGUFReader(tmp_path / "tiny.gguf")
+    q8 = [t for t in reader.tensors if t.tensor_type == GGMLQuantizationType.Q8_0]
+    assert {t.name for t in q8} == set(from_codes)
+    traced = trace_all(tiny_vits)
+    onnx_files = export_onnx(
+        tiny_vits, qm.weights, tmp_path, stem="tiny", precision="int8", metadata={}, traced=traced
+    )
+    onnx_weights = _onnx_dequantized(next(f.path for f in onnx_files if f.primary))
+    compared = 0
+    for t in q8:
+        name = from_codes[t.name]
+        q = qm.weights[name]
+        gguf_value = dequantize(t.data, GGMLQuantizationType.Q8_0).reshape(q.shape)
+        assert np.array_equal(gguf_value, q.dequantize()), name
+        assert np.array_equal(onnx_weights[name], gguf_value), name
+        if name in decoded:
+            assert np.array_equal(decoded[name], gguf_value), name
+            compared += 1
+    assert compared >= 10
+
+
+def test_int8_blocks_package_runs_like_torch_on_the_dequantized_weights(
+    packages: dict[str, Any], decoder: tuple[torch.nn.Module, torch.Tensor]
+) -> None:
+    """The saved int8-blocks decoder, run by the numpy MIL interpreter (Core ML's semantics on Linux),
+    against torch running the same module with `qm.dequantized()` loaded."""
+    import copy
+
+    from voxport.runtime.coreml import CoremlRunner
+
+    module, example = decoder
+    qm, _, path = packages["int8b32"]
+    reference = copy.deepcopy(module)
+    prefix = "decoder."
+    reference.load_state_dict(
+        {k[len(prefix) :]: v for k, v in qm.dequantized().items() if k.startswith(prefix)}, strict=True
+    )
+    with torch.no_grad():
+        want = reference(example).numpy()
+    (got,) = CoremlRunner({"decoder": path}).run("decoder", {"x": example.numpy()}).values()
+    err = float(np.sum((want.astype(np.float64) - got) ** 2))
+    snr = 10 * np.log10(float(np.sum(want.astype(np.float64) ** 2)) / max(err, 1e-30))
+    assert got.shape == want.shape and snr > 100, snr
 
 
 def test_sizes_shrink(packages: dict[str, Any]) -> None:

@@ -153,6 +153,7 @@ def test_from_mapping_errors_are_bad_input_without_line(tmp_path: Path) -> None:
 def test_empty_sections_mean_defaults(tmp_path: Path) -> None:
     recipe = load_recipe(write(tmp_path, "name: t\nmodel: m\nquantize:\nexport:\nprune:\nvalidate:\n"))
     assert recipe.quantize.block_size == 32
+    assert recipe.quantize.int8_block_size is None  # int8 per channel unless asked
     assert recipe.export.onnx.opset == 21
     assert recipe.prune == []
     assert recipe.validation is None
@@ -164,6 +165,9 @@ def test_json_schema_names_yaml_keys() -> None:
     assert set(schema["required"]) == {"name", "model"}
     assert "validate" in schema["properties"]
     assert schema["additionalProperties"] is False
+    quantize = schema["$defs"]["QuantizeConfig"]["properties"]
+    assert quantize["int8_block_size"]["default"] is None
+    assert {"type": "null"} in quantize["int8_block_size"]["anyOf"]
 
 
 # ------------------------------------------------------------------------------------------ thresholds
@@ -333,7 +337,8 @@ BAD_CASES = [
         """,
         6,
         "quantize.blok_size: unknown key "
-        "(allowed: method, options, calibration, block_size, overrides, precision_overrides)",
+        "(allowed: method, options, calibration, block_size, int8_block_size, overrides, "
+        "precision_overrides)",
         id="unknown-nested-key",
     ),
     pytest.param(
@@ -416,6 +421,17 @@ BAD_CASES = [
         4,
         "quantize.block_size: must be a positive multiple of 16 (16, 32, 64, ...), got 24",
         id="block-size",
+    ),
+    pytest.param(
+        """\
+        name: t
+        model: m
+        quantize:
+          int8_block_size: 20
+        """,
+        4,
+        "quantize.int8_block_size: must be a positive multiple of 16 (16, 32, 64, ...), got 20",
+        id="int8-block-size",
     ),
     pytest.param(
         """\

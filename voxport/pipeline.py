@@ -327,6 +327,8 @@ class Build:
             "block_size": q.block_size,
             "overrides": q.overrides_for(precision),
         }
+        if q.int8_block_size is not None:  # per-channel int8 keeps its earlier keys
+            config["int8_block_size"] = q.int8_block_size
         # only what a method has: an option-less, uncalibrated method (rtn) keeps its earlier keys
         if options := q.method_options():
             config["options"] = options
@@ -550,6 +552,7 @@ class Build:
                     {},
                 ),
                 progress=self.progress,
+                int8_block_size=q.int8_block_size,
             )
             plan = self.layout.budget_plan(precision)
             plan.parent.mkdir(parents=True, exist_ok=True)
@@ -564,6 +567,7 @@ class Build:
                     block_size=q.block_size,
                     overrides=q.overrides_for(precision),
                     calibration=calibration,
+                    int8_block_size=q.int8_block_size,
                 )
         save_quantized(qm, self.layout.quantized(precision))
         self.progress.log(

@@ -392,13 +392,16 @@ class QuantizeConfig(_Base):
     calibrated method needs. `overrides` (glob → precision) keep modules at a *higher* precision in
     every artifact: an entry below an artifact's own precision does not apply to it (an fp32 artifact
     stays fp32). `precision_overrides` set an exact mix for one precision's artifact (e.g. int4 with
-    int8 decoder).
+    int8 decoder). `int8_block_size` stores int8 in blocks (32: GGUF Q8_0's) rather than per channel.
     """
 
     method: MethodName = "rtn"
     options: dict[NonEmptyStr, Any] = Field(default_factory=dict)
     calibration: CalibrationConfig | None = None
     block_size: Annotated[Int, AfterValidator(_block_size)] = 32
+    #: None: int8 keeps one scale per output channel; 32: int8 in blocks of 32 with fp16 scales, the
+    #: codes GGUF Q8_0 stores, carried identically by ONNX (blocked DequantizeLinear) and Core ML
+    int8_block_size: Annotated[Int, AfterValidator(_block_size)] | None = None
     overrides: dict[NonEmptyStr, Precision] = Field(default_factory=dict)
     precision_overrides: dict[Precision, dict[NonEmptyStr, Precision]] = Field(default_factory=dict)
     #: per artifact precision, a size budget that replaces a hand-written mix (see BudgetConfig)

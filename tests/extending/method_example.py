@@ -65,7 +65,7 @@ class AbsmaxAct(QuantMethod, name="absmax-act"):
         blocks = Blocks.of(weight, spec, block_size)
         values, bits = blocks.values, spec.bits
         raw = absmax_scale(values, bits)
-        scale = stored_scale(raw, bits)
+        scale = stored_scale(raw, spec)
         codes = encode(values, scale, bits)
         importance = self.importance.get(name)
         if importance is None:
@@ -73,7 +73,7 @@ class AbsmaxAct(QuantMethod, name="absmax-act"):
         weights = _in_blocks(importance, values.shape[1], values.shape[2])
         best = _weighted_error(values, codes, scale, weights)
         for factor in np.linspace(self.options.min_factor, 1.0, self.options.steps + 1)[:-1]:
-            cand_scale = stored_scale((raw * np.float32(factor)).astype(np.float32), bits)
+            cand_scale = stored_scale((raw * np.float32(factor)).astype(np.float32), spec)
             cand_codes = encode(values, cand_scale, bits)
             err = _weighted_error(values, cand_codes, cand_scale, weights)
             better = err < best

@@ -12,9 +12,10 @@ of every weight staying within ``bits_per_weight × elements``. Sensitivities ar
 (each measured alone), which is what makes the search exact and fast; the chosen mix is then measured as
 a whole, so the plan reports the prediction next to the measured objective.
 
-Bits are counted as ONNX stores them (integer scales in float32, non-quantizable tensors at the
-artifact's float precision), the largest of the formats, so a budget holds for every artifact built from
-the plan. The exact total is checked after the search: the budget is never exceeded.
+Bits are counted as ONNX stores them (block scales in float16, per-channel scales in float32,
+non-quantizable tensors at the artifact's float precision), the largest of the formats, so a budget
+holds for every artifact built from the plan. The exact total is checked after the search: the budget
+is never exceeded.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ from voxport.quantize.tensor import QuantizedTensor
 Stored = np.ndarray | QuantizedTensor
 #: the audio objective of a full set of float32 weights (lower is better; 0 is the reference itself)
 Objective = Callable[[Mapping[str, torch.Tensor]], float]
-#: bits per integer scale in the cost model (ONNX stores float32 scales: the most expensive format)
+#: bits per per-row (per-channel int8) scale in the cost model: ONNX stores those as float32, the most
+#: expensive of the formats
 SCALE_BITS = 32
 #: units holding less than this share of the weights are kept at the widest candidate without being
 #: measured (for a 15M voice: under 23k weights, a few kB at fp16): each measurement costs a synthesis
@@ -48,9 +50,11 @@ _GRID = 1 << 16
 
 
 def stored_bits(value: Stored) -> int:
-    """Bits one stored tensor costs in the budget's cost model."""
+    """Bits one stored tensor costs in the budget's cost model: block scales (fp16-exact by
+    construction) at 16 bits, a per-row scale at `SCALE_BITS`, as ONNX stores them."""
     if isinstance(value, QuantizedTensor):
-        return value.storage_bits(scale_bits=SCALE_BITS)
+        blocked = value.block_size < value.cols
+        return value.storage_bits(scale_bits=16 if blocked else SCALE_BITS)
     return int(value.size * value.dtype.itemsize * 8)
 
 

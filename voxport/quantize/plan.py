@@ -16,6 +16,9 @@ the weight cannot take it:
   more than the codes save.
 * int4 of a weight with fewer columns (in the 2-D view) than ``block_size`` falls back to int8, since
   most of its only block would be padding.
+* with ``int8_block_size`` (the recipe's ``quantize.int8_block_size``) int8 is stored in blocks of that
+  many elements (``WeightDecision.int8_block_size``); a weight with fewer columns than one block keeps
+  int8 with one scale per row, and its decision says so in ``reason``.
 """
 
 from __future__ import annotations
@@ -30,14 +33,19 @@ from voxport.quantize.precisions import PRECISIONS, SPECS, lowest, rank
 #: where a blocked integer precision goes for a weight narrower than one block: the lowest-rank integer
 #: precision that is not blocked (int8, one scale per row)
 _UNBLOCKED = min((s for s in SPECS.values() if s.integer and not s.blocked), key=lambda s: s.rank).name
+#: the precision `int8_block_size` cuts into blocks
+_INT8_BLOCKABLE = "int8"
 
 
 @dataclass(frozen=True)
 class WeightDecision:
-    """One weight's storage precision; ``reason`` is set whenever ``precision != requested``.
+    """One weight's storage precision; ``reason`` is set whenever ``precision != requested`` (and when
+    blocked int8 was asked for but the weight keeps one scale per row).
 
     ``quantizable`` records whether the model family allows quantizing this weight at all; only
     quantizable weights count as skipped when they end up above the requested precision.
+    ``int8_block_size`` is set when the weight is stored as int8 in blocks of that many elements;
+    None means int8 with one scale per row (or not int8 at all).
     """
 
     name: str
@@ -45,6 +53,7 @@ class WeightDecision:
     requested: str
     reason: str | None
     quantizable: bool = True
+    int8_block_size: int | None = None
 
 
 def _check_precision(value: str, where: str) -> None:
@@ -67,6 +76,7 @@ def plan_precisions(
     *,
     min_elements: int = 0,
     block_size: int = 32,
+    int8_block_size: int | None = None,
 ) -> dict[str, WeightDecision]:
     """Decisions for every weight, in the order of ``weights``.
 
@@ -89,6 +99,8 @@ def plan_precisions(
         raise ValueError(f"quantizable names not among the weights: {', '.join(unknown[:5])}")
     if min_elements < 0 or block_size < 1:
         raise ValueError(f"need min_elements >= 0 and block_size >= 1, got {min_elements}, {block_size}")
+    if int8_block_size is not None and int8_block_size < 1:
+        raise ValueError(f"need int8_block_size >= 1 or None, got {int8_block_size}")
 
     decisions: dict[str, WeightDecision] = {}
     for name, shape in weights.items():
@@ -122,7 +134,17 @@ def plan_precisions(
                 stored, reason = target, None
         if stored != requested and reason is None:
             reason = override_reason
-        decisions[name] = WeightDecision(name, stored, requested, reason, is_q)
+        int8_blocks = None
+        if stored == _INT8_BLOCKABLE and int8_block_size is not None:
+            cols = math.prod(shape[1:])
+            if cols >= int8_block_size:
+                int8_blocks = int8_block_size
+            elif reason is None:
+                reason = (
+                    f"int8 blocks need at least int8_block_size columns: {cols} < {int8_block_size} "
+                    "→ one scale per row"
+                )
+        decisions[name] = WeightDecision(name, stored, requested, reason, is_q, int8_blocks)
     return decisions
 
 

@@ -7,7 +7,7 @@ so export can run later, elsewhere, or for several formats from the same bits.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,13 +50,15 @@ class QuantizedModel:
             out[name] = torch.from_numpy(np.ascontiguousarray(array))
         return out
 
-    def bits_per_weight(self, *, scale_bits: int = 32) -> float:
-        """Stored bits over all weight elements; `scale_bits` is what the target format spends per scale."""
+    def bits_per_weight(self, *, scale_bits: int | Callable[[QuantizedTensor], int] = 32) -> float:
+        """Stored bits over all weight elements; `scale_bits` is what the target format spends per scale
+        (or a function of the tensor, for a format whose scale width depends on the encoding)."""
         bits = 0
         count = 0
         for value in self.weights.values():
             if isinstance(value, QuantizedTensor):
-                bits += value.storage_bits(scale_bits=scale_bits)
+                width = scale_bits(value) if callable(scale_bits) else scale_bits
+                bits += value.storage_bits(scale_bits=width)
                 count += int(np.prod(value.shape))
             else:
                 bits += value.size * value.dtype.itemsize * 8
@@ -72,13 +74,15 @@ def quantize_model(
     block_size: int = 32,
     overrides: Mapping[str, str] | None = None,
     calibration: CalibrationSet | None = None,
+    int8_block_size: int | None = None,
 ) -> QuantizedModel:
     """Every weight of `model` in its stored encoding at `precision` (torchao's ``quantize_(model,
     config)``: this entry point stays the same whatever `method` is).
 
     `method` is a registered name (default options) or a method object. A calibrated method first
     gets `calibration` (the sentences it records activations on) for the weights the plan stores at an
-    integer precision; an uncalibrated one ignores it."""
+    integer precision; an uncalibrated one ignores it. `int8_block_size` stores int8 weights in blocks
+    of that many elements (32: the codes of GGUF Q8_0) instead of one scale per row."""
     state = model.state_dict()
     try:
         chosen = method if isinstance(method, QuantMethod) else get_method(method)
@@ -88,6 +92,7 @@ def quantize_model(
             precision,
             dict(overrides or {}),
             block_size=block_size,
+            int8_block_size=int8_block_size,
         )
     except ValueError as exc:
         raise BadInput(f"quantize: {exc}") from None
@@ -107,7 +112,12 @@ def quantize_model(
             continue
         try:
             weights[name] = quantize(
-                array, decisions[name].precision, method=chosen, block_size=block_size, name=name
+                array,
+                decisions[name].precision,
+                method=chosen,
+                block_size=block_size,
+                name=name,
+                int8_block_size=decisions[name].int8_block_size,
             )
         except ValueError as exc:
             raise BadInput(f"quantize {name}: {exc}") from None
@@ -136,9 +146,17 @@ def summarize(
             if not isinstance(value, QuantizedTensor):
                 continue
             weight = state[name].to(torch.float32).numpy()
-            spec = SPECS[stored]
+            plain = quantize(
+                weight,
+                stored,
+                method=rtn,
+                block_size=block_size,
+                name=name,
+                int8_block_size=qm.decisions[name].int8_block_size,
+            )
+            assert isinstance(plain, QuantizedTensor)
             ours += method.error(name, weight, value)
-            theirs += method.error(name, weight, rtn.quantize_weight(name, weight, spec, block_size))
+            theirs += method.error(name, weight, plain)
         rows.append(
             {
                 "module": unit,
@@ -174,13 +192,21 @@ def save_quantized(qm: QuantizedModel, path: Path) -> None:
         "precision": qm.precision,
         "method": qm.method,
         "layout": json.dumps(layout),
-        "decisions": json.dumps({k: vars(d) for k, d in qm.decisions.items()}),
+        "decisions": json.dumps({k: _decision_json(d) for k, d in qm.decisions.items()}),
         "summary": json.dumps(qm.summary),
     }
     if qm.budget is not None:
         meta["budget"] = json.dumps(qm.budget)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, save(tensors, metadata=meta))
+
+
+def _decision_json(d: WeightDecision) -> dict:
+    """A decision's fields; `int8_block_size` only when set, so per-row builds keep their old bytes."""
+    fields = dict(vars(d))
+    if fields.get("int8_block_size") is None:
+        fields.pop("int8_block_size", None)
+    return fields
 
 
 def load_quantized(path: Path) -> QuantizedModel:
@@ -235,6 +261,7 @@ def quantize_with_budget(
     block_size: int = 32,
     overrides: Mapping[str, str] | None = None,
     calibration: CalibrationSet | None = None,
+    int8_block_size: int | None = None,
     memo: dict[str, QuantizedModel] | None = None,
     sensitivities: dict[tuple[str, str], float] | None = None,
     progress: Progress | None = None,
@@ -247,18 +274,26 @@ def quantize_with_budget(
     `sensitivities` the measured (unit, candidate) objectives for the same objective. `overrides`
     (keep-higher globs) hold in every candidate, so a module they pin is measured and stored as pinned."""
     memo = {} if memo is None else memo
-    base = quantize_model(
-        model, precision, method, block_size=block_size, overrides=overrides, calibration=calibration
-    )
+
+    def at(target: str) -> QuantizedModel:
+        return quantize_model(
+            model,
+            target,
+            method,
+            block_size=block_size,
+            overrides=overrides,
+            calibration=calibration,
+            int8_block_size=int8_block_size,
+        )
+
+    base = at(precision)
     per_candidate: dict[str, QuantizedModel] = {}
     for candidate in candidates:
         key = f"{candidate}|{sorted((overrides or {}).items())}"
         if candidate == precision:
             memo.setdefault(key, base)
         elif key not in memo:
-            memo[key] = quantize_model(
-                model, candidate, method, block_size=block_size, overrides=overrides, calibration=calibration
-            )
+            memo[key] = at(candidate)
         per_candidate[candidate] = memo[key]
     quantizable = [n for n, d in base.decisions.items() if d.quantizable]
     fixed = {n: v for n, v in base.weights.items() if n not in set(quantizable)}

@@ -90,9 +90,10 @@ class TensorPlan:
     ggml_type: GGMLQuantizationType
     shape: tuple[int, ...]  # original shape
     stored_shape: tuple[int, ...]  # numpy order: (rows, cols) for >= 2-D, else the shape
-    #: where the bytes come from: "stored" (the QuantizedModel's array as is), "codes" (Q4_0 packed
-    #: from the int4 codes and scales, bit-exact), "dequantized" (the QuantizedTensor's dequantized
-    #: values, for fallbacks) or "fp32" (encoded from the model's fp32 weight)
+    #: where the bytes come from: "stored" (the QuantizedModel's array as is), "codes" (Q4_0 / Q8_0
+    #: packed from the int4 / blocked int8 codes and scales, bit-exact), "dequantized" (the
+    #: QuantizedTensor's dequantized values, for fallbacks) or "fp32" (encoded from the model's fp32
+    #: weight)
     source: str
 
     @property
@@ -235,7 +236,7 @@ def plan_tensor(
     if requested is not None:
         ggml_type = OVERRIDE_TYPES[requested]
         if _fits(stored, ggml_type):
-            exact = ggml_type == T.Q4_0 and isinstance(value, QuantizedTensor) and _q4_0_exact(value)
+            exact = isinstance(value, QuantizedTensor) and _codes_exact(value, ggml_type)
             source = "codes" if exact else "fp32"
             return TensorPlan(name, gguf_name, ggml_type, shape, stored, source)
         block = GGML_QUANT_SIZES[ggml_type][0]
@@ -269,6 +270,8 @@ def plan_tensor(
                 }
             )
             return TensorPlan(name, gguf_name, T.Q4_0, shape, stored, "fp32")
+        if value.bits == 8 and len(stored) == 2 and _q8_0_exact(value):
+            return TensorPlan(name, gguf_name, T.Q8_0, shape, stored, "codes")
         if value.bits == 8 and _fits(stored, T.Q8_0):
             return TensorPlan(name, gguf_name, T.Q8_0, shape, stored, "fp32")
         target = "Q4_0" if value.bits == 4 else "Q8_0"
@@ -294,6 +297,36 @@ def _q4_0_exact(qt: QuantizedTensor) -> bool:
         return bool(np.array_equal(scales.astype(np.float16).astype(np.float32), scales))
 
 
+def _q8_0_exact(qt: QuantizedTensor) -> bool:
+    """True when Q8_0 reproduces `qt.dequantize()` bit for bit: int8 in blocks of 32 filling every row
+    (`quantize.int8_block_size: 32`), symmetric, scales exactly representable in float16. Per-channel
+    int8 is not: its row scale is float32, so Q8_0 re-quantizes it from fp32 in blocks of its own."""
+    if qt.bits != 8 or qt.offsets is not None or qt.block_size != 32 or qt.cols % 32 != 0:
+        return False
+    scales = qt.scales.astype(np.float32)
+    with np.errstate(over="ignore"):
+        return bool(np.array_equal(scales.astype(np.float16).astype(np.float32), scales))
+
+
+def _codes_exact(qt: QuantizedTensor, ggml_type: GGMLQuantizationType) -> bool:
+    """True when `ggml_type` can be packed from `qt`'s codes and scales without re-quantizing."""
+    if ggml_type == T.Q4_0:
+        return _q4_0_exact(qt)
+    if ggml_type == T.Q8_0:
+        return _q8_0_exact(qt)
+    return False
+
+
+def pack_q8_0(qt: QuantizedTensor) -> np.ndarray:
+    """GGUF Q8_0 bytes (rows, cols / 32 * 34) from int8 codes in blocks of 32 and fp16-exact scales, no
+    re-quantization: per block fp16 d, then the 32 codes as int8 (ggml's `block_q8_0`)."""
+    rows, cols = qt.codes.shape
+    n_blocks = cols // 32
+    qs = qt.codes.astype(np.int8).reshape(rows * n_blocks, 32).view(np.uint8)
+    d = qt.scales.astype(np.float16).reshape(rows * n_blocks, 1).view(np.uint8)
+    return np.concatenate([d, qs], axis=1).reshape(rows, n_blocks * 34)
+
+
 def pack_q4_0(qt: QuantizedTensor) -> np.ndarray:
     """GGUF Q4_0 bytes (rows, cols / 32 * 18) from int4 codes and fp16-exact scales, no re-quantization.
 
@@ -310,7 +343,7 @@ def pack_q4_0(qt: QuantizedTensor) -> np.ndarray:
 def encode_tensor(plan: TensorPlan, value: Any, fp32: Any) -> np.ndarray:
     """The bytes of one tensor in its planned type (only this tensor is materialised)."""
     if plan.source == "codes":
-        return pack_q4_0(value)
+        return pack_q8_0(value) if plan.ggml_type == T.Q8_0 else pack_q4_0(value)
     if plan.source == "dequantized":
         return np.ascontiguousarray(
             gguf_quants.quantize(value.dequantize().reshape(plan.stored_shape), plan.ggml_type)

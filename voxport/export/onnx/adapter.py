@@ -17,9 +17,6 @@ if TYPE_CHECKING:
     from voxport.families.layouts.onnx import OnnxLayout
     from voxport.runtime.base import Runner
 
-#: bits ONNX spends per scale (float32 holding fp16-exact values, see export/onnx/weights.py)
-ONNX_SCALE_BITS = 32
-
 #: graph name -> (traced fp32 model, primary, metadata): traced once, shared by every precision
 Traced = dict[str, tuple["onnx.ModelProto", bool, dict[str, str]]]
 
@@ -75,6 +72,7 @@ class OnnxFormat(FormatAdapter[OnnxExportConfig, Traced], name="onnx"):
 
     def export(self, ctx: ExportContext[OnnxExportConfig], prepared: Traced | None) -> ExportEntry:
         from voxport.export.onnx.exporter import export_onnx, unplaced_quantized
+        from voxport.export.onnx.weights import scale_bits
 
         model, qm = ctx.model, ctx.qm
         files = export_onnx(
@@ -96,7 +94,7 @@ class OnnxFormat(FormatAdapter[OnnxExportConfig, Traced], name="onnx"):
             path=ctx.rel(primary.path),
             files={f.graph: ctx.rel(f.path) for f in files},
             sidecars={name: ctx.rel(p) for name, p in sidecars.items()},
-            bits_per_weight=qm.bits_per_weight(scale_bits=ONNX_SCALE_BITS),
+            bits_per_weight=qm.bits_per_weight(scale_bits=scale_bits),
             skipped_weights=qm.skipped_weights() + unplaced_quantized(qm.weights, files),
         )
 
@@ -111,6 +109,7 @@ class OnnxFormat(FormatAdapter[OnnxExportConfig, Traced], name="onnx"):
     def export_layout(self, ctx: ExportContext[OnnxExportConfig], layout: OnnxLayout) -> ExportEntry:
         """One runtime layout of one precision (issue 13, §2.5): its own directory and export entry."""
         from voxport.export.onnx.layouts import write_onnx_layout
+        from voxport.export.onnx.weights import scale_bits
 
         qm = ctx.qm
         directory = ctx.out / "onnx" / f"{ctx.name}.{qm.precision}.{layout.directory_suffix}"
@@ -122,7 +121,7 @@ class OnnxFormat(FormatAdapter[OnnxExportConfig, Traced], name="onnx"):
             path=ctx.rel(directory),
             files={role: ctx.rel(p) for role, p in paths.items()},
             layout=layout.name,
-            bits_per_weight=qm.bits_per_weight(scale_bits=ONNX_SCALE_BITS),
+            bits_per_weight=qm.bits_per_weight(scale_bits=scale_bits),
             skipped_weights=qm.skipped_weights(),
         )
 

@@ -68,14 +68,19 @@ def _pack(codes_nk: np.ndarray, bits: int, block: int) -> np.ndarray:
 def _weight(
     node: onnx.NodeProto, inits: dict[str, TensorProto], level: int
 ) -> tuple[np.ndarray, np.ndarray, int, int] | None:
-    """(codes (N, K) signed, scales (N, k_blocks) float32, bits, block) of a DQ in the Linear pattern."""
+    """(codes (N, K) signed, scales (N, k_blocks) float32, bits, block) of a DQ in the Linear pattern.
+
+    `inits` maps the output of a `Cast` of an fp16 initializer to that initializer too (weights.py
+    stores block scales so): the values are the same float32 scales."""
     if len(node.input) < 2 or node.input[0] not in inits or node.input[1] not in inits:
         return None
     if len(node.input) > 2 and node.input[2]:
         return None  # a zero point: voxport's ONNX codes are symmetric
     codes_init, scale_init = inits[node.input[0]], inits[node.input[1]]
     bits = _INTEGER.get(codes_init.data_type)
-    if bits is None or len(codes_init.dims) != 2 or scale_init.data_type != TensorProto.FLOAT:
+    if bits is None or len(codes_init.dims) != 2:
+        return None
+    if scale_init.data_type not in (TensorProto.FLOAT, TensorProto.FLOAT16):
         return None
     codes = numpy_helper.to_array(codes_init).astype(np.int8)  # [K, N]
     scales = numpy_helper.to_array(scale_init).astype(np.float32)
@@ -107,6 +112,13 @@ def use_matmulnbits(model: onnx.ModelProto, accuracy_level: int) -> int:
     for node in graph.node:
         for name in node.input:
             consumers[name].append(node)
+    # fp16 block scales reach their DequantizeLinear through a Cast (weights.py): see through it
+    casts: dict[str, onnx.NodeProto] = {}
+    for node in graph.node:
+        source = node.input[0] if node.op_type == "Cast" and node.input else None
+        if source in inits and inits[source].data_type == TensorProto.FLOAT16 and len(consumers[source]) == 1:
+            casts[node.output[0]] = node
+            inits[node.output[0]] = inits[source]
     outputs = {o.name for o in graph.output}
     replace: dict[int, onnx.NodeProto] = {}
     drop: set[int] = set()
@@ -132,6 +144,10 @@ def use_matmulnbits(model: onnx.ModelProto, accuracy_level: int) -> int:
         new_inits += [numpy_helper.from_array(scales, scale_name)]
         dropped_inits.update(node.input[:2])
         drop.add(id(node))
+        cast = casts.get(node.input[1])
+        if cast is not None:
+            dropped_inits.add(cast.input[0])
+            drop.add(id(cast))
         for i, user in enumerate(users):
             replace[id(user)] = helper.make_node(
                 "MatMulNBits",

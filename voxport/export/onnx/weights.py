@@ -2,13 +2,14 @@
 
 - fp16: a float16 initializer followed by `Cast` to float32 (weight-only; compute stays fp32).
 - int8: an int8 initializer of the original shape with a per-output-channel `DequantizeLinear`.
-- int4: an INT4 initializer in the 2-D layout of `QuantizedTensor` with a blocked
-  `DequantizeLinear` (opset 21), then `Reshape` back to the kernel's shape. A Linear weight that the
-  trace feeds through `Transpose` into `MatMul` is stored pre-transposed with blocks along axis 0,
-  the pattern ONNX Runtime fuses into `MatMulNBits`.
+- int4, and int8 in blocks (`quantize.int8_block_size`): an INT4 (INT8) initializer in the 2-D layout
+  of `QuantizedTensor` with a blocked `DequantizeLinear` (opset 21), then `Reshape` back to the
+  kernel's shape. A Linear weight that the trace feeds through `Transpose` into `MatMul` is stored
+  pre-transposed with blocks along axis 0, the pattern ONNX Runtime fuses into `MatMulNBits` (int4).
 
-Scales are stored as float32 holding the quantizer's values (for int4 those are exactly
-float16-representable), so every runtime dequantizes to the same floats as `QuantizedTensor`.
+Scales are stored as float32 holding the quantizer's values (for blocks those are exactly
+float16-representable; blocked int8 stores them as float16 with an exact `Cast`), so every runtime
+dequantizes to the same floats as `QuantizedTensor`.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from onnx import TensorProto, helper, numpy_helper
 from voxport.errors import BadInput
 from voxport.quantize.tensor import QuantizedTensor
 
-#: blocked DequantizeLinear (int4 blocks) exists from opset 21; per-axis int8 DQ and Cast need less
+#: blocked DequantizeLinear (int4 or int8 blocks) exists from opset 21; per-axis int8 DQ and Cast need less
 BLOCKED_DQ_OPSET = 21
 
 Stored = np.ndarray | QuantizedTensor
@@ -41,6 +42,18 @@ def _int4_tensor(name: str, codes: np.ndarray) -> TensorProto:
     tensor.dims.extend(codes.shape)
     tensor.raw_data = packed.tobytes()
     return tensor
+
+
+def _fp16_exact(values: np.ndarray) -> bool:
+    with np.errstate(over="ignore"):
+        return bool(np.array_equal(values.astype(np.float16).astype(np.float32), values))
+
+
+def scale_bits(q: QuantizedTensor) -> int:
+    """Bits the ONNX file spends per scale of `q`: 16 for blocks (int4 and blocked int8 scales are
+    fp16-exact by construction: fp16 initializer + Cast), 32 for per-channel int8 (float32 scales)."""
+    blocked = q.block_size < q.cols
+    return 16 if blocked and _fp16_exact(q.scales.astype(np.float32)) else 32
 
 
 class _Rewriter:
@@ -91,20 +104,26 @@ class _Rewriter:
             self.removed.add(id(transpose))
         else:
             axis = 1
-        if q.bits == 8:
+        blocked = q.block_size < q.cols
+        if q.bits == 8 and not blocked:
             # per output channel: the original kernel shape (or [in, out] for MatMul), one scale per row
             stored = codes if transpose is not None else codes.reshape(q.shape)
             q8 = numpy_helper.from_array(stored.astype(np.int8), f"{name}__q")
             self._dequantize(name, q8, scales.reshape(-1), out, axis=1 if transpose is not None else 0)
             return
-        if q.bits != 4:
+        if q.bits not in (4, 8):
             raise ValueError(f"{name}: unsupported bit width {q.bits}")
         if q.offsets is not None:
-            raise ValueError(f"{name}: asymmetric int4 is not exported to ONNX yet")
+            raise ValueError(f"{name}: asymmetric int{q.bits} blocks are not exported to ONNX yet")
         needs_reshape = transpose is None and tuple(codes.shape) != tuple(q.shape)
         dq_out = f"{name}__dq2d" if needs_reshape else out
-        q4 = _int4_tensor(f"{name}__q", codes)
-        self._dequantize(name, q4, np.ascontiguousarray(scales), dq_out, axis=axis, block_size=q.block_size)
+        if q.bits == 4:
+            stored_codes = _int4_tensor(f"{name}__q", codes)
+        else:
+            stored_codes = numpy_helper.from_array(np.ascontiguousarray(codes, dtype=np.int8), f"{name}__q")
+        self._dequantize(
+            name, stored_codes, np.ascontiguousarray(scales), dq_out, axis=axis, block_size=q.block_size
+        )
         if needs_reshape:
             self.new_inits.append(numpy_helper.from_array(np.asarray(q.shape, np.int64), f"{name}__shape"))
             self.new_nodes.append(
@@ -112,9 +131,27 @@ class _Rewriter:
             )
 
     def _dequantize(self, name: str, codes: TensorProto, scales: np.ndarray, out: str, **attrs: int) -> None:
-        """Codes + scales initializers and the DequantizeLinear that produces the float weight `out`."""
+        """Codes + scales initializers and the DequantizeLinear that produces the float weight `out`.
+
+        Block scales (int4, blocked int8: fp16-exact by construction) are stored as float16 and `Cast`
+        to float32 before the DequantizeLinear: one scale per 32 codes costs 0.5 bit per weight instead
+        of 1, the float32 product ``code * scale`` is unchanged (the cast is exact), and ONNX Runtime
+        folds the cast of a constant once at load (and still fuses DequantizeLinear → MatMul)."""
         self.new_inits.append(codes)
-        self.new_inits.append(numpy_helper.from_array(scales, f"{name}__scale"))
+        if attrs.get("block_size") and _fp16_exact(scales):
+            # the rule `scale_bits` reports
+            self.new_inits.append(numpy_helper.from_array(scales.astype(np.float16), f"{name}__fp16__scale"))
+            self.new_nodes.append(
+                helper.make_node(
+                    "Cast",
+                    [f"{name}__fp16__scale"],
+                    [f"{name}__scale"],
+                    to=TensorProto.FLOAT,
+                    name=f"{name}__scale_cast",
+                )
+            )
+        else:
+            self.new_inits.append(numpy_helper.from_array(scales, f"{name}__scale"))
         self.new_nodes.append(
             helper.make_node(
                 "DequantizeLinear", [codes.name, f"{name}__scale"], [out], name=f"{name}__dq", **attrs
@@ -137,11 +174,12 @@ def apply_stored_weights(
 ) -> set[str]:
     """Replace initializers named ``prefix + weight name``; returns the weight names stored.
 
-    The model is stamped with `opset` (at least the traced one); blocked int4 needs 21 or later."""
+    The model is stamped with `opset` (at least the traced one); blocks (int4, blocked int8) need 21
+    or later."""
     blocked = [k for k, v in weights.items() if isinstance(v, QuantizedTensor) and v.block_size < v.cols]
     if blocked and opset < BLOCKED_DQ_OPSET:
         raise BadInput(
-            f"int4 blocks need ONNX opset >= {BLOCKED_DQ_OPSET} (blocked DequantizeLinear), "
+            f"int4 and int8 blocks need ONNX opset >= {BLOCKED_DQ_OPSET} (blocked DequantizeLinear), "
             f"the recipe asks for {opset}: set export.onnx.opset: {BLOCKED_DQ_OPSET}"
         )
     rewriter = _Rewriter(model)

@@ -8,6 +8,8 @@ that entry point never changes when a method is added. ``quantize`` / ``quantize
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from voxport.quantize.methods.base import (
@@ -73,14 +75,18 @@ def quantize(
     method: str | QuantMethod = "rtn",
     block_size: int = 32,
     name: str = "",
+    int8_block_size: int | None = None,
 ) -> QuantizedTensor | np.ndarray:
     """One entry point for every storage precision, so callers can drive it from a plan's decisions.
 
     fp32/fp16 apply to any float tensor (biases included); integer precisions only to >= 2-D weights,
     through `method` (a registered name or a method object). `name` is the weight's name, for methods
-    whose choice depends on what they recorded for it."""
+    whose choice depends on what they recorded for it. `int8_block_size` stores int8 in blocks of that
+    many elements (fp16 scales, GGUF Q8_0's layout at 32) instead of one scale per row."""
     target = spec(precision)
     chosen = _method(method)
+    if target.integer and int8_block_size is not None and target == SPECS["int8"]:
+        return chosen.quantize_weight(name, weight, replace(target, blocked=True), int8_block_size)
     if target.integer:
         return chosen.quantize_weight(name, weight, target, block_size)
     if target.bits == 16:

@@ -7,8 +7,9 @@ codes can be written as GGUF ``Q4_0`` blocks, ONNX ``DequantizeLinear`` initiali
 blockwise constants, and dequantize identically in each.
 
 Every weight is viewed as 2-D, ``(shape[0], prod(shape[1:]))``; blocks run along axis 1 of that view
-(see ``tensor.py``). A blocked precision (int4) has ``block_size`` elements per block; int8 has one
-block per row (per-channel). When ``cols`` is not a multiple of ``block_size`` the last block of each
+(see ``tensor.py``). A blocked precision (int4, or int8 when the recipe asks for
+``quantize.int8_block_size``) has ``block_size`` elements per block; plain int8 has one block per row
+(per-channel). When ``cols`` is not a multiple of ``block_size`` the last block of each
 row is partial: it is quantized as if zero-padded to a full block, and the padding is dropped, so
 ``n_blocks = ceil(cols / block_size)`` and ``QuantizedTensor.dequantize`` (which truncates the repeated
 scales to ``cols``) reads it back correctly. Formats that need whole blocks (GGUF) must reject or
@@ -142,16 +143,24 @@ def absmax_scale(blocks: np.ndarray, bits: int) -> np.ndarray:
     raise ValueError(f"no scale rule for {bits}-bit codes (defined: {CODE_BITS})")
 
 
-def stored_scale(scale: np.ndarray, bits: int) -> np.ndarray:
-    """The scale as formats store it: 4-bit scales are rounded to float16 *before* the codes are
-    computed (so the codes are the nearest ones for the scale actually stored, and fp16-scale formats
-    lose nothing); 8-bit scales stay float32."""
-    if bits != 4:
+def stored_scale(scale: np.ndarray, precision: int | PrecisionSpec) -> np.ndarray:
+    """The scale as formats store it.
+
+    Blocked scales (int4, and int8 in blocks) are rounded to float16 *before* the codes are computed:
+    GGUF (Q4_0, Q8_0) and Core ML store one fp16 scale beside each block, so the codes are the nearest
+    ones for the scale actually stored and those formats lose nothing. Per-channel (one per row) int8
+    scales stay float32, as ONNX and Core ML per-channel int8 store them.
+
+    `precision` is the spec (what methods pass) or, as before specs existed, the code bit width, which
+    means the precision's default blocking: 4 bits blocked, 8 bits per channel."""
+    blocked = precision.blocked if isinstance(precision, PrecisionSpec) else precision == 4
+    if not blocked:
         return scale
     if np.abs(scale).max(initial=0.0) > _FP16_MAX:
+        what = precision.name if isinstance(precision, PrecisionSpec) else f"int{precision}"
         raise ValueError(
-            f"int4 scale {float(np.abs(scale).max()):.6g} exceeds the float16 range; "
-            "the weight is too large for fp16-scaled int4"
+            f"{what} block scale {float(np.abs(scale).max()):.6g} exceeds the float16 range; "
+            f"the weight is too large for fp16-scaled {what} blocks"
         )
     with np.errstate(over="ignore"):
         return scale.astype(np.float16).astype(np.float32)

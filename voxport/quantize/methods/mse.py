@@ -52,12 +52,12 @@ class Mse(QuantMethod, name="mse"):
         blocks = Blocks.of(weight, spec, block_size)
         values, bits = blocks.values, spec.bits
         raw = absmax_scale(values, bits)
-        scale = stored_scale(raw, bits)
+        scale = stored_scale(raw, spec)
         codes = encode(values, scale, bits)
         best_err = block_sq_error(values, codes, scale)
         # vectorised over all blocks at once; only the candidate grid is a Python loop
         for factor in self.options.factors():
-            cand_scale = stored_scale((raw * np.float32(factor)).astype(np.float32), bits)
+            cand_scale = stored_scale((raw * np.float32(factor)).astype(np.float32), spec)
             cand_codes = encode(values, cand_scale, bits)
             err = block_sq_error(values, cand_codes, cand_scale)
             better = err < best_err

@@ -20,5 +20,5 @@ class Rtn(QuantMethod, name="rtn"):
         self, name: str, weight: np.ndarray, spec: PrecisionSpec, block_size: int
     ) -> QuantizedTensor:
         blocks = Blocks.of(weight, spec, block_size)
-        scale = stored_scale(absmax_scale(blocks.values, spec.bits), spec.bits)
+        scale = stored_scale(absmax_scale(blocks.values, spec.bits), spec)
         return blocks.pack(encode(blocks.values, scale, spec.bits), scale, self.name)
