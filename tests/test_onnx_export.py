@@ -411,7 +411,12 @@ def _read_int4_weight(proto: onnx.ModelProto, name: str) -> tuple[np.ndarray, st
     inits = {i.name: i for i in proto.graph.initializer}
     consumers = _consumers(proto)
     node = _dq_nodes(proto)[name]
-    codes_init, scale_init = inits[node.input[0]], inits[node.input[1]]
+    codes_init = inits[node.input[0]]
+    # block scales are stored as float16 and Cast to float32 (exact) in front of the DequantizeLinear
+    (cast,) = [n for n in proto.graph.node if n.output and n.output[0] == node.input[1]]
+    assert cast.op_type == "Cast" and _attr(cast, "to") == TensorProto.FLOAT
+    scale_init = inits[cast.input[0]]
+    assert scale_init.data_type == TensorProto.FLOAT16
     assert codes_init.data_type == TensorProto.INT4
     assert _attr(node, "block_size") == 32
     codes = _unpack_int4(codes_init)

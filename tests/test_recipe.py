@@ -338,7 +338,7 @@ BAD_CASES = [
         6,
         "quantize.blok_size: unknown key "
         "(allowed: method, options, calibration, block_size, int8_block_size, overrides, "
-        "precision_overrides)",
+        "precision_overrides, budget)",
         id="unknown-nested-key",
     ),
     pytest.param(
