@@ -40,7 +40,7 @@ from voxport.quantize.precisions import PrecisionSpec
 from voxport.quantize.tensor import QuantizedTensor
 
 if TYPE_CHECKING:
-    from voxport.families.base import CalibrationSet, FamilyModel
+    from voxport.families.base import CalibrationSet, FamilyModel, WeightInputs
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,13 @@ class Gptq(QuantMethod, name="gptq"):
     def calibrate(self, model: FamilyModel, batch: CalibrationSet, names: Collection[str]) -> None:
         todo = [n for n in names if n not in self._asked]
         self._asked.update(todo)
-        for inputs in model.calibration_inputs(batch, todo):
+        self.absorb(model.calibration_inputs(batch, todo))
+
+    def absorb(self, recorded: Iterable[WeightInputs]) -> None:
+        """Take what `calibration_inputs` yielded (one recording can feed several methods); a name
+        seen before is replaced."""
+        for inputs in recorded:
+            self._asked.add(inputs.name)
             x = np.ascontiguousarray(inputs.x, dtype=np.float32)
             # XᵀX in float32 (twice as fast as float64 on these sizes), then kept in float64
             h = (x.T @ x).astype(np.float64) * (2.0 / max(len(x), 1))

@@ -18,7 +18,7 @@ inputs use uniform importance (the same search unweighted), and `fallback` names
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from typing import TYPE_CHECKING, Annotated
 
 import numpy as np
@@ -36,7 +36,7 @@ from voxport.quantize.precisions import PrecisionSpec
 from voxport.quantize.tensor import QuantizedTensor
 
 if TYPE_CHECKING:
-    from voxport.families.base import CalibrationSet, FamilyModel
+    from voxport.families.base import CalibrationSet, FamilyModel, WeightInputs
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,13 @@ class Imatrix(QuantMethod, name="imatrix"):
     def calibrate(self, model: FamilyModel, batch: CalibrationSet, names: Collection[str]) -> None:
         todo = [n for n in names if n not in self._asked]
         self._asked.update(todo)
-        for inputs in model.calibration_inputs(batch, todo):
+        self.absorb(model.calibration_inputs(batch, todo))
+
+    def absorb(self, recorded: Iterable[WeightInputs]) -> None:
+        """Take what `calibration_inputs` yielded (one recording can feed several methods); a name
+        seen before is replaced."""
+        for inputs in recorded:
+            self._asked.add(inputs.name)
             x = inputs.x.astype(np.float64)
             self.importance[inputs.name] = (np.mean(x * x, axis=0), inputs.reduction_axis)
 
