@@ -7,7 +7,7 @@ re-encode the decoded weights to the same codes, the same codes for the same inp
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 
 import numpy as np
@@ -16,12 +16,13 @@ import torch
 
 from voxport.families import FamilyModel
 from voxport.families.base import CalibrationSet, SynthesisSettings, WeightInputs
-from voxport.quantize.methods import QuantizedTensor, QuantMethod, encode, get_method
+from voxport.quantize.methods import QuantMethod, encode, get_method
 from voxport.quantize.methods.blocks import Blocks, weighted_sq_error
 from voxport.quantize.methods.gptq import Gptq
 from voxport.quantize.methods.imatrix import Imatrix
 from voxport.quantize.precisions import SPECS, PrecisionSpec
 from voxport.quantize.stage import quantize_model
+from voxport.quantize.tensor import QuantizedTensor
 
 CALIBRATION_TEXTS = (
     "the old lighthouse keeper climbed the stairs at dusk.",
@@ -93,7 +94,7 @@ def _errors(
     return out
 
 
-def _integer(qm_weights: dict[str, object]) -> dict[str, QuantizedTensor]:
+def _integer(qm_weights: Mapping[str, object]) -> dict[str, QuantizedTensor]:
     return {n: w for n, w in qm_weights.items() if isinstance(w, QuantizedTensor)}
 
 
@@ -111,6 +112,14 @@ def methods(tiny_vits: FamilyModel) -> dict[str, QuantMethod]:
         method.calibrate(tiny_vits, batch, sorted(tiny_vits.quantizable()))
         out[label] = method
     return out
+
+
+@pytest.fixture(scope="module")
+def sample_recordings(tiny_vits: FamilyModel) -> list[list[WeightInputs]]:
+    """`SAMPLE`'s inputs recorded twice from scratch (the recorder samples rows with one generator per
+    pass, so the same names must be recorded for the same rows: compare like with like)."""
+    batch = _batch(tiny_vits, CALIBRATION_TEXTS[:4], 7)
+    return [list(tiny_vits.calibration_inputs(batch, SAMPLE)) for _ in range(2)]
 
 
 @pytest.fixture(scope="module")
@@ -149,9 +158,9 @@ def test_gptq_output_error_is_well_below_rtn_on_every_kind_of_weight(
         for kind in KINDS:
             ratio = ours[which][kind] / base[which][kind]
             print(f"{precision} {label:14s} {which:11s} {kind:10s} gptq/rtn output error {ratio:.3f}")
-            # measured: calibration 0.17-0.67, held-out 0.49-0.80 (int8 and int4, both orders);
-            # the bounds leave room for BLAS summation order flipping codes on other CPUs
-            assert ratio < (0.8 if which == "calibration" else 0.9), (which, kind, ours, base)
+            # measured: calibration 0.27-0.52, held-out sentences 0.28-0.53 (int8 and int4, both
+            # orders); the bounds leave room for BLAS summation order flipping codes on other CPUs
+            assert ratio < (0.7 if which == "calibration" else 0.75), (which, kind, ours, base)
 
 
 def test_act_order_with_blocks_uses_static_groups_from_the_original_weights(
@@ -176,24 +185,23 @@ def test_act_order_with_blocks_uses_static_groups_from_the_original_weights(
 @pytest.mark.parametrize("name", ["gptq", "imatrix"])
 @pytest.mark.parametrize("precision", ["int8", "int4", "int8-blocked"])
 def test_codes_are_the_stored_encoding_and_deterministic(
-    name: str, precision: str, tiny_vits: FamilyModel, methods: dict[str, QuantMethod]
+    name: str, precision: str, tiny_vits: FamilyModel, sample_recordings: list[list[WeightInputs]]
 ) -> None:
     """Codes in the format's range; decoding and re-encoding at the stored scales gives the same codes
     (they are `encode`'s codes, which every format decodes alike); a fresh method on the same inputs
-    gives byte-identical codes and scales. `int8-blocked` (8-bit codes in blocks of 32, as a blocked
-    int8 precision would store them) checks the methods follow `spec.blocked`, not the bit width."""
+    (two recordings of the same sentences and names) gives byte-identical codes and scales.
+    `int8-blocked` (8-bit codes in blocks of 32, as a blocked int8 precision would store them) checks
+    that the methods follow `spec.blocked`, not the bit width."""
     spec: PrecisionSpec = (
         replace(SPECS["int8"], blocked=True) if precision == "int8-blocked" else SPECS[precision]
     )
-    batch = _batch(tiny_vits, CALIBRATION_TEXTS, 7)
     state = tiny_vits.state_dict()
-    names = SAMPLE  # a few weights of each kind: a second calibration of everything would be slow
-    fresh = get_method(name)
-    fresh.calibrate(tiny_vits, batch, names)
-    runs = [
-        {n: method.quantize_weight(n, state[n].numpy(), spec, 32) for n in names}
-        for method in (methods[name], fresh)
-    ]
+    runs = []
+    for recording in sample_recordings:
+        method = get_method(name)
+        method.absorb(recording)  # type: ignore[attr-defined]
+        runs.append({n: method.quantize_weight(n, state[n].numpy(), spec, 32) for n in SAMPLE})
+    names = SAMPLE
     low, high = (-8, 7) if spec.bits == 4 else (-127, 127)
     for n in names:
         q, again = runs[0][n], runs[1][n]
@@ -227,7 +235,9 @@ def test_imatrix_weighted_error_is_never_worse_than_rtn_on_any_block(
         blocks = Blocks.of(state[name].numpy(), SPECS[precision], 32)
         weights = method.block_weights(name, blocks)
 
-        def err(t: QuantizedTensor, blocks: Blocks = blocks, weights: np.ndarray | None = weights) -> np.ndarray:
+        def err(
+            t: QuantizedTensor, blocks: Blocks = blocks, weights: np.ndarray | None = weights
+        ) -> np.ndarray:
             codes = Blocks.of(t.codes.astype(np.float32), SPECS[precision], 32).values
             return weighted_sq_error(blocks.values, codes, t.scales[..., None], weights)
 
@@ -235,8 +245,10 @@ def test_imatrix_weighted_error_is_never_worse_than_rtn_on_any_block(
         assert (e_ours <= e_rtn).all(), name
         better_blocks += int((e_ours < e_rtn).sum())
         total_ours, total_rtn = total_ours + float(e_ours.sum()), total_rtn + float(e_rtn.sum())
-    print(f"{precision}: imatrix/rtn weighted error {total_ours / total_rtn:.3f}, {better_blocks} blocks better")
-    # measured 0.85 at int4; many blocks find a better scale than rtn's
+    print(
+        f"{precision}: imatrix/rtn weighted error {total_ours / total_rtn:.3f}, {better_blocks} blocks better"
+    )
+    # measured 0.944 (int8, 3,745 blocks better) and 0.853 (int4, 14,520 blocks better)
     assert total_ours < (0.97 if precision == "int8" else 0.92) * total_rtn
     assert better_blocks > 100
 

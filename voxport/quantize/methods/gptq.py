@@ -27,7 +27,7 @@ them and the module logger says so.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterable
 from typing import TYPE_CHECKING, Annotated
 
 import numpy as np
@@ -62,9 +62,7 @@ class GptqOptions(MethodOptions):
         bool,
         Field(description="round columns in decreasing Hessian diagonal (blocked scales: static groups)"),
     ] = False
-    batch: Annotated[
-        int, Strict(), Field(ge=1, le=4096, description="columns per lazy batch update")
-    ] = 128
+    batch: Annotated[int, Strict(), Field(ge=1, le=4096, description="columns per lazy batch update")] = 128
     clip_search: Annotated[
         bool,
         Field(description="each scale is the clipping of the absmax scale with the least squared error"),
@@ -121,7 +119,9 @@ class Gptq(QuantMethod, name="gptq"):
         upper = _inverse_cholesky(hessian, self.options.damp, order)
         factors = _CLIP_FACTORS if self.options.clip_search else np.empty(0)
         if axis == 1:
-            codes, scales = _columns(w2, upper, order, blocks.block_size, spec.bits, factors, self.options.batch)
+            codes, scales = _columns(
+                w2, upper, order, blocks.block_size, spec.bits, factors, self.options.batch
+            )
         else:
             codes, scales = _rows(w2, upper, order, blocks.block_size, spec.bits, factors, self.options.batch)
         return blocks.pack(codes, scales, self.name)
