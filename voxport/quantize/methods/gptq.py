@@ -83,6 +83,8 @@ class Gptq(QuantMethod, name="gptq"):
         #: weights quantized with rtn because calibration recorded no inputs for them, with why
         self.fallback: dict[str, str] = {}
         self._asked: set[str] = set()
+        #: per weight, the upper Cholesky factor of the damped inverse Hessian (in processing order)
+        self._factors: dict[str, np.ndarray] = {}
 
     def calibrate(self, model: FamilyModel, batch: CalibrationSet, names: Collection[str]) -> None:
         todo = [n for n in names if n not in self._asked]
@@ -98,6 +100,7 @@ class Gptq(QuantMethod, name="gptq"):
             # XᵀX in float32 (twice as fast as float64 on these sizes), then kept in float64
             h = (x.T @ x).astype(np.float64) * (2.0 / max(len(x), 1))
             self.hessians[inputs.name] = (h, inputs.reduction_axis)
+            self._factors.pop(inputs.name, None)
 
     def quantize_weight(
         self, name: str, weight: np.ndarray, spec: PrecisionSpec, block_size: int
@@ -116,7 +119,9 @@ class Gptq(QuantMethod, name="gptq"):
         if hessian.shape != (width, width):
             raise ValueError(f"{name}: Hessian {hessian.shape} does not match the weight's view {w2.shape}")
         order = np.argsort(-np.diag(hessian), kind="stable") if self.options.act_order else None
-        upper = _inverse_cholesky(hessian, self.options.damp, order)
+        upper = self._factors.get(name)
+        if upper is None:  # the same for every precision: kept for the next one (int8, then int4)
+            upper = self._factors[name] = _inverse_cholesky(hessian, self.options.damp, order)
         factors = _CLIP_FACTORS if self.options.clip_search else np.empty(0)
         if axis == 1:
             codes, scales = _columns(
@@ -141,10 +146,11 @@ def _inverse_cholesky(hessian: np.ndarray, damp: float, order: np.ndarray | None
         h = h[np.ix_(order, order)]
     mean = float(np.mean(np.diag(h)))
     th = torch.from_numpy(h)
-    eye = torch.eye(len(h), dtype=torch.float64)
     for attempt in range(6):
+        damped = th.clone()
+        damped.diagonal().add_(damp * 10**attempt * mean)
         # torch: cholesky_inverse is several times faster than numpy's solve for these sizes
-        lower, info = torch.linalg.cholesky_ex(th + (damp * 10**attempt) * mean * eye)
+        lower, info = torch.linalg.cholesky_ex(damped)
         if int(info) != 0:
             continue
         upper, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(lower), upper=True)
