@@ -116,8 +116,8 @@ def test_registry_lists_builtins_and_registers_a_subclass_by_name() -> None:
         from voxport.quantize.methods import base
 
         base._REGISTRY.pop("test-half-scale", None)
-    with pytest.raises(ValueError, match="known: rtn, mse"):
-        get_method("gptq")
+    with pytest.raises(ValueError, match="known: rtn, mse, gptq, imatrix"):
+        get_method("no-such-method")
 
 
 def test_every_precision_stores_what_its_spec_says() -> None:
