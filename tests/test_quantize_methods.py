@@ -159,7 +159,7 @@ def test_recipe_method_enum_is_the_registry() -> None:
             "quantize.options.stepz: unknown option (allowed: min_factor, steps)",
         ),
         ("options: {steps: 4}", 4, "quantize.options.steps: unknown option (allowed: none)"),
-        ("method: gptq", 4, "quantize.method: 'gptq' is not one of rtn, mse"),
+        ("method: no-such", 4, "quantize.method: 'no-such' is not one of rtn, mse, gptq, imatrix"),
     ],
     ids=["out-of-range", "unknown-option", "rtn-takes-none", "unknown-method"],
 )
