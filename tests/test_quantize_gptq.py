@@ -98,7 +98,7 @@ def _integer(qm_weights: Mapping[str, object]) -> dict[str, QuantizedTensor]:
     return {n: w for n, w in qm_weights.items() if isinstance(w, QuantizedTensor)}
 
 
-_METHODS = {"rtn": {}, "gptq": {}, "gptq-act-order": {"act_order": True}, "imatrix": {}}
+_METHODS = {"rtn": {}, "gptq": {"act_order": False}, "gptq-act-order": {"act_order": True}, "imatrix": {}}
 
 
 @pytest.fixture(scope="module")

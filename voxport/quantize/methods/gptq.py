@@ -61,7 +61,7 @@ class GptqOptions(MethodOptions):
     act_order: Annotated[
         bool,
         Field(description="round columns in decreasing Hessian diagonal (blocked scales: static groups)"),
-    ] = False
+    ] = True  # joe int4: log-mel DTW 2.06 dB vs 2.14 in order, durations 0.83 vs 0.80 of tokens exact
     batch: Annotated[int, Strict(), Field(ge=1, le=4096, description="columns per lazy batch update")] = 128
     clip_search: Annotated[
         bool,
