@@ -217,7 +217,7 @@ def test_quantize_dispatch_and_errors() -> None:
     with pytest.raises(ValueError, match="fp32, fp16, int8, int4"):
         quantize(w, "int3")
     with pytest.raises(ValueError, match="rtn, mse"):
-        quantize(w, "int8", method="gptq")
+        quantize(w, "int8", method="no-such")
     with pytest.raises(ValueError, match=">= 2 dimensions"):
         quantize(bias, "int8")
     with pytest.raises(ValueError, match=">= 2 dimensions"):

@@ -116,8 +116,8 @@ def test_registry_lists_builtins_and_registers_a_subclass_by_name() -> None:
         from voxport.quantize.methods import base
 
         base._REGISTRY.pop("test-half-scale", None)
-    with pytest.raises(ValueError, match="known: rtn, mse"):
-        get_method("gptq")
+    with pytest.raises(ValueError, match="known: rtn, mse, gptq, imatrix"):
+        get_method("no-such-method")
 
 
 def test_every_precision_stores_what_its_spec_says() -> None:
@@ -159,7 +159,7 @@ def test_recipe_method_enum_is_the_registry() -> None:
             "quantize.options.stepz: unknown option (allowed: min_factor, steps)",
         ),
         ("options: {steps: 4}", 4, "quantize.options.steps: unknown option (allowed: none)"),
-        ("method: gptq", 4, "quantize.method: 'gptq' is not one of rtn, mse"),
+        ("method: no-such", 4, "quantize.method: 'no-such' is not one of rtn, mse, gptq, imatrix"),
     ],
     ids=["out-of-range", "unknown-option", "rtn-takes-none", "unknown-method"],
 )

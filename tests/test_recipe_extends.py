@@ -59,11 +59,13 @@ def test_chains_and_child_model_override(tmp_path: Path) -> None:
 
 
 def test_error_in_inherited_key_names_the_base_file_and_line(tmp_path: Path) -> None:
-    base = write(tmp_path / "base.yaml", BASE.replace("method: mse", "method: gptq"))
+    base = write(tmp_path / "base.yaml", BASE.replace("method: mse", "method: no-such"))
     child = write(tmp_path / "child.yaml", "extends: base.yaml\nname: child\n")
     with pytest.raises(BadInput) as exc:
         load_recipe(child)
-    assert str(exc.value).startswith(f"{base}:6: quantize.method: 'gptq' is not one of rtn, mse")
+    assert str(exc.value).startswith(
+        f"{base}:6: quantize.method: 'no-such' is not one of rtn, mse, gptq, imatrix"
+    )
 
 
 def test_error_in_child_names_the_child(tmp_path: Path) -> None:
