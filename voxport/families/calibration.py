@@ -40,8 +40,9 @@ if TYPE_CHECKING:
 
 #: rows kept per weight: enough for a well-conditioned Hessian of a few thousand columns
 DEFAULT_MAX_ROWS = 4096
-#: bytes of recorded rows held at once; more names than fit are recorded in further synthesis passes
-DEFAULT_MAX_BYTES = 512 << 20
+#: bytes of recorded rows held at once (2 GiB: joe's 132 weights in two synthesis passes rather than ten);
+#: more names than fit are recorded in further passes
+DEFAULT_MAX_BYTES = 2 << 30
 
 
 @dataclass(frozen=True)

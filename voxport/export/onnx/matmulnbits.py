@@ -115,7 +115,9 @@ def use_matmulnbits(model: onnx.ModelProto, accuracy_level: int) -> int:
     # fp16 block scales reach their DequantizeLinear through a Cast (weights.py): see through it
     casts: dict[str, onnx.NodeProto] = {}
     for node in graph.node:
-        source = node.input[0] if node.op_type == "Cast" and node.input else None
+        if node.op_type != "Cast" or not node.input:
+            continue
+        source = node.input[0]
         if source in inits and inits[source].data_type == TensorProto.FLOAT16 and len(consumers[source]) == 1:
             casts[node.output[0]] = node
             inits[node.output[0]] = inits[source]

@@ -113,13 +113,19 @@ def _round_half_away(x: np.ndarray) -> np.ndarray:
     return np.sign(x) * (floored + np.floor(2 * (a - floored)))
 
 
-def encode(blocks: np.ndarray, scale: np.ndarray, bits: int) -> np.ndarray:
+def _width(precision: int | PrecisionSpec) -> int:
+    """The code bit width of a precision given as its spec or as the bit width itself."""
+    return precision.bits if isinstance(precision, PrecisionSpec) else int(precision)
+
+
+def encode(blocks: np.ndarray, scale: np.ndarray, precision: int | PrecisionSpec) -> np.ndarray:
     """int8 codes of `blocks` at `scale` (broadcast over the last axis), as every format decodes them.
 
     8 bits: round half away from zero, clipped to [-127, 127] (-128 unused, so the encoding stays
     sign-symmetric like ONNX/Core ML per-channel int8 expect). 4 bits: exactly gguf-py's Q4_0,
     trunc(x * (1/d) + 8.5) in float32, clipped to [0, 15], minus the offset 8; adding 8.5 (not 0.5)
     matters, it is where float32 rounding happens in the reference."""
+    bits = _width(precision)
     if bits == 8:
         q = _round_half_away(blocks * _reciprocal(scale))
         return np.clip(q, -127, 127).astype(np.int8)
@@ -129,11 +135,12 @@ def encode(blocks: np.ndarray, scale: np.ndarray, bits: int) -> np.ndarray:
     raise ValueError(f"no encoding for {bits}-bit codes (defined: {CODE_BITS})")
 
 
-def absmax_scale(blocks: np.ndarray, bits: int) -> np.ndarray:
+def absmax_scale(blocks: np.ndarray, precision: int | PrecisionSpec) -> np.ndarray:
     """The round-to-nearest scale of each block, float32 ``(rows, n_blocks, 1)``, before `stored_scale`.
 
     8 bits: absmax / 127. 4 bits: the signed value of largest magnitude / -8, as in Q4_0: that element
     maps to code -8, which uses the extra negative code that a plain absmax/7 scale would waste."""
+    bits = _width(precision)
     if bits == 8:
         return (np.abs(blocks).max(axis=-1, keepdims=True) / np.float32(127)).astype(np.float32)
     if bits == 4:
@@ -198,7 +205,7 @@ def weighted_sq_error(
 
 
 def clipped_scale(
-    blocks: np.ndarray, bits: int, factors: np.ndarray, weights: np.ndarray | None = None
+    blocks: np.ndarray, bits: int | PrecisionSpec, factors: np.ndarray, weights: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Codes and stored scale per block: the rtn scale, or the first clipping of it (rtn scale times
     one of `factors`) with a strictly lower (weighted) squared error. Starting from rtn and replacing

@@ -111,7 +111,7 @@ class Gptq(QuantMethod, name="gptq"):
             reason = "not calibrated" if name not in self._asked else "no inputs recorded"
             self.fallback[name] = reason
             log.info("gptq: %s has %s; quantized with rtn", name, reason)
-            codes, scale = clipped_scale(blocks.values, spec.bits, np.empty(0))
+            codes, scale = clipped_scale(blocks.values, spec, np.empty(0))
             return blocks.pack(codes, scale, "rtn")
         hessian, axis = recorded
         w2 = blocks.values.reshape(blocks.values.shape[0], -1)[:, : blocks.cols].astype(np.float64)
@@ -124,11 +124,9 @@ class Gptq(QuantMethod, name="gptq"):
             upper = self._factors[name] = _inverse_cholesky(hessian, self.options.damp, order)
         factors = _CLIP_FACTORS if self.options.clip_search else np.empty(0)
         if axis == 1:
-            codes, scales = _columns(
-                w2, upper, order, blocks.block_size, spec.bits, factors, self.options.batch
-            )
+            codes, scales = _columns(w2, upper, order, blocks.block_size, spec, factors, self.options.batch)
         else:
-            codes, scales = _rows(w2, upper, order, blocks.block_size, spec.bits, factors, self.options.batch)
+            codes, scales = _rows(w2, upper, order, blocks.block_size, spec, factors, self.options.batch)
         return blocks.pack(codes, scales, self.name)
 
 
@@ -187,7 +185,7 @@ def _aligned_batch(batch: int, block: int) -> int:
     return block * max(1, -(-batch // block))
 
 
-def _block_scales(values: np.ndarray, bits: int, factors: np.ndarray) -> np.ndarray:
+def _block_scales(values: np.ndarray, bits: int | PrecisionSpec, factors: np.ndarray) -> np.ndarray:
     """Stored scales ``(rows, n_blocks)`` of ``(rows, n_blocks, size)`` values (rtn or clip-searched)."""
     return clipped_scale(values, bits, factors)[1][..., 0]
 
@@ -203,7 +201,7 @@ def _columns(
     upper: np.ndarray,
     order: np.ndarray | None,
     size: int,
-    bits: int,
+    bits: int | PrecisionSpec,
     factors: np.ndarray,
     batch: int,
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -241,7 +239,7 @@ def _rows(
     upper: np.ndarray,
     order: np.ndarray | None,
     size: int,
-    bits: int,
+    bits: int | PrecisionSpec,
     factors: np.ndarray,
     batch: int,
 ) -> tuple[np.ndarray, np.ndarray]:

@@ -121,14 +121,14 @@ class Imatrix(QuantMethod, name="imatrix"):
             self.fallback[name] = reason
             log.info("imatrix: %s has %s; searched with uniform importance", name, reason)
         codes, scale = weighted_scale_search(
-            blocks.values, spec.bits, self.options.factors(), weights, refine=self.options.refine
+            blocks.values, spec, self.options.factors(), weights, refine=self.options.refine
         )
         return blocks.pack(codes, scale, self.name)
 
 
 def weighted_scale_search(
     values: np.ndarray,
-    bits: int,
+    bits: int | PrecisionSpec,
     factors: np.ndarray,
     weights: np.ndarray | None,
     *,
@@ -168,7 +168,7 @@ def weighted_scale_search(
     return codes, scale
 
 
-def _in_fp16_range(scale: np.ndarray, bits: int) -> np.ndarray:
+def _in_fp16_range(scale: np.ndarray, bits: int | PrecisionSpec) -> np.ndarray:
     """`stored_scale` of a refined candidate, clipped to what float16 holds (a refined scale can only
     grow past the rtn one by a little, but `stored_scale` refuses any beyond float16)."""
     limit = np.float32(np.finfo(np.float16).max)
