@@ -23,6 +23,7 @@ from voxport.families import FamilyModel
 from voxport.families.base import CalibrationSet, SynthesisSettings
 from voxport.pipeline import quantize as quantize_stage
 from voxport.quantize import QuantizedTensor, get_method, methods, quantize
+from voxport.quantize.calibration import default_texts
 from voxport.quantize.methods import Blocks, QuantMethod, absmax_scale, encode, stored_scale
 from voxport.quantize.precisions import FLOAT, INTEGER, PRECISIONS, SPECS, lowest, rank
 from voxport.quantize.stage import load_quantized, quantize_model
@@ -207,8 +208,15 @@ def test_example_method_is_registered_and_validated_by_the_recipe(
     assert "absmax-act" in recipe_json_schema()["$defs"]["QuantizeConfig"]["properties"]["method"]["enum"]
     recipe = tmp_path / "r.yaml"
     recipe.write_text("name: x\nmodel: m\nquantize:\n  method: absmax-act\n", encoding="utf-8")
-    with pytest.raises(BadInput, match=r"r.yaml:3: quantize: method 'absmax-act' is calibrated"):
-        load_recipe(recipe)  # no calibration sentences: said at load time, not after the convert stage
+    # no calibration sentences of its own: the built-in English set, for int8/int4 builds only
+    loaded = load_recipe(recipe)
+    assert loaded.quantize.calibration_texts() == (list(default_texts()), [])
+    assert loaded.quantize.needs_calibration("int8") and not loaded.quantize.needs_calibration("fp16")
+    recipe.write_text(
+        "name: x\nmodel: m\nquantize:\n  method: absmax-act\n  calibration: {ids: []}\n", encoding="utf-8"
+    )
+    with pytest.raises(BadInput, match=r"r.yaml:3: quantize: calibration: give sentences"):
+        load_recipe(recipe)  # an empty section is said at load time, not silently the built-in set
     recipe.write_text(
         "name: x\nmodel: m\nquantize:\n  method: absmax-act\n  options: {alpha: -1}\n"
         "  calibration: {texts: [hello]}\n",
