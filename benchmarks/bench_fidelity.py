@@ -11,7 +11,9 @@ OUT/rows/<row>/<precision>, all sharing one stage cache (OUT/cache), so the conv
 rerun rebuilds only the rows whose quantize settings or code changed. The rows:
 
 - `fp32`: the reference artifact (every ratio of the ORT time column is to its one-graph file);
-- `hand-mix rtn`: the recipe's quantize section as it is (its hand-written precision_overrides);
+- `hand-mix rtn`: the joe recipe's hand-written mix before size budgets replaced it (HAND_MIX), the
+  baseline;
+- `recipe …`: the recipe's quantize section as it is (its method and budget);
 - `rtn`, `mse`, and every other registered method (`voxport.quantize.methods.methods()`): the recipe's
   method, block size and options replaced, no overrides; a calibrated method gets the default
   calibration set (voxport/quantize/data/calibration_en.txt) as `calibration.texts`;
@@ -174,8 +176,24 @@ class RowSpec:
 
 
 def _clean(quantize: Mapping[str, Any]) -> dict[str, Any]:
-    """The recipe's quantize section without its hand-written mixes or calibration."""
-    return {k: v for k, v in quantize.items() if k not in ("overrides", "precision_overrides", "calibration")}
+    """The recipe's quantize section without its mixes (hand-written or budgeted) or calibration."""
+    dropped = ("overrides", "precision_overrides", "calibration", "budget")
+    return {k: v for k, v in quantize.items() if k not in dropped}
+
+
+#: the bundled joe recipe's hand-written mix before size budgets replaced it (found on the recipe's own
+#: three sentences): the baseline the budget rows are compared with
+HAND_MIX: dict[str, Any] = {
+    "method": "rtn",
+    "precision_overrides": {
+        "int8": {
+            "text_encoder.encoder.*": "fp16",
+            "duration_predictor.*convs_*.weight": "fp16",
+            "duration_predictor.*conv_p*.weight": "fp16",
+        },
+        "int4": {"duration_predictor.*": "int8", "text_encoder.project.*": "int8", "decoder.*": "int8"},
+    },
+}
 
 
 def patched(base: Mapping[str, Any], patch: Mapping[str, Any], calibration: Sequence[str]) -> dict[str, Any]:
@@ -193,8 +211,12 @@ def default_rows(
 ) -> list[RowSpec]:
     """fp32, the recipe's hand mix, then one override-free row per registered method (rtn, mse first)."""
     base = dict(recipe_quantize)
-    hand = f"hand-mix {base.get('method', 'rtn')}"
-    rows = [RowSpec("fp32", _clean(base), ("fp32",)), RowSpec(hand, base, tuple(precisions))]
+    own = f"recipe {base.get('method', 'rtn')}" + (" + budget" if base.get("budget") else "")
+    rows = [
+        RowSpec("fp32", _clean(base), ("fp32",)),
+        RowSpec("hand-mix rtn", {**_clean(base), **HAND_MIX}, tuple(precisions)),
+        RowSpec(own, patched(base, {}, calibration) if base.get("budget") else base, tuple(precisions)),
+    ]
     names = ["rtn", "mse", *(m for m in methods() if m not in ("rtn", "mse"))]
     for name in names:
         rows.append(

@@ -46,8 +46,11 @@ def test_an_overlap_is_refused_ignoring_case_and_punctuation() -> None:
 def test_rows_patch_the_override_free_recipe() -> None:
     recipe = yaml.safe_load((REPO / "recipes" / "joe-medium.yaml").read_text())
     rows = {r.name: r for r in bench.default_rows(recipe["quantize"], ["int8"], ["a calibration text."])}
-    assert rows["hand-mix rtn"].quantize["precision_overrides"] == recipe["quantize"]["precision_overrides"]
-    assert "precision_overrides" not in rows["mse"].quantize and rows["mse"].quantize["method"] == "mse"
+    assert rows["hand-mix rtn"].quantize["precision_overrides"] == bench.HAND_MIX["precision_overrides"]
+    assert "budget" not in rows["hand-mix rtn"].quantize
+    own = rows["recipe gptq + budget"].quantize  # the recipe as it is, with the calibration set added
+    assert own["budget"] == recipe["quantize"]["budget"] and own["calibration"]["texts"]
+    assert "budget" not in rows["mse"].quantize and rows["mse"].quantize["method"] == "mse"
     assert rows["fp32"].precisions == ("fp32",)
     patch = "budget=budget: {int8: {bits_per_weight: 8.7}}"
     budget = bench.parse_row(patch, recipe["quantize"], ["int8"], ["x."])
