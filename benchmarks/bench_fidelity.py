@@ -198,12 +198,18 @@ HAND_MIX: dict[str, Any] = {
 
 def patched(base: Mapping[str, Any], patch: Mapping[str, Any], calibration: Sequence[str]) -> dict[str, Any]:
     """`patch` over the override-free base; the calibration set added where the row needs data."""
-    quantize = {**_clean(base), **patch}
-    method = quantize.get("method", "rtn")
-    needs_data = ("budget" in quantize) or (method in methods() and method_class(method).calibrated)
-    if needs_data and "calibration" not in quantize:
-        quantize["calibration"] = {"texts": list(calibration)}
-    return quantize
+    return _with_calibration({**_clean(base), **patch}, calibration)
+
+
+def _with_calibration(quantize: Mapping[str, Any], calibration: Sequence[str]) -> dict[str, Any]:
+    """The recipe's quantize section as it is, with the calibration set where it needs data and has
+    none of its own (what the recipe itself would get: the same built-in set)."""
+    out = dict(quantize)
+    method = out.get("method", "rtn")
+    needs_data = bool(out.get("budget")) or (method in methods() and method_class(method).calibrated)
+    if needs_data and "calibration" not in out:
+        out["calibration"] = {"texts": list(calibration)}
+    return out
 
 
 def default_rows(
@@ -215,7 +221,7 @@ def default_rows(
     rows = [
         RowSpec("fp32", _clean(base), ("fp32",)),
         RowSpec("hand-mix rtn", {**_clean(base), **HAND_MIX}, tuple(precisions)),
-        RowSpec(own, patched(base, {}, calibration) if base.get("budget") else base, tuple(precisions)),
+        RowSpec(own, _with_calibration(base, calibration), tuple(precisions)),
     ]
     names = ["rtn", "mse", *(m for m in methods() if m not in ("rtn", "mse"))]
     for name in names:
