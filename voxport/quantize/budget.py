@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from typing import Any
 
 import numpy as np
@@ -116,16 +117,21 @@ class BudgetPlan:
         return {w: u.precision for u in self.units for w in u.weights}
 
     def overrides(self) -> dict[str, str]:
-        """The plan as `precision_overrides` globs: one glob per unit whose precision differs from the
-        artifact's, so the file can be pasted into a recipe (or kept) to rebuild the same mix by hand."""
+        """The plan as `precision_overrides` globs: one per unit whose precision differs from the
+        artifact's, so the file can be pasted into a recipe (or kept) to rebuild the same mix by hand.
+        A unit's ``prefix.*`` glob is used only where it matches that unit's weights and no other's
+        (``flow.flows.0.*`` would also take ``flow.flows.0.wavenet.*``); otherwise its weights are
+        listed by name."""
+        names = [w for u in self.units for w in u.weights]
         out: dict[str, str] = {}
         for u in self.units:
             if u.precision == self.precision:
                 continue
-            if len(u.weights) == 1:
-                out[u.weights[0]] = u.precision
+            glob = f"{u.unit}.*"
+            if len(u.weights) > 1 and {n for n in names if fnmatchcase(n, glob)} == set(u.weights):
+                out[glob] = u.precision
             else:
-                out[f"{u.unit}.*"] = u.precision
+                out.update(dict.fromkeys(u.weights, u.precision))
         return out
 
     def to_json(self) -> dict[str, Any]:
