@@ -51,6 +51,8 @@ _NAME_RE = re.compile(r"[a-z][a-z0-9_-]*")
 BUILTIN: dict[str, str] = {
     "rtn": "voxport.quantize.methods.rtn",
     "mse": "voxport.quantize.methods.mse",
+    "gptq": "voxport.quantize.methods.gptq",
+    "imatrix": "voxport.quantize.methods.imatrix",
 }
 
 #: methods of other packages: `[project.entry-points."voxport.quantize_methods"] NAME = "module:Class"`

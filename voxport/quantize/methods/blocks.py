@@ -173,3 +173,37 @@ def fp16_checked(weight: np.ndarray) -> np.ndarray:
     if (np.isinf(half) & np.isfinite(weight)).any():
         raise ValueError(f"weight of shape {weight.shape} has values beyond the float16 range ±{_FP16_MAX:g}")
     return half
+
+
+def weighted_sq_error(
+    blocks: np.ndarray, codes: np.ndarray, scale: np.ndarray, weights: np.ndarray | None
+) -> np.ndarray:
+    """Per-block ``sum_k weights_k (w_k - q_k)^2`` ``(rows, n_blocks, 1)`` in float64; `weights`
+    broadcasts against `blocks` (per column ``(1, n_blocks, size)``, per row ``(rows, 1, 1)``), and
+    ``None`` is plain squared error (`block_sq_error`)."""
+    if weights is None:
+        return block_sq_error(blocks, codes, scale)
+    diff = blocks.astype(np.float64) - (codes.astype(np.float32) * scale).astype(np.float64)
+    error: np.ndarray = (diff * diff * weights).sum(axis=-1, keepdims=True)
+    return error
+
+
+def clipped_scale(
+    blocks: np.ndarray, bits: int, factors: np.ndarray, weights: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Codes and stored scale per block: the rtn scale, or the first clipping of it (rtn scale times
+    one of `factors`) with a strictly lower (weighted) squared error. Starting from rtn and replacing
+    it only when strictly better is what makes the result never worse than rtn on any block."""
+    raw = absmax_scale(blocks, bits)
+    scale = stored_scale(raw, bits)
+    codes = encode(blocks, scale, bits)
+    best = weighted_sq_error(blocks, codes, scale, weights)
+    for factor in factors:
+        cand_scale = stored_scale((raw * np.float32(factor)).astype(np.float32), bits)
+        cand_codes = encode(blocks, cand_scale, bits)
+        err = weighted_sq_error(blocks, cand_codes, cand_scale, weights)
+        better = err < best
+        best = np.where(better, err, best)
+        scale = np.where(better, cand_scale, scale)
+        codes = np.where(better, cand_codes, codes)
+    return codes, scale
