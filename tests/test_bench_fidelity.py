@@ -59,6 +59,7 @@ def test_rows_patch_the_override_free_recipe() -> None:
     assert "precision_overrides" not in budget.quantize
 
 
+@pytest.mark.slow  # the benchmark end to end (builds, ORT parity, timing): ~40 CPU-s
 def test_core_measures_finite_figures_on_the_tiny_vits(tiny_vits_dir: Path, tmp_path: Path) -> None:
     recipe = tmp_path / "tiny.yaml"
     recipe.write_text(
