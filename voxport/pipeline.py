@@ -81,6 +81,7 @@ from voxport.quantize.stage import (
     quantize_with_budget,
     quantized_info,
     save_quantized,
+    summarize,
 )
 from voxport.recipe import PhrasesConfig, Recipe
 from voxport.validate import asr
@@ -569,6 +570,7 @@ class Build:
                     calibration=calibration,
                     int8_block_size=q.int8_block_size,
                 )
+        qm.summary = summarize(self.model.state_dict(), qm, method, q.block_size)
         save_quantized(qm, self.layout.quantized(precision))
         self.progress.log(
             f"quantize: {precision} ({q.method}) {qm.bits_per_weight(scale_bits=16):.2f} bits/weight, "

@@ -34,7 +34,8 @@ class QuantizedModel:
     method: str
     weights: dict[str, Stored]
     decisions: dict[str, WeightDecision]
-    #: per module: what was done to it (`summarize`), for `voxport quantize` and the report
+    #: per module: what was done to it (`summarize`, run once by the quantize stage on what it stores, not
+    #: on every budget candidate), for `voxport quantize` and the report
     summary: list[dict[str, Any]] = field(default_factory=list)
     #: the size budget's plan (`BudgetPlan.to_json()`) when a budget chose the mix
     budget: dict[str, Any] | None = None
@@ -121,9 +122,7 @@ def quantize_model(
             )
         except ValueError as exc:
             raise BadInput(f"quantize {name}: {exc}") from None
-    qm = QuantizedModel(precision=precision, method=chosen.name, weights=weights, decisions=decisions)
-    qm.summary = summarize(state, qm, chosen, block_size)
-    return qm
+    return QuantizedModel(precision=precision, method=chosen.name, weights=weights, decisions=decisions)
 
 
 def summarize(
@@ -323,7 +322,6 @@ def quantize_with_budget(
             )
             decisions[name] = WeightDecision(name, d.precision, precision, reason, d.quantizable)
     qm = QuantizedModel(precision=precision, method=base.method, weights=weights, decisions=decisions)
-    qm.summary = summarize(state, qm, method, block_size)
     qm.budget = plan.to_json()
     return qm
 

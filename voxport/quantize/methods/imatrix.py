@@ -94,6 +94,18 @@ class Imatrix(QuantMethod, name="imatrix"):
             x = inputs.x.astype(np.float64)
             self.importance[inputs.name] = (np.mean(x * x, axis=0), inputs.reduction_axis)
 
+    def error(self, name: str, weight: np.ndarray, quantized: QuantizedTensor) -> float:
+        """The importance-weighted squared error (what imatrix minimises); plain squared error when
+        nothing was recorded for `name`."""
+        recorded = self.importance.get(name)
+        if recorded is None:
+            return super().error(name, weight, quantized)
+        per, axis = recorded
+        w2 = np.asarray(weight, dtype=np.float64).reshape(quantized.rows, -1)
+        delta = w2 - quantized.dequantize().reshape(w2.shape).astype(np.float64)
+        importance = per[:, None] if axis == 0 else per[None, :]
+        return float(np.sum(importance * delta * delta))
+
     def block_weights(self, name: str, blocks: Blocks) -> np.ndarray | None:
         """The importance of each element of `blocks.values`, broadcastable to it (None: uniform)."""
         recorded = self.importance.get(name)
