@@ -19,7 +19,7 @@ import importlib
 import importlib.metadata
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -30,7 +30,7 @@ from voxport.quantize.precisions import PrecisionSpec
 from voxport.quantize.tensor import QuantizedTensor
 
 if TYPE_CHECKING:
-    from voxport.families.base import CalibrationSet, FamilyModel
+    from voxport.families.base import CalibrationSet, FamilyModel, WeightInputs
 
 
 class MethodOptions(BaseModel):
@@ -122,6 +122,42 @@ class QuantMethod(ABC):
     def describe(self) -> dict[str, Any]:
         """Name and options for logs and the cache key (options with their defaults filled in)."""
         return {"method": self.name, "options": self.options.model_dump(mode="json")}
+
+
+class RecordingMethod(QuantMethod):
+    """Base of a calibrated method that keeps a statistic per weight from its recorded inputs (gptq's
+    Hessian, imatrix's importance): `calibrate` records only names not asked for before (a build
+    calibrates again per precision), `absorb` takes one recording (which can feed several methods) and
+    hands each weight's inputs to `take`. `fallback` says why a weight had nothing recorded."""
+
+    calibrated = True
+
+    def __init__(self, options: MethodOptions | Mapping[str, Any] | None = None) -> None:
+        super().__init__(options)
+        #: weights quantized without calibration data because none was recorded for them, with why
+        self.fallback: dict[str, str] = {}
+        self._asked: set[str] = set()
+
+    def calibrate(self, model: FamilyModel, batch: CalibrationSet, names: Collection[str]) -> None:
+        todo = [n for n in names if n not in self._asked]
+        self._asked.update(todo)
+        self.absorb(model.calibration_inputs(batch, todo))
+
+    def absorb(self, recorded: Iterable[WeightInputs]) -> None:
+        """Take what `calibration_inputs` yielded; a name seen before is replaced."""
+        for inputs in recorded:
+            self._asked.add(inputs.name)
+            self.take(inputs)
+
+    @abstractmethod
+    def take(self, inputs: WeightInputs) -> None:
+        """Keep what the method needs of one weight's recorded inputs."""
+
+    def uncalibrated(self, name: str) -> str:
+        """Why `name` has no statistic (recorded in `fallback`)."""
+        reason = "not calibrated" if name not in self._asked else "no inputs recorded"
+        self.fallback[name] = reason
+        return reason
 
 
 def _qualified(cls: type) -> str:

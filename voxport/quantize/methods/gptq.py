@@ -27,20 +27,20 @@ them and the module logger says so.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated
 
 import numpy as np
 import torch
 from pydantic import Field, Strict
 
-from voxport.quantize.methods.base import MethodOptions, QuantMethod
+from voxport.quantize.methods.base import MethodOptions, RecordingMethod
 from voxport.quantize.methods.blocks import Blocks, clipped_scale, encode
 from voxport.quantize.precisions import PrecisionSpec
 from voxport.quantize.tensor import QuantizedTensor
 
 if TYPE_CHECKING:
-    from voxport.families.base import CalibrationSet, FamilyModel, WeightInputs
+    from voxport.families.base import WeightInputs
 
 log = logging.getLogger(__name__)
 
@@ -69,27 +69,25 @@ class GptqOptions(MethodOptions):
     ] = False
 
 
-class Gptq(QuantMethod, name="gptq"):
+class Gptq(RecordingMethod, name="gptq"):
     """Round column by column, compensating each column's error on the columns not yet rounded."""
 
     Options = GptqOptions
     options: GptqOptions
-    calibrated = True
 
     def __init__(self, options: GptqOptions | dict[str, object] | None = None) -> None:
         super().__init__(options)
         #: per weight: H = 2 XᵀX / n over its reduction axis (float64), and that axis
         self.hessians: dict[str, tuple[np.ndarray, int]] = {}
-        #: weights quantized with rtn because calibration recorded no inputs for them, with why
-        self.fallback: dict[str, str] = {}
-        self._asked: set[str] = set()
         #: per weight, the upper Cholesky factor of the damped inverse Hessian (in processing order)
         self._factors: dict[str, np.ndarray] = {}
 
-    def calibrate(self, model: FamilyModel, batch: CalibrationSet, names: Collection[str]) -> None:
-        todo = [n for n in names if n not in self._asked]
-        self._asked.update(todo)
-        self.absorb(model.calibration_inputs(batch, todo))
+    def take(self, inputs: WeightInputs) -> None:
+        x = np.ascontiguousarray(inputs.x, dtype=np.float32)
+        # XᵀX in float32 (twice as fast as float64 on these sizes), then kept in float64
+        h = (x.T @ x).astype(np.float64) * (2.0 / max(len(x), 1))
+        self.hessians[inputs.name] = (h, inputs.reduction_axis)
+        self._factors.pop(inputs.name, None)
 
     def error(self, name: str, weight: np.ndarray, quantized: QuantizedTensor) -> float:
         """The layer's output error on the calibration inputs, tr(Δ H Δᵀ) (what gptq minimises; its
@@ -105,26 +103,13 @@ class Gptq(QuantMethod, name="gptq"):
             delta = delta.T
         return float(np.einsum("ij,jk,ik->", delta, hessian, delta, optimize=True))
 
-    def absorb(self, recorded: Iterable[WeightInputs]) -> None:
-        """Take what `calibration_inputs` yielded (one recording can feed several methods); a name
-        seen before is replaced."""
-        for inputs in recorded:
-            self._asked.add(inputs.name)
-            x = np.ascontiguousarray(inputs.x, dtype=np.float32)
-            # XᵀX in float32 (twice as fast as float64 on these sizes), then kept in float64
-            h = (x.T @ x).astype(np.float64) * (2.0 / max(len(x), 1))
-            self.hessians[inputs.name] = (h, inputs.reduction_axis)
-            self._factors.pop(inputs.name, None)
-
     def quantize_weight(
         self, name: str, weight: np.ndarray, spec: PrecisionSpec, block_size: int
     ) -> QuantizedTensor:
         blocks = Blocks.of(weight, spec, block_size)  # validates, and fixes the block layout
         recorded = self.hessians.get(name)
         if recorded is None:
-            reason = "not calibrated" if name not in self._asked else "no inputs recorded"
-            self.fallback[name] = reason
-            log.info("gptq: %s has %s; quantized with rtn", name, reason)
+            log.info("gptq: %s has %s; quantized with rtn", name, self.uncalibrated(name))
             codes, scale = clipped_scale(blocks.values, spec, np.empty(0))
             return blocks.pack(codes, scale, "rtn")
         hessian, axis = recorded

@@ -18,13 +18,12 @@ inputs use uniform importance (the same search unweighted), and `fallback` names
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Iterable
 from typing import TYPE_CHECKING, Annotated
 
 import numpy as np
 from pydantic import Field, Strict
 
-from voxport.quantize.methods.base import MethodOptions, QuantMethod
+from voxport.quantize.methods.base import MethodOptions, RecordingMethod
 from voxport.quantize.methods.blocks import (
     Blocks,
     absmax_scale,
@@ -36,7 +35,7 @@ from voxport.quantize.precisions import PrecisionSpec
 from voxport.quantize.tensor import QuantizedTensor
 
 if TYPE_CHECKING:
-    from voxport.families.base import CalibrationSet, FamilyModel, WeightInputs
+    from voxport.families.base import WeightInputs
 
 log = logging.getLogger(__name__)
 
@@ -66,33 +65,20 @@ class ImatrixOptions(MethodOptions):
         return grid[grid != 1.0]
 
 
-class Imatrix(QuantMethod, name="imatrix"):
+class Imatrix(RecordingMethod, name="imatrix"):
     """Per block, the scale with the least importance-weighted squared error (importance: mean x²)."""
 
     Options = ImatrixOptions
     options: ImatrixOptions
-    calibrated = True
 
     def __init__(self, options: ImatrixOptions | dict[str, object] | None = None) -> None:
         super().__init__(options)
         #: per weight: mean(x²) per entry of its reduction axis, and that axis
         self.importance: dict[str, tuple[np.ndarray, int]] = {}
-        #: weights searched with uniform importance because nothing was recorded for them, with why
-        self.fallback: dict[str, str] = {}
-        self._asked: set[str] = set()
 
-    def calibrate(self, model: FamilyModel, batch: CalibrationSet, names: Collection[str]) -> None:
-        todo = [n for n in names if n not in self._asked]
-        self._asked.update(todo)
-        self.absorb(model.calibration_inputs(batch, todo))
-
-    def absorb(self, recorded: Iterable[WeightInputs]) -> None:
-        """Take what `calibration_inputs` yielded (one recording can feed several methods); a name
-        seen before is replaced."""
-        for inputs in recorded:
-            self._asked.add(inputs.name)
-            x = inputs.x.astype(np.float64)
-            self.importance[inputs.name] = (np.mean(x * x, axis=0), inputs.reduction_axis)
+    def take(self, inputs: WeightInputs) -> None:
+        x = inputs.x.astype(np.float64)
+        self.importance[inputs.name] = (np.mean(x * x, axis=0), inputs.reduction_axis)
 
     def error(self, name: str, weight: np.ndarray, quantized: QuantizedTensor) -> float:
         """The importance-weighted squared error (what imatrix minimises); plain squared error when
@@ -129,9 +115,7 @@ class Imatrix(QuantMethod, name="imatrix"):
         blocks = Blocks.of(weight, spec, block_size)
         weights = self.block_weights(name, blocks)
         if weights is None:
-            reason = "not calibrated" if name not in self._asked else "no inputs recorded"
-            self.fallback[name] = reason
-            log.info("imatrix: %s has %s; searched with uniform importance", name, reason)
+            log.info("imatrix: %s has %s; searched with uniform importance", name, self.uncalibrated(name))
         codes, scale = weighted_scale_search(
             blocks.values, spec, self.options.factors(), weights, refine=self.options.refine
         )
