@@ -36,7 +36,7 @@ from voxport.runtime.ort import OrtRunner
 from voxport.validate.metrics import tensor_snr_db, waveform_snr_db
 
 PRECISIONS = ("fp32", "fp16", "int8", "int4")
-GRAPHS = ("encoder", "decoder", "tts")
+GRAPHS = ("encoder", "decoder", "flow", "vocoder", "tts")
 SENTENCE = "hello world, this is a test."
 NOISE_OFF = VitsSettings(noise_scale=0.0, noise_scale_duration=0.0)
 #: a Linear weight (traced as Transpose → MatMul), a Conv1d weight with a partial last int4 block
@@ -253,7 +253,7 @@ def test_graphs_have_no_data_dependent_scatter(protos):
     # only the user-facing graph samples its own noise; the parity graphs take it as input
     assert not [
         n
-        for g in ("encoder", "decoder")
+        for g in ("encoder", "decoder", "flow", "vocoder")
         for n in protos["fp32", g].graph.node
         if n.op_type.startswith("Random")
     ]
@@ -345,7 +345,7 @@ def test_int8_every_used_kernel_is_dequantized_per_channel(tiny_vits, traced, pr
             np.testing.assert_array_equal(numpy_helper.to_array(scale), q.scales.reshape(-1))
             assert numpy_helper.to_array(scale).shape == (q.shape[0],)
         assert sum(1 for n in dqs if n.endswith("_proj.weight") and "attention" in n) == (
-            16 if graph != "decoder" else 0
+            16 if graph in ("encoder", "tts") else 0  # the text encoder's attention
         )
 
 

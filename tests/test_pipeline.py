@@ -52,7 +52,7 @@ def test_manifest_lists_every_artifact_with_hashes_and_parity(built: tuple[Path,
     assert verify_files(out, manifest) == []
     for artifact in manifest.artifacts:
         assert artifact.sha256 == sha256_file(out / artifact.path)
-        assert {f.graph for f in artifact.files} == {"encoder", "decoder", "tts"}
+        assert {f.graph for f in artifact.files} == {"encoder", "decoder", "flow", "vocoder", "tts"}
         for key in ("snr_db", "logmel_dtw_db", "mcd_db", "duration_match", "length_ratio"):
             assert key in artifact.parity.metrics
     bits = {a.precision: a.bits_per_weight for a in manifest.artifacts}

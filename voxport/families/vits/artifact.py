@@ -1,4 +1,10 @@
-"""Speaking with an exported VITS artifact: its one-graph ONNX in ONNX Runtime, Piper's interface.
+"""Speaking with an exported VITS artifact in ONNX Runtime.
+
+An artifact voxport exported has its split graphs beside the primary one-graph file
+(`<name>.<p>.encoder.onnx`, `.flow.onnx`, `.vocoder.onnx`): the voice then speaks through them, in
+chunks within a sentence (streaming.py), with the same explicit, seeded noise as the checkpoint. A
+file alone (a Piper voice, or an artifact copied without its siblings) speaks through its one graph,
+Piper's interface, one whole sentence at a time.
 
 Text goes through the same frontend as the checkpoint: the Piper voice config written beside the
 artifact (`<name>.onnx.json`) when there is one; otherwise the caller gives ids. The artifact checks
@@ -8,7 +14,7 @@ speaker against its `n_speakers`), so a bad id is one clear error and not an ONN
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +22,11 @@ import numpy as np
 from voxport.errors import BadInput
 from voxport.families.base import SynthesisSettings, check_ids
 from voxport.families.vits.frontend import VITS_PIECE_IDS, PiperFrontend
+from voxport.families.vits.loop import stream_audio
 from voxport.families.vits.settings import VitsSettings
+from voxport.families.vits.streaming import FLOW_GRAPH, VOCODER_GRAPH, WindowSpec
 from voxport.pieces import id_pieces
-from voxport.runtime.ort import ort_session
+from voxport.runtime.ort import OrtRunner, ort_session
 
 #: the graph input that carries the token ids (Piper's interface)
 IDS_INPUT = "input"
@@ -43,6 +51,16 @@ class VitsArtifactVoice:
         )
         self.vocab_size = embedding_rows(path) or self._vocab_from_frontend()
         self.inputs = {i.name for i in self.session.get_inputs()}
+        self.split = split_graphs(path)
+        self.window = (
+            WindowSpec.from_json(
+                self.split.sessions[FLOW_GRAPH].get_modelmeta().custom_metadata_map["window_spec"]
+            )
+            if self.split is not None
+            else None
+        )
+        #: chunks within a sentence (the split graphs are here), or one piece per sentence
+        self.chunked = self.split is not None
 
     def _vocab_from_frontend(self) -> int:
         """The Piper config's `num_symbols`, for a graph whose embedding table could not be traced."""
@@ -67,12 +85,39 @@ class VitsArtifactVoice:
         pauses, words = self.frontend.boundary_ids() if self.frontend is not None else ((), ())
         return id_pieces(ids, VITS_PIECE_IDS, pauses=pauses, words=words)
 
-    def speak(self, ids: Sequence[int], settings: SynthesisSettings) -> np.ndarray:
+    def _checked(self, ids: Sequence[int], settings: SynthesisSettings) -> tuple[list[int], VitsSettings]:
         checked = check_ids(ids, self.vocab_size)
         settings = VitsSettings.of(settings)
         speaker = settings.speaker_id or 0
         if not 0 <= speaker < self.num_speakers:
             raise BadInput(f"speaker id {speaker} out of range 0..{self.num_speakers - 1}")
+        return checked, settings
+
+    def stream(
+        self,
+        ids: Sequence[int],
+        settings: SynthesisSettings,
+        *,
+        chunk_frames: int | None = None,
+        continuing: bool = False,
+    ) -> Iterator[np.ndarray]:
+        """Audio chunk by chunk through the split graphs; without them, the one graph's whole sentence."""
+        checked, vits = self._checked(ids, settings)
+        if self.split is None or self.window is None:
+            yield self._one_graph(checked, vits)
+            return
+        extra = {"sid": np.asarray([vits.speaker_id or 0], np.int64)} if self.num_speakers > 1 else {}
+        feed = np.asarray([checked], dtype=np.int64)
+        yield from stream_audio(
+            self.split, feed, vits, extra, self.window, chunk_frames=chunk_frames, continuing=continuing
+        )
+
+    def speak(self, ids: Sequence[int], settings: SynthesisSettings) -> np.ndarray:
+        """The whole utterance: the stream's chunks joined (the same samples as one window)."""
+        return np.concatenate(list(self.stream(ids, settings)))
+
+    def _one_graph(self, checked: list[int], settings: VitsSettings) -> np.ndarray:
+        speaker = settings.speaker_id or 0
         feed = {
             IDS_INPUT: np.asarray([checked], dtype=np.int64),
             "input_lengths": np.asarray([len(checked)], dtype=np.int64),
@@ -84,6 +129,18 @@ class VitsArtifactVoice:
             feed["sid"] = np.asarray([speaker], dtype=np.int64)
         (audio,) = self.session.run(["output"], feed)
         return audio.reshape(-1).astype(np.float32)
+
+
+#: the split graphs a streaming voice runs, beside the primary `<name>.<p>.onnx`
+SPLIT_GRAPHS = ("encoder", FLOW_GRAPH, VOCODER_GRAPH)
+
+
+def split_graphs(primary: Path) -> OrtRunner | None:
+    """ONNX Runtime over the split graphs exported beside `primary`, or None when any is missing."""
+    files = {g: primary.with_name(f"{primary.stem}.{g}.onnx") for g in SPLIT_GRAPHS}
+    if not all(f.is_file() for f in files.values()):
+        return None
+    return OrtRunner(files)
 
 
 def embedding_rows(path: Path) -> int | None:

@@ -28,6 +28,7 @@ from torch import nn
 from transformers.models.vits.modeling_vits import VitsConvFlow, VitsElementwiseAffine, VitsModel
 
 from voxport.families.vits.spline import rational_quadratic_spline
+from voxport.families.vits.streaming import Upsample, WindowSpec, conv_reach
 
 
 def _conv_flow_reverse(
@@ -206,3 +207,90 @@ class PiperGraph(nn.Module):
         noise = torch.randn_like(m_p[:, :, :1] * frames[None, None, :].to(m_p.dtype)) * scales[0]
         audio = decode(self.model, m_p, logs_p, durations, noise, sid, frame_lengths=lengths)
         return audio[:, None, None, :]
+
+
+def _chain_reach(module: nn.Module) -> tuple[int, int]:
+    """Reach of a module whose convolutions run one after another (residual adds widen nothing):
+    the sum of its stride-1 convolutions' reaches."""
+    left = right = 0
+    for conv in module.modules():
+        if isinstance(conv, nn.Conv1d):
+            if conv.stride[0] != 1 or isinstance(conv.padding, str):
+                raise ValueError(
+                    f"{type(module).__name__}: a strided or 'same'-padded conv cannot be windowed"
+                )
+            lo, hi = conv_reach(conv.kernel_size[0], conv.dilation[0], int(conv.padding[0]))
+            left, right = left + lo, right + hi
+    return left, right
+
+
+def window_spec(model: VitsModel) -> WindowSpec:
+    """The reach of each stage of `model`'s flow and HiFi-GAN, read off its modules (streaming.py)."""
+    decoder = model.decoder
+    kernels = decoder.num_kernels
+    stages = []
+    for i, up in enumerate(decoder.upsampler):
+        stride, kernel, padding = up.stride[0], up.kernel_size[0], int(up.padding[0])
+        if kernel - 2 * padding != stride or up.output_padding[0] != 0 or up.dilation[0] != 1:
+            raise ValueError(
+                f"upsampler {i}: kernel {kernel}, stride {stride}, padding {padding} cannot be windowed"
+            )
+        reaches = [_chain_reach(block) for block in decoder.resblocks[i * kernels : (i + 1) * kernels]]
+        stages.append(
+            Upsample(stride, kernel, padding, max(r[0] for r in reaches), max(r[1] for r in reaches))
+        )
+    flow_left, flow_right = _chain_reach(model.flow)
+    pre_left, pre_right = _chain_reach(decoder.conv_pre)
+    post_left, post_right = _chain_reach(decoder.conv_post)
+    return WindowSpec(flow_left, flow_right, pre_left, pre_right, tuple(stages), post_left, post_right)
+
+
+def _keep(hidden: torch.Tensor, crop: torch.Tensor) -> torch.Tensor:
+    """hidden[:, :, crop[0]:crop[1]] with the bounds as tensor values, so the exported graph takes them
+    as inputs (a Python slice would bake the traced numbers in)."""
+    return hidden.index_select(2, torch.arange(crop[0], crop[1], device=hidden.device))
+
+
+class FlowWindowGraph(nn.Module):
+    """The reverse flow over a window of z_p frames, cropped to the frames it computes exactly.
+
+    z_p [1, C, W], crop [2] int64 (streaming.flow_plan) → z [1, C, kept frames]."""
+
+    def __init__(self, model: VitsModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, z_p: torch.Tensor, crop: torch.Tensor, sid: torch.Tensor | None = None) -> torch.Tensor:
+        g = _speaker(self.model, sid)
+        z = self.model.flow(z_p, torch.ones_like(z_p[:, :1, :]), g, reverse=True)
+        return _keep(z, crop)
+
+
+class VocoderWindowGraph(nn.Module):
+    """HiFi-GAN over a window of z frames, cropped after every stage (streaming.vocoder_plan).
+
+    z [1, C, W], crops [K, 2] int64 (K = WindowSpec.crop_count) → waveform [1, samples]. With the whole
+    utterance as the window and nothing cropped it computes what DecoderGraph's vocoder does; a chunk's
+    window gives that chunk's samples."""
+
+    def __init__(self, model: VitsModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, z: torch.Tensor, crops: torch.Tensor, sid: torch.Tensor | None = None) -> torch.Tensor:
+        decoder = self.model.decoder
+        g = _speaker(self.model, sid)
+        hidden = decoder.conv_pre(z)
+        if g is not None:
+            hidden = hidden + decoder.cond(g)
+        hidden = _keep(hidden, crops[0])
+        slope, kernels = decoder.config.leaky_relu_slope, decoder.num_kernels
+        for i, up in enumerate(decoder.upsampler):
+            hidden = _keep(up(nn.functional.leaky_relu(hidden, slope)), crops[1 + 2 * i])
+            state = decoder.resblocks[i * kernels](hidden)
+            for j in range(1, kernels):
+                state += decoder.resblocks[i * kernels + j](hidden)
+            hidden = _keep(state / kernels, crops[2 + 2 * i])
+        # transformers' HiFi-GAN uses leaky_relu's default slope here, not the config's
+        waveform = torch.tanh(decoder.conv_post(nn.functional.leaky_relu(hidden)))
+        return _keep(waveform, crops[-1])[:, 0]

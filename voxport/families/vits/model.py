@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -33,9 +33,25 @@ from voxport.families.vits.architecture import (
     resblock_variant,
 )
 from voxport.families.vits.frontend import PIPER_CONFIG, VITS_PIECE_IDS, PiperFrontend
-from voxport.families.vits.graphs import DecoderGraph, EncoderGraph, PiperGraph
+from voxport.families.vits.graphs import (
+    DecoderGraph,
+    EncoderGraph,
+    FlowWindowGraph,
+    PiperGraph,
+    VocoderWindowGraph,
+    window_spec,
+)
+from voxport.families.vits.loop import frame_noise, run_encoder, stream_audio
 from voxport.families.vits.settings import VitsSettings
+from voxport.families.vits.streaming import (
+    FLOW_GRAPH,
+    VOCODER_GRAPH,
+    WindowSpec,
+    flow_plan,
+    vocoder_plan,
+)
 from voxport.io import atomic_write_bytes, atomic_write_json
+from voxport.runtime.base import runs_graph
 
 #: written beside a checkpoint that voxport itself saved (weight-norm folded, inference weights only)
 MARKER = "voxport.json"
@@ -201,7 +217,37 @@ class VitsModelAdapter(FamilyModel):
             primary=True,
             value_dependent_shapes=True,
         )
-        return [enc, dec, tts]
+        spec = window_spec(self.model)
+        window_meta = {**meta, "window_spec": spec.to_json()}
+        flow = GraphSpec(
+            name=FLOW_GRAPH,
+            module=FlowWindowGraph(self.model),
+            input_names=["z_p", "crop", *sid_names],
+            output_names=["z"],
+            example_inputs=(
+                torch.zeros(1, c.flow_size, frames),
+                torch.tensor(flow_plan(spec, frames, 2, 7).crop, dtype=torch.int64),
+                *sid,
+            ),
+            dynamic_axes={"z_p": {2: "window"}, "z": {2: "frames"}},
+            metadata=window_meta,
+            value_dependent_shapes=True,  # the frames kept depend on the crop's values
+        )
+        vocoder = GraphSpec(
+            name=VOCODER_GRAPH,
+            module=VocoderWindowGraph(self.model),
+            input_names=["z", "crops", *sid_names],
+            output_names=["waveform"],
+            example_inputs=(
+                torch.zeros(1, c.flow_size, frames),
+                torch.tensor(vocoder_plan(spec, frames, 2, 7).crops, dtype=torch.int64),
+                *sid,
+            ),
+            dynamic_axes={"z": {2: "window"}, "waveform": {1: "samples"}},
+            metadata=window_meta,
+            value_dependent_shapes=True,
+        )
+        return [enc, dec, flow, vocoder, tts]
 
     def _piper_meta(self) -> dict[str, str]:
         """sherpa-onnx's Piper metadata for the tts graph, when this checkpoint is a Piper voice."""
@@ -344,20 +390,9 @@ class VitsModelAdapter(FamilyModel):
         input_ids = self._check_ids(ids)
         settings = VitsSettings.of(settings)
         extra = self._common_inputs(settings)
-        rng = np.random.default_rng(settings.seed)
-        t = input_ids.shape[1]
-        noise_w = (rng.standard_normal((1, 2, t)) * settings.noise_scale_duration).astype(np.float32)
-        enc = runner.run(
-            "encoder",
-            {
-                "input_ids": input_ids,
-                "noise_w": noise_w,
-                "length_scale": np.array([settings.length_scale], np.float32),
-                **extra,
-            },
-        )
+        enc = run_encoder(runner, input_ids, settings, extra)
         durations = enc["durations"] if forced_durations is None else forced_durations.astype(np.float32)
-        noise = self._frame_noise(np.rint(durations[0]).astype(np.int64), settings)
+        noise = frame_noise(np.rint(durations[0]).astype(np.int64), self.config.flow_size, settings)
         dec = runner.run(
             "decoder",
             {
@@ -375,19 +410,32 @@ class VitsModelAdapter(FamilyModel):
             graph_outputs={"encoder": enc, "decoder": dec},
         )
 
-    def _frame_noise(self, durations: np.ndarray, settings: VitsSettings) -> np.ndarray:
-        """Prior noise drawn per token, so a token whose duration changed shifts no other token's noise.
+    def stream(
+        self,
+        runner: Runner,
+        ids: Sequence[int],
+        settings: SynthesisSettings,
+        *,
+        chunk_frames: int | None = None,
+        continuing: bool = False,
+    ) -> Iterator[np.ndarray]:
+        """The utterance's audio in chunks of frames, the same samples as `synthesize` (streaming.py):
+        chunks double from FIRST_CHUNK_FRAMES up to MAX_CHUNK_FRAMES (`continuing` a text: all at the
+        largest), or are all `chunk_frames` long.
+        A runner without the flow and vocoder graphs (an older artifact) yields the whole utterance once."""
+        if not (runs_graph(runner, FLOW_GRAPH) and runs_graph(runner, VOCODER_GRAPH)):
+            yield self.synthesize(runner, ids, settings).audio
+            return
+        settings = VitsSettings.of(settings)
+        extra = self._common_inputs(settings)
+        input_ids = self._check_ids(ids)
+        yield from stream_audio(
+            runner, input_ids, settings, extra, self.window_spec(), chunk_frames=chunk_frames
+        )
 
-        With one stream for the whole utterance, a single flipped duration would shift the noise under
-        every later frame and free-running parity would measure that shift instead of the model."""
-        channels = self.config.flow_size
-        blocks = [
-            np.random.default_rng([settings.seed, 1, i]).standard_normal((channels, int(d)))
-            for i, d in enumerate(durations)
-            if d > 0
-        ]
-        noise = np.concatenate(blocks, axis=1) if blocks else np.zeros((channels, 1))
-        return (noise[None] * settings.noise_scale).astype(np.float32)
+    def window_spec(self) -> WindowSpec:
+        """How far each decoder stage reaches, for chunked decoding (streaming.py)."""
+        return window_spec(self.model)
 
     def synthesize_primary(
         self, runner: Runner, ids: Sequence[int], settings: SynthesisSettings
