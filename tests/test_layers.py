@@ -1,7 +1,7 @@
 """voxport's layer order, checked on the source: each layer imports only the layers before it.
 
     core (errors, io, progress, pieces, lock, config) → runtime → families → quantize → export → validate
-        → pipeline (recipe, cache, manifest, plan, pipeline) → cli/api (cli, say, inspect, verify)
+        → pipeline (recipe, cache, manifest, plan, pipeline) → cli/api (cli, api, say, inspect, verify)
 
 Every `import` counts, including the ones inside functions (a lazy import is still a dependency); only
 imports under `if TYPE_CHECKING:` are left out, since they never run. An import of a later layer, and an
@@ -46,7 +46,17 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
         "pipeline",
         ("voxport.recipe", "voxport.cache", "voxport.manifest", "voxport.plan", "voxport.pipeline"),
     ),
-    ("cli", ("voxport.cli", "voxport.__main__", "voxport.say", "voxport.inspect", "voxport.verify")),
+    (
+        "cli",
+        (
+            "voxport.cli",
+            "voxport.__main__",
+            "voxport.api",
+            "voxport.say",
+            "voxport.inspect",
+            "voxport.verify",
+        ),
+    ),
 )
 
 #: Imports that break the order or close a cycle today, as (importer, imported) module pairs; each with

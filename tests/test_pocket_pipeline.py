@@ -123,8 +123,8 @@ def test_say_streams_frames_from_the_artifact_and_reports_time_to_first_audio(
     assert result.exit_code == 0, result.output
     info = json.loads(result.stdout)
     audio, rate = sf.read(str(wav))
-    assert rate == 24000 and audio.size == info["pieces"] * 1920
-    assert info["pieces"] > 1 and 0 < info["first_audio_ms"] < 1000 * info["seconds"]
+    assert rate == 24000 and audio.size == info["chunks"] * 1920
+    assert info["chunks"] > 1 and 0 < info["first_audio_ms"] < 1000 * info["seconds"]
     # raw PCM on stdout is the same audio the artifact voice renders in one piece
     voice = open_voice(primary)
     pcm = cli.invoke(app, ["say", str(primary), "--ids", "5,9,13", "--max-frames", "8", "-o", "-"])

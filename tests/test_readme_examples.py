@@ -91,3 +91,14 @@ def test_sherpa_onnx_needs_the_phonemes_the_readme_passes(joe_shaped_build: Path
     done = _run(code, joe_shaped_build)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "0"
+
+
+def test_runtime_api_example_speaks_and_streams(joe_shaped_build: Path) -> None:
+    """The README's five-line API example runs on the build's int8 artifact: a WAV from `synthesize`,
+    and `stream` yields several chunks (two sentences, each decoded in chunks of frames)."""
+    done = _run(readme_example("runtime-api"), joe_shaped_build)
+    assert done.returncode == 0, done.stderr
+    audio, rate = soundfile.read(joe_shaped_build / "api.wav", dtype="float32")
+    assert rate == 22050 and audio.size > 0.1 * rate and float(np.sqrt(np.mean(audio**2))) > 1e-4
+    chunks = [line for line in done.stdout.splitlines() if line.endswith("s of audio")]
+    assert len(chunks) >= 2

@@ -73,7 +73,7 @@ VITS_FAULTS = [
     (["--ids", "12345678901234567890"], ["input id 12345678901234567890", "out of range"]),
     (["--ids", "1,2", "--length-scale", "nan"], ["length scale", "nan"]),
     (["--ids", "1,2", "--length-scale", "100000"], ["length scale", "(0, 10]"]),
-    (["--ids", "1,2", "--speaker", "3"], ["--speaker 3", "single speaker"]),
+    (["--ids", "1,2", "--speaker", "3"], ["speaker 3", "single speaker"]),
 ]
 #: more settings no voice can honour, checked in-process (each subprocess costs a torch import)
 MORE_FAULTS = [
@@ -177,7 +177,8 @@ def test_several_sentences_are_spoken_one_by_one(
     wav = tmp_path / "three.wav"
     result = _say(tiny_vits_dir, text, "-o", wav, "--json", "--seed", "2")
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout)["pieces"] == 3
+    # each sentence is decoded in chunks of frames (at least one per sentence)
+    assert json.loads(result.stdout)["chunks"] >= 3
     audio, _ = sf.read(str(wav), dtype="float32")
     want = np.concatenate([voice.speak(p, SynthesisSettings(seed=2)) for p in pieces])
     np.testing.assert_allclose(audio, np.clip(want, -1, 1), atol=1.5 / 32767)
@@ -224,9 +225,10 @@ def test_peak_memory_does_not_grow_with_the_text(tiny_vits_dir: Path, tmp_path: 
         out = subprocess.run([sys.executable, "-c", probe, *cmd], capture_output=True, text=True, timeout=900)
         code, peak_kb, stdout = out.stdout.split(" ", 2)
         assert code == "0", out.stderr
-        figures[name] = (int(peak_kb) / 1024, json.loads(stdout)["seconds"], json.loads(stdout)["pieces"])
+        figures[name] = (int(peak_kb) / 1024, json.loads(stdout)["seconds"], json.loads(stdout)["chunks"])
     (short_mb, short_s, short_n), (long_mb, long_s, long_n) = figures["short"], figures["long"]
-    assert (short_n, long_n) == (3, 60)
+    # 3 and 60 sentences, each decoded in one chunk of frames or more
+    assert short_n >= 3 and 60 <= long_n < 20 * short_n
     assert long_mb < 1.5 * short_mb + 100, figures
     assert 10 < long_s / short_s < 30, figures  # the audio grows with the text, ~20x
 

@@ -536,18 +536,25 @@ def say(
     voice_prompt: Annotated[
         str | None, typer.Option("--voice", help="Voice prompt: a WAV (checkpoints) or .npy latents.")
     ] = None,
+    speed: Annotated[
+        float, typer.Option(help="Speaking rate: 2 = twice as fast (refused by voices with no pace control).")
+    ] = 1.0,
+    chunk_frames: Annotated[
+        int | None,
+        typer.Option(help="Decode each sentence in chunks of N frames, where the voice decodes in chunks."),
+    ] = None,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Synthesise TEXT with a checkpoint or an exported artifact and write a WAV file (`-o -`: raw
     16-bit PCM on stdout). Long text is spoken sentence by sentence (Pocket TTS: in chunks of up to
-    50 tokens) in bounded memory, each piece written as soon as it is made; autoregressive models
-    also stream frame by frame, and the time to first audio is printed. `pieces` in --json counts
-    the audio pieces written: sentences or chunks for VITS, frames for Pocket TTS.
+    50 tokens) in bounded memory, each chunk written as soon as it is made: VITS decodes a sentence in
+    chunks of frames (the same samples as decoding it whole), Pocket TTS one 80 ms frame at a time.
+    --json reports first_audio_ms, real_time_factor and chunks (the audio chunks written).
 
     Example: voxport say build/joe-medium/onnx/joe-medium.int8.onnx "Hello there." -o hello.wav
     """
-    from voxport.say import open_voice, speak_to, voice_family
+    from voxport.say import call_settings, load, speak_to, voice_family
 
     flags = {
         "--seed": ("seed", seed),
@@ -566,16 +573,26 @@ def say(
         if str(output) == "-" and as_json:
             raise VoxportError("-o - writes audio to stdout; it cannot be combined with --json")
         # every given flag checked against the family's own settings (NaN, ranges) before a model loads
-        settings = _say_settings(voice_family(source), {f: v for f, v in flags.items() if v[1] is not None})
+        given = {f: v for f, v in flags.items() if v[1] is not None}
+        family = voice_family(source)
+        settings = _say_settings(family, given)
         if ids is not None:
             try:
                 tokens = [int(t) for t in ids.split(",") if t.strip()]
             except ValueError:
                 raise VoxportError(f"--ids must be comma-separated integers, got {ids!r}") from None
-        voice = open_voice(source)
-        # long input in bounded pieces (sentences, chunks), spoken and written one after another
-        pieces = voice.id_pieces(tokens) if ids is not None else voice.text_pieces(text or "")
-        return voice.sample_rate, speak_to(voice, pieces, settings, output)
+        options = {name: value for name, value in given.values() if name != "seed"}
+        call_settings(family, speed=speed, seed=settings.seed, **options)  # speed too, before a model loads
+        synthesizer = load(source)
+        stream = synthesizer.stream(
+            text,
+            ids=tokens if ids is not None else None,
+            speed=speed,
+            seed=settings.seed,
+            chunk_frames=chunk_frames,
+            **options,
+        )
+        return synthesizer.sample_rate, speak_to(stream, synthesizer.sample_rate, output)
 
     with _silenced(quiet):
         rate, spoken = _run(run, as_json, places=[(output.parent, "-o")])
@@ -588,12 +605,12 @@ def say(
                 "seconds": round(spoken.seconds, 4),
                 "first_audio_ms": round(spoken.first_audio_seconds * 1000, 1),
                 "real_time_factor": None if rtf is None else round(rtf, 4),
-                "pieces": spoken.pieces,
+                "chunks": spoken.chunks,
             }
         )
     message = f"wrote {output} ({spoken.seconds:.2f} s at {rate} Hz"
-    if spoken.pieces > 1:
-        message += f"; first audio after {spoken.first_audio_seconds * 1000:.0f} ms, {spoken.pieces} pieces"
+    if spoken.chunks > 1:
+        message += f"; first audio after {spoken.first_audio_seconds * 1000:.0f} ms, {spoken.chunks} chunks"
     if rtf is not None:
         message += f", real-time factor {rtf:.2f}"
     _info(message + ")", quiet)

@@ -71,7 +71,6 @@ class WeightInputs:
     reduction_axis: Literal[0, 1]
 
 
-
 def record(
     model: FamilyModel,
     batch: CalibrationSet,

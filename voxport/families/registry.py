@@ -92,8 +92,7 @@ def _check_class(cls: object, name: str, where: str) -> None:
 def _add(found: dict[str, tuple[type[Family], str]], cls: type[Family], name: str, provider: str) -> None:
     if name in found and found[name][0] is not cls:
         raise BadInput(
-            f"family {name!r} is provided twice: by {found[name][1]} and by {provider}; "
-            "uninstall one of them"
+            f"family {name!r} is provided twice: by {found[name][1]} and by {provider}; uninstall one of them"
         )
     found[name] = (cls, provider)
 

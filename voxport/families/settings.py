@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Annotated, Any, Self
+from typing import Annotated, Any, ClassVar, Self
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
 
@@ -89,6 +89,18 @@ class SynthesisSettings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     seed: Annotated[int, int_range("seed", 0)] = 0
+
+    #: the field the runtime API's `speaker=` sets (a speaker id, a voice prompt); None: the family's
+    #: voices have no speakers to choose
+    speaker_field: ClassVar[str | None] = None
+
+    def at_speed(self, speed: float) -> Self:
+        """These settings at speaking rate `speed` (1 = the voice's own pace, 2 = twice as fast), in the
+        family's own terms. A family whose loop has no pace control refuses: silently ignoring a speed
+        would hand back audio at a pace nobody asked for."""
+        raise BadInput(
+            f"these voices have no speaking-rate control, so speed {speed:g} cannot apply; leave it at 1"
+        )
 
     def __init__(self, **values: Any) -> None:
         """Construct and check; a bad value is a one-line BadInput (what a CLI flag or API caller sees)."""

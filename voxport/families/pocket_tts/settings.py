@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, ClassVar
 
 from voxport.families.settings import (
     MAX_FRAMES,
@@ -23,3 +23,6 @@ class PocketSettings(SynthesisSettings):
     frames_after_eos: Annotated[int | None, int_range("frames after end of speech", 0, MAX_FRAMES)] = None
     #: a voice prompt: a WAV file (encoded by the checkpoint's codec encoder) or saved latents (.npy)
     voice: Annotated[str | None, RelativeToRecipe()] = None
+
+    #: a voice prompt is Pocket TTS's speaker
+    speaker_field: ClassVar[str | None] = "voice"
