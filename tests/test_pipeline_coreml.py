@@ -209,3 +209,49 @@ def test_unknown_graph_in_graph_compute_precision_is_named(tiny_vits_dir: Path, 
     with pytest.raises(BadInput, match="no Core ML graph vocoder .vits has encoder, decoder."):
         pipeline.build(recipe, tmp_path)
     assert not list(tmp_path.rglob("*.mlpackage"))
+
+
+def test_coreml_voice_speaks_like_the_onnx_artifact(built: Path, tiny_vits: object) -> None:
+    """The Core ML voice `voxport say` uses on macOS, run here with the MIL interpreter in place of
+    MLModel.predict: the same loop and inputs as the ONNX artifact's whole-utterance graphs."""
+    from voxport.families.vits import VitsSettings
+    from voxport.families.vits.artifact import VitsCoremlVoice
+    from voxport.runtime.coreml import CoremlRunner
+    from voxport.runtime.ort import OrtRunner
+    from voxport.validate.metrics import waveform_snr_db
+
+    package = built / "coreml" / "tiny.fp32.decoder.mlpackage"
+    voice = VitsCoremlVoice(package, CoremlRunner)
+    assert voice.sample_rate == 16000 and voice.num_speakers == 1
+    ids = tiny_vits.text_to_ids(TEXTS[0])  # type: ignore[attr-defined]
+    settings = VitsSettings(seed=5)
+    audio = voice.speak(ids, settings)
+    onnx = OrtRunner({g: built / "onnx" / f"tiny.fp32.{g}.onnx" for g in ("encoder", "decoder")})
+    want = tiny_vits.synthesize(onnx, ids, settings).audio  # type: ignore[attr-defined]
+    assert audio.shape == want.shape
+    assert waveform_snr_db(want, audio) > 90  # fp32 in both: measured ~115 dB
+    with pytest.raises(BadInput, match="out of range"):
+        voice.speak([10_000], settings)
+
+
+@pytest.mark.skipif(sys.platform == "darwin", reason="on macOS the package speaks (next test)")
+def test_say_on_a_coreml_package_points_to_the_onnx_artifact(built: Path, tmp_path: Path) -> None:
+    import subprocess
+
+    package = built / "coreml" / "tiny.int4.encoder.mlpackage"
+    cmd = [sys.executable, "-c", "from voxport.cli import main; main()", "say", str(package), "--ids", "1,2"]
+    done = subprocess.run([*cmd, "-o", str(tmp_path / "x.wav")], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and "only macOS" in done.stderr
+    assert "onnx/tiny.int4.onnx" in done.stderr
+    assert not (tmp_path / "x.wav").exists()
+
+
+@pytest.mark.coreml_predict
+@pytest.mark.skipif(sys.platform != "darwin", reason="MLModel.predict runs only on macOS")
+def test_say_speaks_a_coreml_package_on_macos(built: Path) -> None:
+    import voxport
+
+    voice = voxport.load(built / "coreml" / "tiny.int4.decoder.mlpackage")
+    audio = voice.synthesize(ids=[3, 4, 5, 6, 7, 8, 9])  # no Piper config in this build: ids
+    assert voice.sample_rate == 16000 and audio.size > 0.1 * voice.sample_rate

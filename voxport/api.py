@@ -209,6 +209,8 @@ def voice_family(path: Path) -> type[Family]:
     _check_speakable(path)
     if path.suffix == ".onnx" and (family := _onnx_family(path)) is not None:
         return families()[family]
+    if path.suffix == ".mlpackage":
+        return families()[_coreml_family(path)]
     return detect_family(path)
 
 
@@ -218,7 +220,18 @@ def open_voice(path: Path, *, trust_pickle: bool = False) -> Voice:
         family = _onnx_family(path)
         if family is not None:
             return families()[family].open_artifact(path)
+    if path.suffix == ".mlpackage":
+        return families()[_coreml_family(path)].open_artifact(path)
     return CheckpointVoice(load_model(path, trust_pickle=trust_pickle))
+
+
+def _coreml_family(path: Path) -> str:
+    from voxport.runtime.coreml import package_metadata
+
+    family = package_metadata(path).get("family")
+    if family not in families():
+        raise BadInput(f"{path}: exported for family {family!r}, which this voxport does not know")
+    return str(family)
 
 
 def _check_speakable(path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -77,9 +78,9 @@ def not_a_voice(path: Path) -> str | None:
     directory, a GGUF file, a Core ML package, an empty file), with what to pass instead; None
     otherwise, and then the family detection has its say.
 
-    `say` runs ONNX artifacts (in ONNX Runtime) and checkpoints (in torch). A GGUF file needs a
-    llama.cpp-style runtime and a Core ML package needs Apple's: both are checked by `voxport
-    validate`, but there is nothing here to speak with them."""
+    `say` runs ONNX artifacts (in ONNX Runtime), checkpoints (in torch) and, on macOS, Core ML packages
+    (in Core ML). A GGUF file needs a llama.cpp-style runtime: `voxport validate` checks it, but there
+    is nothing here to speak with it."""
     runs = "say runs ONNX artifacts and checkpoints"
     if _is_build_dir(path):
         example = _onnx_artifacts(path)
@@ -87,8 +88,11 @@ def not_a_voice(path: Path) -> str | None:
         return f"{path} is a build directory; pass one of its artifacts, {instead}"
     if path.suffix == ".gguf" and path.is_file():
         return f"{path}: {runs}; this is a GGUF file (for llama.cpp-style runtimes); {_use_onnx(path)}"
-    if path.suffix == ".mlpackage":
-        return f"{path}: {runs}; this is a Core ML package (runs on Apple devices); {_use_onnx(path)}"
+    if path.suffix == ".mlpackage" and sys.platform != "darwin":
+        return (
+            f"{path}: a Core ML package speaks through Core ML itself (MLModel.predict), which only macOS "
+            f"has; here, {_use_onnx(path)}"
+        )
     if path.is_file() and path.stat().st_size == 0:
         return f"{path}: {_empty_file(path)}"
     return None

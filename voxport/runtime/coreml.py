@@ -8,7 +8,7 @@ Both feed the family's synthesis loop exactly like the torch and ONNX Runtime ru
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -116,3 +116,44 @@ class CoremlPredictRunner:
     def input_shapes(self, graph: str) -> dict[str, tuple[int | None, ...]]:
         """Declared input shapes; a flexible axis (range or enumerated) is None."""
         return spec_input_shapes(self.models[graph].get_spec().description.input)
+
+
+def package_metadata(path: Path) -> dict[str, str]:
+    """A package's `user_defined_metadata` (family, graph, precision, the loop's numbers), read from its
+    spec alone: no Core ML runtime needed, so any platform can tell what a package is."""
+    from coremltools import proto
+
+    from voxport.runtime.mil.loader import _model_paths
+
+    spec_path, _ = _model_paths(Path(path))
+    spec = proto.Model_pb2.Model()
+    try:
+        spec.ParseFromString(spec_path.read_bytes())
+    except Exception as exc:  # protobuf raises DecodeError, which is not worth importing
+        raise BadInput(f"{spec_path}: not a Core ML model spec ({exc})") from None
+    return dict(spec.description.metadata.userDefined)
+
+
+def sibling_packages(path: Path, graphs: Sequence[str]) -> dict[str, Path]:
+    """The packages of one artifact, named `<stem>.<precision>.<graph>.mlpackage` as the Core ML export
+    writes them, found from any one of them; BadInput naming the first one missing."""
+    meta = package_metadata(path)
+    graph = meta.get("graph", "")
+    if not graph or not path.name.endswith(f".{graph}.mlpackage"):
+        raise BadInput(f"{path}: not a Core ML package voxport exported (no graph in its metadata)")
+    base = path.name[: -len(f".{graph}.mlpackage")]
+    files = {g: path.with_name(f"{base}.{g}.mlpackage") for g in graphs}
+    for g, file in files.items():
+        if not file.is_dir():
+            raise BadInput(f"{path}: the {g} graph is missing beside it (expected {file.name})")
+    return files
+
+
+def predict_runner(files: Mapping[str, Path]) -> CoremlPredictRunner:
+    """Core ML itself, the runtime an app ships: macOS only (BadInput elsewhere, saying what to use)."""
+    if sys.platform != "darwin":
+        raise BadInput(
+            "Core ML packages speak through Core ML itself (MLModel.predict), which only macOS has; "
+            "here, speak with the .onnx artifact of the same build"
+        )
+    return CoremlPredictRunner(files)

@@ -14,15 +14,15 @@ speaker against its `n_speakers`), so a bad id is one clear error and not an ONN
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from voxport.errors import BadInput
-from voxport.families.base import SynthesisSettings, check_ids
+from voxport.families.base import Runner, SynthesisSettings, check_ids
 from voxport.families.vits.frontend import VITS_PIECE_IDS, PiperFrontend
-from voxport.families.vits.loop import stream_audio
+from voxport.families.vits.loop import stream_audio, whole_audio
 from voxport.families.vits.settings import VitsSettings
 from voxport.families.vits.streaming import FLOW_GRAPH, VOCODER_GRAPH, WindowSpec
 from voxport.pieces import id_pieces
@@ -159,3 +159,62 @@ def embedding_rows(path: Path) -> int | None:
         node = producers.get(name)
         name = node.input[0] if node is not None and node.op_type in _TABLE_OPS else None
     return int(initializers[name].dims[0]) if name is not None else None
+
+
+class VitsCoremlVoice:
+    """A Core ML artifact (`<name>.<p>.encoder.mlpackage` + `.decoder.mlpackage`) speaking through a
+    Core ML runner: Core ML itself on macOS (`runtime.coreml.predict_runner`), or the MIL interpreter
+    where a test wants the same code without a Mac. One whole sentence per chunk: Core ML's graphs
+    need shapes that do not depend on input values, so the windowed graphs are not exported there.
+
+    Text needs the Piper voice config, which the build writes beside its ONNX artifact
+    (`../onnx/<name>.<p>.onnx.json`); without it, give ids."""
+
+    chunked = False
+
+    def __init__(self, path: Path, runner_for: Callable[[Mapping[str, Path]], Runner]) -> None:
+        from voxport.runtime.coreml import package_metadata, sibling_packages
+
+        self.path = path
+        files = sibling_packages(path, ("encoder", "decoder"))
+        meta = package_metadata(files["encoder"])
+        if "vocab_size" not in meta:
+            raise BadInput(
+                f"{path}: exported by an older voxport (no vocab_size in its metadata); re-export it"
+            )
+        self.sample_rate = int(meta["sample_rate"])
+        self.vocab_size = int(meta["vocab_size"])
+        self.num_speakers = int(meta.get("n_speakers", "1"))
+        stem = files["encoder"].name[: -len(".encoder.mlpackage")]
+        sidecar = path.parent.parent / "onnx" / f"{stem}.onnx.json"
+        self.frontend = (
+            PiperFrontend.from_bytes(sidecar.read_bytes(), source=str(sidecar)) if sidecar.is_file() else None
+        )
+        self.runner = runner_for(files)
+
+    def text_to_ids(self, text: str) -> list[int]:
+        if self.frontend is None:
+            raise BadInput(
+                f"{self.path}: no Piper voice config in the build's onnx/ folder; give ids with --ids"
+            )
+        return self.frontend.text_to_ids(text)
+
+    def text_pieces(self, text: str) -> list[list[int]]:
+        if self.frontend is None:
+            raise BadInput(
+                f"{self.path}: no Piper voice config in the build's onnx/ folder; give ids with --ids"
+            )
+        return self.frontend.sentence_ids(text, VITS_PIECE_IDS)
+
+    def id_pieces(self, ids: Sequence[int]) -> list[list[int]]:
+        pauses, words = self.frontend.boundary_ids() if self.frontend is not None else ((), ())
+        return id_pieces(ids, VITS_PIECE_IDS, pauses=pauses, words=words)
+
+    def speak(self, ids: Sequence[int], settings: SynthesisSettings) -> np.ndarray:
+        checked = check_ids(ids, self.vocab_size)
+        vits = VitsSettings.of(settings)
+        speaker = vits.speaker_id or 0
+        if not 0 <= speaker < self.num_speakers:
+            raise BadInput(f"speaker id {speaker} out of range 0..{self.num_speakers - 1}")
+        extra = {"sid": np.asarray([speaker], np.int64)} if self.num_speakers > 1 else {}
+        return whole_audio(self.runner, np.asarray([checked], np.int64), vits, extra)

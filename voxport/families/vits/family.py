@@ -75,6 +75,12 @@ class VitsFamily(Family):
 
     @classmethod
     def open_artifact(cls, path: Path) -> Voice:
+        """An ONNX artifact in ONNX Runtime; a Core ML package through Core ML itself (macOS only)."""
+        if path.suffix == ".mlpackage":
+            from voxport.families.vits.artifact import VitsCoremlVoice
+            from voxport.runtime.coreml import predict_runner
+
+            return VitsCoremlVoice(path, predict_runner)
         from voxport.families.vits.artifact import VitsArtifactVoice
 
         return VitsArtifactVoice(path)

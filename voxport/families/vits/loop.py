@@ -63,3 +63,16 @@ def stream_audio(
     noise = frame_noise(np.rint(durations[0]).astype(np.int64), channels, settings)
     z_p = prior_sample(enc["m_p"], enc["logs_p"], durations, noise)
     yield from decode_chunks(runner, z_p, spec, extra, **chunk_sizes(chunk_frames, continuing=continuing))
+
+
+def whole_audio(
+    runner: Runner, input_ids: np.ndarray, settings: VitsSettings, extra: Mapping[str, np.ndarray]
+) -> np.ndarray:
+    """One utterance through the encoder and decoder graphs, for a runner that has no windowed graphs
+    (a Core ML artifact: its graphs need shapes that do not depend on input values)."""
+    enc = run_encoder(runner, input_ids, settings, extra)
+    durations = enc["durations"]
+    channels = int(enc["m_p"].shape[1])
+    noise = frame_noise(np.rint(durations[0]).astype(np.int64), channels, settings)
+    feed = {"m_p": enc["m_p"], "logs_p": enc["logs_p"], "durations": durations, "noise": noise, **extra}
+    return runner.run("decoder", feed)["waveform"].reshape(-1).astype(np.float32)

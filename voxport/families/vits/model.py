@@ -156,7 +156,13 @@ class VitsModelAdapter(FamilyModel):
         t = ids.shape[1]
         sid = (torch.tensor([0], dtype=torch.int64),) if self._multi_speaker() else ()
         sid_names = ["sid"] if self._multi_speaker() else []
-        meta = {"sample_rate": str(self.sample_rate), "hop_length": str(self.hop_length)}
+        meta = {
+            "sample_rate": str(self.sample_rate),
+            "hop_length": str(self.hop_length),
+            # what an artifact voice checks ids and speakers against, in every graph's file
+            "vocab_size": str(c.vocab_size),
+            "n_speakers": str(c.num_speakers),
+        }
         enc = GraphSpec(
             name="encoder",
             module=EncoderGraph(self.model),
