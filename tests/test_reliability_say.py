@@ -86,6 +86,9 @@ MORE_FAULTS = [
     (["--max-frames", "-3"], ["max frames"]),
     (["--seed", "-1"], ["seed"]),
     (["--ids", ""], ["empty input"]),
+    (["--speed", "0"], ["speed must be a positive number"]),
+    (["--speed", "0.01"], ["speed 0.01 gives length scale 100"]),
+    (["--chunk-frames", "0"], ["chunk_frames must be a whole number"]),
 ]
 
 
@@ -128,6 +131,8 @@ POCKET_FAULTS = [
     (["--ids", "1,2", "--temperature", "nan"], ["temperature", "nan"]),
     (["--ids", "1,2", "--length-scale", "100000"], ["length scale"]),
     (["--ids", "1,2", "--max-frames", "0"], ["max frames"]),
+    (["--ids", "1,2", "--speed", "1.5"], ["pocket_tts", "no speaking-rate control"]),
+    (["--ids", "1,2", "--chunk-frames", "4"], ["does not decode in chunks"]),
 ]
 
 
@@ -244,3 +249,26 @@ def test_pocket_text_is_chunked_at_sentence_ends_as_kyutai_does(pocket_checkpoin
     ids = list(range(1, 200))
     cut = voice.id_pieces(ids)
     assert sum(cut, []) == ids and len(cut) > 3 and all(len(p) <= POCKET_CHUNK_TOKENS for p in cut)
+
+
+def test_say_speed_and_chunks_in_json(vits_onnx: Path, tmp_path: Path) -> None:
+    """`--speed 2` is the voice at length scale 0.5, and --json reports the chunks `say` wrote, the time
+    to first audio and the real-time factor, all measured on this run."""
+    from typer.testing import CliRunner
+
+    from voxport.cli import app
+
+    def said(*args: str) -> dict:
+        wav = tmp_path / f"{len(args)}.wav"
+        ids = "1,5,9,13,17,21,25,29,33,2,6,10,14,18,22,26,30"
+        result = CliRunner().invoke(app, ["say", str(vits_onnx), "--ids", ids, "-o", str(wav), "--json", *args])
+        assert result.exit_code == 0, result.output
+        return json.loads(result.stdout)
+
+    normal, fast = said(), said("--speed", "2", "--noise-w", "0.8")
+    same_as_fast = said("--length-scale", "0.5", "--noise-w", "0.8", "--seed", "0")
+    assert fast["seconds"] == same_as_fast["seconds"] < normal["seconds"]
+    for info in (normal, fast):
+        assert info["chunks"] >= 1 and 0 < info["first_audio_ms"] and info["real_time_factor"] > 0
+    one = said("--chunk-frames", "1")
+    assert one["chunks"] == round(one["seconds"] * one["sample_rate"] / 256)  # hop 256: a chunk per frame
