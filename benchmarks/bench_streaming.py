@@ -19,8 +19,8 @@ refuses to run otherwise). Rows, all on the same artifact's files, interleaved r
   exactness figure (SNR, same length);
 - `by sentence, whole sentences`: Piper's own streaming: one sentence at a time;
 - `by sentence + chunks`: what `voxport.load(path).stream(text)` and `voxport say` do (the first
-  sentence in the growing schedule, later ones, which continue a text already playing, in the largest
-  chunks).
+  sentence in the growing schedule; later ones, which continue a text already playing, each in one
+  window of the same graphs).
 
 TTFA runs from the call (ids in hand) to the first audio chunk; RTF is compute seconds over audio
 seconds. Goals (issue 15): TTFA ≤ 0.1× the reference row, streamed audio = whole-utterance audio

@@ -100,6 +100,7 @@ def test_chunk_plans_tile_the_utterance(tiny_vits: FamilyModel) -> None:
             assert all(a.stop == b.start for a, b in zip(spans, spans[1:], strict=False))
             for span in spans:
                 plan = vocoder_plan(spec, total, span.start, span.stop)
+                assert len(plan.crops) == spec.crop_count()
                 keep = plan.crops[-1]
                 assert keep[1] - keep[0] == (span.stop - span.start) * spec.hop_length
                 assert 0 <= plan.frames.start <= span.start and span.stop <= plan.frames.stop <= total

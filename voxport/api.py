@@ -174,7 +174,7 @@ def _chunks(
 ) -> Iterator[np.ndarray]:
     """Each piece's chunks in turn. Only the first piece's first chunk decides the time to first audio:
     a voice that decodes in chunks is told when it is `continuing` a text already playing, and then
-    skips its small opening chunks."""
+    decodes in as few windows as it likes."""
     for index, ids in enumerate(pieces):
         if not hasattr(voice, "stream"):
             yield voice.speak(ids, settings)

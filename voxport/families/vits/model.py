@@ -426,8 +426,8 @@ class VitsModelAdapter(FamilyModel):
         continuing: bool = False,
     ) -> Iterator[np.ndarray]:
         """The utterance's audio in chunks of frames, the same samples as `synthesize` (streaming.py):
-        chunks double from FIRST_CHUNK_FRAMES up to MAX_CHUNK_FRAMES (`continuing` a text: all at the
-        largest), or are all `chunk_frames` long.
+        chunks double from FIRST_CHUNK_FRAMES up to MAX_CHUNK_FRAMES (`continuing` a text already
+        playing: the whole sentence in one window), or are all `chunk_frames` long.
         A runner without the flow and vocoder graphs (an older artifact) yields the whole utterance once."""
         if not (runs_graph(runner, FLOW_GRAPH) and runs_graph(runner, VOCODER_GRAPH)):
             yield self.synthesize(runner, ids, settings).audio

@@ -41,6 +41,8 @@ FLOW_AHEAD = 8
 #: (each stage's context decoded twice, one runtime call) a few percent of the work
 FIRST_CHUNK_FRAMES = 16
 MAX_CHUNK_FRAMES = 128
+#: a chunk size no sentence reaches: the whole sentence in one window
+WHOLE = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -164,7 +166,7 @@ def vocoder_plan(spec: WindowSpec, total_frames: int, first: int, last: int) -> 
 
     # forward: conv_pre keeps its input's positions, then per stage the transposed convolution (kernel
     # - 2 * padding == stride maps [lo, hi) to [lo * stride, hi * stride)) and the residual blocks
-    keeps, computed = [out], window
+    computed = window
     crops = [(out.start - computed.start, out.stop - computed.start)]
     computed = out
     for stage, (blocks_in, blocks_out) in zip(spec.stages, stage_needs, strict=True):
@@ -172,7 +174,6 @@ def vocoder_plan(spec: WindowSpec, total_frames: int, first: int, last: int) -> 
         crops.append((blocks_in.start - computed.start, blocks_in.stop - computed.start))
         crops.append((blocks_out.start - blocks_in.start, blocks_out.stop - blocks_in.start))
         computed = blocks_out
-    keeps.append(audio)
     crops.append((audio.start - computed.start, audio.stop - computed.start))
     return VocoderPlan(window, tuple(crops))
 
@@ -209,11 +210,13 @@ def prior_sample(m_p: np.ndarray, logs_p: np.ndarray, durations: np.ndarray, noi
 
 
 def chunk_sizes(chunk_frames: int | None, *, continuing: bool = False) -> dict[str, int]:
-    """`decode_chunks`'s sizes: every chunk `chunk_frames` long; by default the doubling schedule, or
-    only the largest chunks when `continuing` a text whose earlier sentences are already playing (a
-    small first chunk buys nothing there and costs a call and its context)."""
+    """`decode_chunks`'s sizes: every chunk `chunk_frames` long; by default the doubling schedule, or,
+    `continuing` a text whose earlier sentences are already playing, the whole sentence in one window:
+    seconds of audio are queued ahead of it, so smaller chunks would only add calls and context."""
     if chunk_frames is None:
-        return {"first": MAX_CHUNK_FRAMES if continuing else FIRST_CHUNK_FRAMES, "largest": MAX_CHUNK_FRAMES}
+        if continuing:
+            return {"first": WHOLE, "largest": WHOLE}
+        return {"first": FIRST_CHUNK_FRAMES, "largest": MAX_CHUNK_FRAMES}
     if chunk_frames < 1:
         raise BadInput(f"chunk frames must be >= 1, got {chunk_frames}")
     return {"first": chunk_frames, "largest": chunk_frames}
