@@ -12,8 +12,10 @@ LayerNorm in the flow head) so that the torch reference matches Kyutai's synthes
 
 from __future__ import annotations
 
+import functools
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -26,25 +28,36 @@ from voxport.families.pocket_tts.config import PocketConfig, Seanet
 def rope_table(
     positions: torch.Tensor, head_dim: int, max_period: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin (T, 1, head_dim / 2) of the RoPE angles at `positions` (T,), computed once per call
-    and shared by every layer's q and k: an exported graph then has one Cos and one Sin instead of
-    two per layer (same values, so the audio is bit-identical)."""
+    """cos and sin (T, 1, head_dim) of the RoPE angles at `positions` (T,), each angle twice (one per
+    element of its pair), computed once per call and shared by every layer's q and k: an exported
+    graph then has one Cos and one Sin instead of two per layer and per q/k (same values)."""
     ds = torch.arange(head_dim // 2, dtype=torch.float32)
     freqs = torch.exp(ds * (-math.log(max_period) * 2 / head_dim))
+    freqs = torch.stack([freqs, freqs], dim=-1).reshape(head_dim)
     angles = freqs * positions.view(-1, 1, 1)
     return torch.cos(angles), torch.sin(angles)
+
+
+@functools.cache
+def _pair_swap(head_dim: int) -> torch.Tensor:
+    """(D, D) matrix taking interleaved pairs (x0, x1), ... to (−x1, x0), ...: one output element per
+    column, so `x @ swap` is exact (one ±1 product plus zeros)."""
+    swap = np.zeros((head_dim, head_dim), np.float32)
+    even = np.arange(0, head_dim, 2)
+    swap[even + 1, even] = -1.0
+    swap[even, even + 1] = 1.0
+    return torch.from_numpy(swap)  # built outside torch, so a trace records one constant
 
 
 def rope(x: torch.Tensor, table: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
     """Rotate interleaved pairs (x0, x1), (x2, x3), ... of `x` (B, T, H, D) by `rope_table`'s angles.
 
-    Kyutai's convention; transformers' rotate-half needs q/k rows permuted per head (see layouts.py)."""
-    b, t, h, d = x.shape
+    Kyutai's convention (transformers' rotate-half needs q/k rows permuted per head, see layouts.py),
+    written as x·cos + swap(x)·sin with the pair swap a constant matmul, so a graph runs 4 nodes per
+    rotation instead of a reshape/gather/stack chain. Bit-identical to Kyutai's pairwise form:
+    a·c − b·s = a·c + (−b)·s and b·c + a·s = a·s + b·c exactly in IEEE arithmetic."""
     cos, sin = table
-    pairs = x.reshape(b, t, h, d // 2, 2)
-    real, imag = pairs[..., 0], pairs[..., 1]
-    out = torch.stack([real * cos - imag * sin, real * sin + imag * cos], dim=-1)
-    return out.reshape(b, t, h, d)
+    return x * cos + (x @ _pair_swap(x.shape[-1])) * sin
 
 
 class LayerScale(nn.Module):
@@ -104,16 +117,17 @@ class Transformer(nn.Module):
 def layer_qkv(
     layer: TransformerLayer, x: torch.Tensor, table: tuple[torch.Tensor, torch.Tensor]
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The new positions' rotated queries (B, H, S, hd) and keys, and values (B, Hkv, S, hd)."""
+    """The new positions' rotated queries (1, H, S, hd) and keys, and values (1, Hkv, S, hd).
+
+    Every Pocket TTS graph runs one utterance: batch 1 (the shapes below rely on it)."""
     attn = layer.self_attn
-    b, s, _ = x.shape
     h, hkv, hd = attn.num_heads, attn.num_kv_heads, attn.head_dim
-    projected = attn.in_proj(layer.norm1(x))
-    q = projected[..., : h * hd].reshape(b, s, h, hd)
-    kv = projected[..., h * hd :].reshape(b, s, 2, hkv, hd)
-    q = rope(q, table).transpose(1, 2)
-    k = rope(kv[:, :, 0], table).transpose(1, 2)
-    return q, k, kv[:, :, 1].transpose(1, 2)
+    # one Split and constant target shapes (batch 1, -1 for the sequence): the exported graph does no
+    # Shape/Gather/Concat arithmetic per layer, and no sequence length is baked into it
+    q, k, v = attn.in_proj(layer.norm1(x)).split([h * hd, hkv * hd, hkv * hd], dim=-1)
+    q = rope(q.reshape(1, -1, h, hd), table).transpose(1, 2)
+    k = rope(k.reshape(1, -1, hkv, hd), table).transpose(1, 2)
+    return q, k, v.reshape(1, -1, hkv, hd).transpose(1, 2)
 
 
 def layer_attend(
@@ -127,14 +141,13 @@ def layer_attend(
     """Attention of `q` over `keys`/`values` (B, Hkv, K, hd) with the additive `mask` (S, K), then
     the residual, the FFN and its residual: the layer's output."""
     attn = layer.self_attn
-    b, s, _ = x.shape
     h, hkv, hd = attn.num_heads, attn.num_kv_heads, attn.head_dim
     k_all, v_all = keys, values
     if hkv != h:
         k_all = keys.repeat_interleave(h // hkv, dim=1)
         v_all = values.repeat_interleave(h // hkv, dim=1)
     weights = torch.softmax(q @ k_all.transpose(2, 3) * (1.0 / math.sqrt(hd)) + mask, dim=-1)
-    update = attn.out_proj((weights @ v_all).transpose(1, 2).reshape(b, s, h * hd))
+    update = attn.out_proj((weights @ v_all).transpose(1, 2).reshape(1, -1, h * hd))
     x = x + layer.layer_scale_1(update)
     return x + layer.layer_scale_2(layer.linear2(F.gelu(layer.linear1(layer.norm2(x)), approximate="tanh")))
 
