@@ -2,8 +2,8 @@
 
     .venv/bin/python benchmarks/bench_pocket.py [--configs english_2026-10,english_18m_2026-10]
         [--frames 50] [--repeats 5] [--threads 1] [--text-ids 20] [--voice-frames 10]
-        [--precisions fp32,fp16,int8,int4,int8-bb,int4-bb] [--json FILE] [--keep DIR] [--profile]
-        [--accuracy-levels 1,4]
+        [--precisions fp32,fp16,int8,int4,int8-bb,int4-bb] [--levers int8,int4] [--json FILE]
+        [--keep DIR] [--profile] [--accuracy-levels 1,4]
 
 Why: Pocket TTS is a streaming model, so what a user feels is the time to first audio (TTFA) and
 whether frames come faster than real time (RTF). The goal for the 4/8-bit artifacts is TTFA ≤ 30 ms
@@ -23,6 +23,13 @@ torch reference, Kyutai and every ONNX precision are deterministic and comparabl
   exported once per config with voxport's own quantize + export stages (cached in the work dir);
   `int8-bb`/`int4-bb` ("backbone only") quantize with recipe overrides that keep the flow head and the
   codec at fp32, Kyutai's quantization scope, for an equal-scope comparison with the anchor.
+- `--levers int8,int4` (the default) adds, per named variant, the issue-15 streaming levers as rows:
+  `+voice-cache` (the voice prompt's keys/values computed once per voice and runner before the timed
+  calls, as a runtime keeps or ships them, so a call prefills only its text and audio BOS),
+  `+voice-cache +kvbind` (the `backbone_kv` graph, a preallocated KV cache written in place, run by
+  `OrtBindingRunner` with I/O binding), and `+voice-cache +kvbind +codec-thread` (the codec decoding
+  frame f in a second thread while frame f + 1 is generated; the only row that uses two cores). Under
+  the table, one backbone step is timed at 80/320/660 cached positions, growing cache vs in place.
 - `--accuracy-levels 1,4` adds, per integer variant V and level L, a variant `V@L` exported with
   `export.onnx.matmul_accuracy_level: L` (the quantized Linears written as MatMulNBits carrying that
   accuracy level, run with default session options as a user's ONNX Runtime would); `V@L:backbone`

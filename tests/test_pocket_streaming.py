@@ -166,3 +166,18 @@ def test_family_stream_options(model, voice, tmp_path) -> None:
     assert len(model._voice_states[runner]) == 1  # computed once for this runner and voice
     again = np.concatenate(list(model.stream(runner, IDS, settings, voice_cache=True)))
     assert np.array_equal(fast, again) and len(model._voice_states[runner]) == 1
+
+
+def test_artifact_stream_options(onnx_files, voice, tmp_path) -> None:
+    """The exported artifact's voice (what `voxport say` and the runtime API open) has the same options:
+    off, its frames are `speak`'s exact audio; on, the same audio (bit-identical in ONNX Runtime)."""
+    from voxport.families.pocket_tts.artifact import PocketArtifactVoice
+
+    np.save(tmp_path / "voice.npy", voice)
+    artifact = PocketArtifactVoice(onnx_files["growing"]["backbone"])
+    settings = PocketSettings(voice=str(tmp_path / "voice.npy"), max_frames=FRAMES, temperature=0.0)
+    whole = artifact.speak(IDS, settings)
+    assert np.array_equal(whole, np.concatenate(list(artifact.stream(IDS, settings))))
+    fast = artifact.stream(IDS, settings, voice_cache=True, codec_thread=True)
+    assert tensor_snr_db(whole, np.concatenate(list(fast))) >= EXACT_DB
+    assert len(artifact._voice_states) == 1
