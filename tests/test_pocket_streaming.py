@@ -142,6 +142,14 @@ def test_binding_runner_writes_the_cache_in_place(model, onnx_files) -> None:
     key = cache["key_cache_0"]
     assert out["key_cache_0_out"] is key  # the caller's array, updated, not a copy
     assert np.all(key[:, :, 1:3] != 0) and np.all(key[:, :, [0, 3, 4, 5]] == 0)  # only slots 1, 2 written
+    # one buffer passed for every cache: only its first binding writes in place, the others get copies;
+    # a read-only buffer is copied too
+    shared = np.zeros_like(key)
+    frozen = np.zeros_like(key)
+    frozen.flags.writeable = False
+    same = runner.run("backbone_kv", {**feed, **dict.fromkeys(cache, shared), "key_cache_0": frozen})
+    assert not frozen.any() and same["value_cache_0_out"] is shared
+    assert all(np.array_equal(same[f"{name}_out"], out[f"{name}_out"]) for name in cache)
 
 
 @pytest.mark.parametrize("name", ["torch", "onnx", "onnx kv"])

@@ -81,6 +81,9 @@ class OrtBindingRunner(OrtRunner):
                 continue
             array = np.ascontiguousarray(inputs[node.name])
             if node.name in targets:
+                # the graph writes into this buffer: never a read-only one, nor one bound twice
+                if not array.flags.writeable or any(np.may_share_memory(array, a) for a, _ in owned.values()):
+                    array = array.copy()
                 value = ort.OrtValue.ortvalue_from_numpy(array)  # shares the array's memory
                 binding.bind_ortvalue_input(node.name, value)
                 owned[node.name] = (array, value)

@@ -6,7 +6,8 @@ Core ML all run this same code; only the runner differs. The loop needs no torch
 is plain numbers, stored in the exported graphs' metadata), so an artifact speaks on its own.
 
 Conventions, matching Kyutai's generation (`TTSModel._autoregressive_generation`):
-- prompt order: [bos_before_voice] [voice latents] [text] [audio BOS], one backbone call;
+- prompt order: [bos_before_voice] [voice latents] [text] [audio BOS], one backbone call (with a
+  cached `VoiceState` the voice part comes from the cache and the call runs [text] [audio BOS]);
 - the end-of-speech logit of the state that produces frame f decides at f ≥ 6; the EOS frame and
   `frames_after_eos` more are kept (transformers' count; Kyutai's `frames_after_eos` is one more);
 - latents fed back are in the flow head's normalized space; the codec denormalizes;
@@ -246,10 +247,8 @@ class Backbone:
         new = inputs["kind"].shape[1]
         position = np.array([self.position], np.int64)
         if self.in_place:
-            if self.position + new > self.capacity:
-                raise BadInput(
-                    f"{self.position + new} positions exceed the call's KV capacity {self.capacity}"
-                )
+            if self.position + new > self.capacity:  # the loop sizes it as prompt + frame limit
+                raise RuntimeError(f"{self.position + new} positions exceed the KV capacity {self.capacity}")
             out = self.runner.run(self.graph, {**inputs, "position": position, **self.cache})
             self.cache = {name: out[f"{name}_out"] for name in self.cache}
         else:
