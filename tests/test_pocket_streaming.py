@@ -189,3 +189,23 @@ def test_artifact_stream_options(onnx_files, voice, tmp_path) -> None:
     fast = artifact.stream(IDS, settings, voice_cache=True, codec_thread=True)
     assert tensor_snr_db(whole, np.concatenate(list(fast))) >= EXACT_DB
     assert len(artifact._voice_states) == 1
+
+
+@pytest.mark.parametrize("head_dim", [24, 64])
+def test_rope_table_once_is_bit_identical_to_the_pairwise_form(head_dim) -> None:
+    """RoPE from one per-call table, applied as x·cos + (x @ pair-swap)·sin, against Kyutai's literal
+    per-call form (angles per layer, pairs rotated by stack): equal to the bit, so the torch reference
+    and every exported graph keep their numbers."""
+    import math
+
+    from voxport.families.pocket_tts.modules import rope, rope_table
+
+    x = torch.randn(1, 37, 4, head_dim, generator=torch.Generator().manual_seed(0)) * 10
+    positions = torch.arange(37, dtype=torch.float32) + 600
+    freqs = torch.exp(torch.arange(head_dim // 2, dtype=torch.float32) * (-math.log(10000.0) * 2 / head_dim))
+    angles = freqs * positions.view(-1, 1, 1)
+    cos, sin = torch.cos(angles), torch.sin(angles)
+    pairs = x.reshape(1, 37, 4, head_dim // 2, 2)
+    real, imag = pairs[..., 0], pairs[..., 1]
+    kyutai = torch.stack([real * cos - imag * sin, real * sin + imag * cos], dim=-1).reshape(x.shape)
+    assert torch.equal(rope(x, rope_table(positions, head_dim, 10000.0)), kyutai)
