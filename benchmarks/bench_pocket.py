@@ -2,8 +2,8 @@
 
     .venv/bin/python benchmarks/bench_pocket.py [--configs english_2026-10,english_18m_2026-10]
         [--frames 50] [--repeats 5] [--threads 1] [--text-ids 20] [--voice-frames 10]
-        [--precisions fp32,fp16,int8,int4,int8-bb,int4-bb] [--json FILE] [--keep DIR] [--profile]
-        [--accuracy-levels 1,4]
+        [--precisions fp32,fp16,int8,int4,int8-bb,int4-bb] [--levers int8,int4] [--json FILE]
+        [--keep DIR] [--profile] [--accuracy-levels 1,4]
 
 Why: Pocket TTS is a streaming model, so what a user feels is the time to first audio (TTFA) and
 whether frames come faster than real time (RTF). The goal for the 4/8-bit artifacts is TTFA ≤ 30 ms
@@ -23,6 +23,13 @@ torch reference, Kyutai and every ONNX precision are deterministic and comparabl
   exported once per config with voxport's own quantize + export stages (cached in the work dir);
   `int8-bb`/`int4-bb` ("backbone only") quantize with recipe overrides that keep the flow head and the
   codec at fp32, Kyutai's quantization scope, for an equal-scope comparison with the anchor.
+- `--levers int8,int4` (the default) adds, per named variant, the issue-15 streaming levers as rows:
+  `+voice-cache` (the voice prompt's keys/values computed once per voice and runner before the timed
+  calls, as a runtime keeps or ships them, so a call prefills only its text and audio BOS),
+  `+voice-cache +kvbind` (the `backbone_kv` graph, a preallocated KV cache written in place, run by
+  `OrtBindingRunner` with I/O binding), and `+voice-cache +kvbind +codec-thread` (the codec decoding
+  frame f in a second thread while frame f + 1 is generated; the only row that uses two cores). Under
+  the table, one backbone step is timed at 80/320/660 cached positions, growing cache vs in place.
 - `--accuracy-levels 1,4` adds, per integer variant V and level L, a variant `V@L` exported with
   `export.onnx.matmul_accuracy_level: L` (the quantized Linears written as MatMulNBits carrying that
   accuracy level, run with default session options as a user's ONNX Runtime would); `V@L:backbone`
@@ -49,6 +56,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import functools
 import io
 import json
 import os
@@ -70,14 +78,16 @@ import yaml
 
 from voxport import __version__
 from voxport.export.onnx.exporter import DEFAULT_OPSET, export_onnx, trace_all
+from voxport.export.onnx.trace import trace_graph
 from voxport.families.base import Runner
+from voxport.families.pocket_tts.kvcache import GRAPH as KV_GRAPH
 from voxport.families.pocket_tts.kyutai import kyutai_model
-from voxport.families.pocket_tts.loop import LoopSettings, generate
+from voxport.families.pocket_tts.loop import LoopSettings, VoiceState, generate, voice_state
 from voxport.families.pocket_tts.model import PocketTTSAdapter
 from voxport.families.pocket_tts.synthetic import random_model
 from voxport.quantize.stage import quantize_model
 from voxport.recipe import QuantizeConfig
-from voxport.runtime.ort import OrtRunner
+from voxport.runtime.ort import OrtBindingRunner, OrtRunner
 from voxport.validate.metrics import compare_audio, tensor_snr_db
 
 #: ONNX variants: name → (precision, quantize overrides). "-bb" keeps Kyutai's anchor scope: only the
@@ -108,6 +118,13 @@ OP_TYPES = (
     "ConvTranspose",
 )
 SPLIT = ("backbone", "flow_head", "codec")
+#: issue-15 streaming levers, added per variant named in --levers: row suffix → (backbone_kv bound in
+#: place by OrtBindingRunner, codec on its own thread); every lever row also uses the cached voice state
+LEVERS: dict[str, tuple[bool, bool]] = {
+    "+voice-cache": (False, False),
+    "+voice-cache +kvbind": (True, False),
+    "+voice-cache +kvbind +codec-thread": (True, True),
+}
 
 
 # ----------------------------------------------------------------------------------------------- models
@@ -180,7 +197,9 @@ def export_all(
     q = QuantizeConfig()
     started = time.perf_counter()
     traced = trace_all(model, DEFAULT_OPSET)
-    log(f"  export: traced 3 graphs in {time.perf_counter() - started:.1f}s")
+    kv = next(g for g in model.kv_graphs() if g.name == KV_GRAPH)
+    traced[KV_GRAPH] = (trace_graph(kv, DEFAULT_OPSET), False, kv.metadata)
+    log(f"  export: traced 4 graphs in {time.perf_counter() - started:.1f}s")
     for variant in variants:
         if variant in files:
             continue
@@ -263,14 +282,32 @@ def run_voxport(
     voice: np.ndarray | None,
     frames: int,
     forced: np.ndarray | None = None,
+    *,
+    cached: VoiceState | None = None,
+    codec_thread: bool = False,
 ) -> Run:
+    """One call of the family loop. `cached`: the voice's state computed beforehand (once per voice,
+    outside the timing: what a runtime ships or keeps), so the call prefills only the text."""
     timed = TimedRunner(runner)
     settings = LoopSettings(seed=SEED, temperature=0.0, max_frames=frames)
     started = time.perf_counter()
-    gen = generate(timed, model.loop_spec, ids, settings, voice=voice, forced_latents=forced)
+    gen = generate(
+        timed,
+        model.loop_spec,
+        ids,
+        settings,
+        voice=None if cached is not None else voice,
+        voice_cache=cached,
+        forced_latents=forced,
+        codec_thread=codec_thread,
+    )
     total = time.perf_counter() - started
     assert len(gen.latents) == frames, f"expected {frames} frames, got {len(gen.latents)}"
     assert gen.first_audio_seconds is not None
+    for name in (KV_GRAPH,):  # the in-place backbone counts as the backbone
+        if name in timed.seconds:
+            timed.seconds["backbone"] += timed.seconds.pop(name)
+            timed.first.setdefault("backbone", timed.first.pop(name))
     prefill = timed.first["backbone"]
     split = {**timed.seconds, "backbone": timed.seconds["backbone"] - prefill}
     return Run(gen.first_audio_seconds, total, split, gen.latents, gen.audio, gen.hidden, prefill)
@@ -341,6 +378,10 @@ def run_kyutai(
 
 
 # ----------------------------------------------------------------------------------------------- bench
+#: one ONNX row's run: forced latents (teacher forcing) or None (free running) → its timings and outputs
+OnnxTarget = Callable[[np.ndarray | None], "Run"]
+
+
 @dataclass
 class Row:
     config: str
@@ -424,27 +465,49 @@ def bench_config(name: str, args: argparse.Namespace, work: Path) -> tuple[list[
     variants = args.precisions
     key = json.dumps({"config": raw, "seed": SEED, "eos_bias": EOS_BIAS, "voxport": __version__})
     files = export_all(model, work / name, variants, key)
-    ort = {v: OrtRunner(files[v], threads=args.threads) for v in variants}
+    three = {v: {g: path for g, path in files[v].items() if g != KV_GRAPH} for v in variants}
+    ort = {v: OrtRunner(three[v], threads=args.threads) for v in variants}
     onnx_labels = {onnx_label(v): v for v in variants}
     torch_runner = model.torch_runner()
+
+    # each target runs the family loop; `forced` (the reference's latents) gives teacher forcing
+    def target(runner: Runner, cached: VoiceState | None = None, thread: bool = False) -> OnnxTarget:
+        return lambda forced: run_voxport(
+            model, runner, ids, voice, frames, forced, cached=cached, codec_thread=thread
+        )
+
+    onnx_targets = {label: target(ort[v]) for label, v in onnx_labels.items()}
+    sizes = {
+        "torch eager fp32": fp32_bytes,
+        "kyutai fp32": state_bytes(kyutai.state_dict()),
+        "kyutai int8 (apply_dynamic_int8)": state_bytes(kyutai_q.state_dict()),
+        **{label: sum(f.stat().st_size for f in three[v].values()) for label, v in onnx_labels.items()},
+    }
+    quantized = {"kyutai int8 (apply_dynamic_int8)"} | {
+        label for label, v in onnx_labels.items() if variant_spec(v)[0] in ("int8", "int4")
+    }
+    kv_runners: dict[str, Runner] = {}
+    for v in [v for v in args.levers if v in variants]:
+        in_place = {**{g: p for g, p in three[v].items() if g != "backbone"}, KV_GRAPH: files[v][KV_GRAPH]}
+        bound = OrtBindingRunner(in_place, threads=args.threads)
+        kv_runners[v] = bound
+        # the voice's state, once per voice and runner (outside the timing, as a runtime keeps it)
+        states = (
+            {False: voice_state(ort[v], spec, voice), True: voice_state(bound, spec, voice)}
+            if (voice is not None)
+            else {False: None, True: None}
+        )
+        for suffix, (kv, thread) in LEVERS.items():
+            label = f"{onnx_label(v)} {suffix}"
+            onnx_targets[label] = target(bound if kv else ort[v], states[kv], thread)
+            sizes[label] = sum(f.stat().st_size for f in (in_place if kv else three[v]).values())
+            quantized.add(label)
 
     targets: dict[str, Callable[[], Run]] = {
         "torch eager fp32": lambda: run_voxport(model, torch_runner, ids, voice, frames),
         "kyutai fp32": lambda: run_kyutai(kyutai, ids, voice, frames),
         "kyutai int8 (apply_dynamic_int8)": lambda: run_kyutai(kyutai_q, ids, voice, frames),
-        **{
-            label: (lambda v=v: run_voxport(model, ort[v], ids, voice, frames))
-            for label, v in onnx_labels.items()
-        },
-    }
-    sizes = {
-        "torch eager fp32": fp32_bytes,
-        "kyutai fp32": state_bytes(kyutai.state_dict()),
-        "kyutai int8 (apply_dynamic_int8)": state_bytes(kyutai_q.state_dict()),
-        **{label: sum(f.stat().st_size for f in files[v].values()) for label, v in onnx_labels.items()},
-    }
-    quantized = {"kyutai int8 (apply_dynamic_int8)"} | {
-        label for label, v in onnx_labels.items() if variant_spec(v)[0] in ("int8", "int4")
+        **{label: functools.partial(fn, None) for label, fn in onnx_targets.items()},
     }
 
     log("  warm-up (also the parity outputs)")
@@ -475,8 +538,8 @@ def bench_config(name: str, args: argparse.Namespace, work: Path) -> tuple[list[
             entry["forced_latent_snr_db"] = min(
                 tensor_snr_db(a, b) for a, b in zip(ref.latents, kyutai_forced.latents, strict=True)
             )
-        if label in onnx_labels:
-            forced = run_voxport(model, ort[onnx_labels[label]], ids, voice, frames, forced=ref.latents)
+        if label in onnx_targets:
+            forced = onnx_targets[label](ref.latents)
             entry["forced_latent_snr_db"] = min(
                 tensor_snr_db(a, b) for a, b in zip(ref.latents, forced.latents, strict=True)
             )
@@ -517,6 +580,7 @@ def bench_config(name: str, args: argparse.Namespace, work: Path) -> tuple[list[
         if v != "fp32"
     }
     profile = profile_ops(model, files, ids, voice, frames, args, work / name) if args.profile else {}
+    step_ms = {v: kv_step_ms(spec, ort[v], kv_runners[v], args.repeats) for v in kv_runners}
     info = {
         "config": name,
         "parameters_decoder_side": sum(v.numel() for k, v in state.items() if decoder_side(k)),
@@ -526,8 +590,52 @@ def bench_config(name: str, args: argparse.Namespace, work: Path) -> tuple[list[
         "kyutai_quantization": quant_info,
         "ort_optimized_ops": ops,
         "ort_profile_ms_per_frame": profile,
+        "backbone_step_ms": step_ms,
     }
     return rows, info
+
+
+#: cached positions at which `kv_step_ms` times one backbone step (the 50-frame runs end near 80;
+#: ~660 is Kyutai's 50-token chunk at its frame limit plus the prompt)
+STEP_POSITIONS = (80, 320, 660)
+
+
+def kv_step_ms(
+    spec: Any, growing: Runner, bound: Runner, repeats: int, positions: Sequence[int] = STEP_POSITIONS
+) -> dict[str, dict[str, float]]:
+    """One decode step's wall time (median of 10 × repeats calls, Python side included) after P cached
+    positions: the growing-cache `backbone` (Concat of past + new per layer, present handed back) against
+    `backbone_kv` bound in place (capacity P + 64, the new row scattered into the caller's buffer)."""
+    step = {
+        "token_ids": np.zeros((1, 1), np.int64),
+        "latents": np.zeros((1, 1, spec.latent_dim), np.float32),
+        "kind": np.full((1, 1), 2, np.int64),
+    }
+    rng = np.random.default_rng(0)
+    out: dict[str, dict[str, float]] = {}
+    for p in positions:
+        shape = (1, spec.kv_heads, p, spec.head_dim)
+        layers = [(i, kv) for i in range(spec.num_layers) for kv in ("key", "value")]
+        past = {f"past_{kv}_{i}": rng.standard_normal(shape).astype(np.float32) for i, kv in layers}
+        cache = {
+            f"{kv}_cache_{i}": np.concatenate(
+                [past[f"past_{kv}_{i}"], np.zeros((*shape[:2], 64, shape[3]), np.float32)], 2
+            )
+            for i, kv in layers
+        }
+        feed = {**step, "position": np.array([p], np.int64)}
+        calls = {
+            "growing": (growing, "backbone", {**feed, **past}),
+            "in-place": (bound, KV_GRAPH, {**feed, **cache}),
+        }
+        times: dict[str, list[float]] = {k: [] for k in calls}
+        for _ in range(10 * max(repeats, 1) + 1):
+            for k, (runner, graph, inputs) in calls.items():
+                started = time.perf_counter()
+                runner.run(graph, inputs)
+                times[k].append(time.perf_counter() - started)
+        out[str(p)] = {k: 1000 * statistics.median(v[1:]) for k, v in times.items()}
+    return out
 
 
 def profile_ops(
@@ -546,6 +654,8 @@ def profile_ops(
     for precision, graphs in files.items():
         runner = OrtRunner({}, threads=args.threads)
         for graph, path in graphs.items():
+            if graph == KV_GRAPH:  # profiled: the growing-cache loop, as the plain rows run it
+                continue
             options = ort.SessionOptions()
             options.intra_op_num_threads = args.threads
             options.inter_op_num_threads = 1
@@ -614,6 +724,12 @@ def markdown(rows: Sequence[Row], infos: Sequence[Mapping[str, Any]], args: argp
                 f"{g}: " + ", ".join(f"{op} {ms:.2f}" for op, ms in ops.items()) for g, ops in graphs.items()
             ]
             lines.append(f"- ORT profile ms/frame by node type, {precision}: " + "; ".join(parts))
+        for precision, by_position in info["backbone_step_ms"].items():
+            parts = [f"{p}: {t['growing']:.2f} → {t['in-place']:.2f}" for p, t in by_position.items()]
+            lines.append(
+                f"- one backbone step, {precision}, ms after P cached positions, growing cache → "
+                "backbone_kv bound in place: " + "; ".join(parts)
+            )
     return "\n".join(lines)
 
 
@@ -628,6 +744,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--precisions", default=",".join(VARIANTS), help="ONNX variants: " + ", ".join(VARIANTS)
     )
+    parser.add_argument(
+        "--levers",
+        default="int8,int4",
+        help="variants that also get the streaming-lever rows (" + "; ".join(LEVERS) + "); '' for none",
+    )
     parser.add_argument("--json", type=Path, help="also write rows + run info as JSON here")
     parser.add_argument("--keep", type=Path, help="keep (and reuse) the exported ONNX in this directory")
     parser.add_argument("--profile", action="store_true", help="ORT profiler: ms per node type per graph")
@@ -639,6 +760,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     args.configs = [c for c in args.configs.split(",") if c]
     args.precisions = [p for p in args.precisions.split(",") if p]
+    args.levers = [p for p in args.levers.split(",") if p]
     levels = [lv for lv in args.accuracy_levels.split(",") if lv]
     integer = [p for p in args.precisions if VARIANTS.get(p, ("",))[0] in ("int8", "int4")]
     args.precisions += [f"{p}@{lv}" for p in integer for lv in levels]

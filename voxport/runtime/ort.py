@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -41,3 +42,62 @@ class OrtRunner:
         feed = {i.name: inputs[i.name] for i in session.get_inputs() if i.name in inputs}
         names = [o.name for o in session.get_outputs()]
         return dict(zip(names, session.run(names, feed), strict=True))
+
+
+#: ONNX metadata key a graph sets to JSON {output: input} when the output may be written into the
+#: input's own buffer (e.g. a KV cache updated by ScatterElements, which ORT then does in place)
+INPLACE_KEY = "voxport_inplace"
+
+
+class OrtBindingRunner(OrtRunner):
+    """`OrtRunner` with I/O binding for graphs that declare in-place outputs (`voxport_inplace`).
+
+    Such an output is bound to its input's own buffer: ONNX Runtime's scatter then writes only the new
+    rows into the caller's array, and neither the state nor a copy of it crosses back into Python.
+    The returned value for that output is the (updated) input array itself, so the caller must own
+    it (the Pocket TTS loop allocates its KV cache per call). Graphs without the key run as in
+    `OrtRunner`, so this runner is a drop-in `Runner`."""
+
+    def __init__(self, files: Mapping[str, Path], *, threads: int = 1) -> None:
+        super().__init__(files, threads=threads)
+        self.inplace: dict[str, dict[str, str]] = {}
+        for graph, session in self.sessions.items():
+            declared = session.get_modelmeta().custom_metadata_map.get(INPLACE_KEY)
+            if declared:
+                self.inplace[graph] = json.loads(declared)
+
+    def run(self, graph: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        pairs = self.inplace.get(graph)
+        if not pairs:
+            return super().run(graph, inputs)
+        import onnxruntime as ort
+
+        session = self.sessions[graph]
+        binding = session.io_binding()
+        owned: dict[str, tuple[np.ndarray, Any]] = {}
+        targets = set(pairs.values())
+        for node in session.get_inputs():
+            if node.name not in inputs:
+                continue
+            array = np.ascontiguousarray(inputs[node.name])
+            if node.name in targets:
+                # the graph writes into this buffer: never a read-only one, nor one bound twice
+                if not array.flags.writeable or any(np.may_share_memory(array, a) for a, _ in owned.values()):
+                    array = array.copy()
+                value = ort.OrtValue.ortvalue_from_numpy(array)  # shares the array's memory
+                binding.bind_ortvalue_input(node.name, value)
+                owned[node.name] = (array, value)
+            else:
+                binding.bind_cpu_input(node.name, array)
+        names = [o.name for o in session.get_outputs()]
+        for name in names:
+            if pairs.get(name) in owned:
+                binding.bind_ortvalue_output(name, owned[pairs[name]][1])
+            else:
+                binding.bind_output(name, "cpu")
+        session.run_with_iobinding(binding)
+        values = binding.get_outputs()
+        return {
+            name: owned[pairs[name]][0] if pairs.get(name) in owned else value.numpy()
+            for name, value in zip(names, values, strict=True)
+        }

@@ -23,7 +23,14 @@ from voxport.families.pocket_tts.frontend import (
     frames_after_eos_for,
     prepare_text,
 )
-from voxport.families.pocket_tts.loop import DEFAULT_FRAMES_AFTER_EOS, LoopSettings, LoopSpec, stream
+from voxport.families.pocket_tts.loop import (
+    DEFAULT_FRAMES_AFTER_EOS,
+    LoopSettings,
+    LoopSpec,
+    VoiceState,
+    stream,
+    voice_state,
+)
 from voxport.families.pocket_tts.settings import PocketSettings
 from voxport.pieces import id_pieces, text_pieces
 from voxport.runtime.ort import OrtRunner, ort_session
@@ -46,6 +53,7 @@ class PocketArtifactVoice:
         self.vocab_size = self.n_bins + 1
         self.num_speakers = 1
         self._after_eos: dict[tuple[int, ...], int] = {}
+        self._voice_states: dict[str, VoiceState] = {}
         base = path.name[: -len(".onnx")]
         files = {"backbone": path}
         for graph in ("flow_head", "codec"):
@@ -95,14 +103,32 @@ class PocketArtifactVoice:
 
         return None if settings.voice is None else load_voice(settings.voice, None)
 
-    def stream(self, ids: Sequence[int], settings: SynthesisSettings) -> Iterator[np.ndarray]:
+    def stream(
+        self,
+        ids: Sequence[int],
+        settings: SynthesisSettings,
+        *,
+        voice_cache: bool = False,
+        codec_thread: bool = False,
+    ) -> Iterator[np.ndarray]:
+        """Audio frame by frame; the options are `PocketTTSAdapter.stream`'s (off: `speak`'s exact
+        audio; `voice_cache`: the voice prompt's keys/values computed once per voice file and reused;
+        `codec_thread`: the codec decodes in a second thread, same samples)."""
         settings = PocketSettings.of(settings)
+        voice = self._voice(settings)
+        cached = None
+        if voice is not None and voice_cache and settings.voice is not None:
+            if settings.voice not in self._voice_states:
+                self._voice_states[settings.voice] = voice_state(self.runner, self.spec, voice)
+            cached = self._voice_states[settings.voice]
         return stream(
             self.runner,
             self.spec,
             check_ids(ids, self.vocab_size),
             self._settings(settings, list(ids)),
-            voice=self._voice(settings),
+            voice=None if cached is not None else voice,
+            voice_cache=cached,
+            codec_thread=codec_thread,
         )
 
     def speak(self, ids: Sequence[int], settings: SynthesisSettings) -> np.ndarray:

@@ -24,7 +24,7 @@ import torch
 from voxport.errors import BadInput
 from voxport.families.base import GraphSpec
 from voxport.families.pocket_tts.graphs import BackboneGraph
-from voxport.families.pocket_tts.modules import FlowLM, layer_step, output_heads
+from voxport.families.pocket_tts.modules import FlowLM, layer_step, output_heads, rope_table
 
 #: name of the fixed-capacity backbone graph (the loop falls back to it when `backbone` is absent)
 GRAPH = "backbone_cache"
@@ -66,9 +66,10 @@ def backbone_cache_step(
     s, capacity = embeds.shape[1], cache[0][0].shape[2]
     positions = position.to(torch.float32) + torch.arange(s, dtype=torch.float32)
     mask, hot, written = cache_masks(position, s, capacity)
+    table = rope_table(positions, t.layers[0].self_attn.head_dim, t.max_period)
     x, updated = embeds, []
     for layer, (ck, cv) in zip(t.layers, cache, strict=True):
-        x, keys, values = layer_step(layer, x, positions, ck, cv, mask, t.max_period)
+        x, keys, values = layer_step(layer, x, table, ck, cv, mask)
         new_k, new_v = keys[:, :, capacity:], values[:, :, capacity:]
         updated.append((torch.where(written, hot @ new_k, ck), torch.where(written, hot @ new_v, cv)))
     return (*output_heads(flow_lm, x), updated)

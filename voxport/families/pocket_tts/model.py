@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from functools import cached_property
 from pathlib import Path
@@ -46,8 +47,10 @@ from voxport.families.pocket_tts.loop import (
     Generation,
     LoopSettings,
     LoopSpec,
+    VoiceState,
     generate,
     stream,
+    voice_state,
 )
 from voxport.families.pocket_tts.modules import PocketModules, codec_state_shapes
 from voxport.families.pocket_tts.settings import PocketSettings
@@ -73,6 +76,9 @@ class PocketTTSAdapter(FamilyModel):
         self.tokenizer_files = dict(tokenizer_files)
         self.layout = layout
         self._voices: dict[str, np.ndarray] = {}
+        self._voice_states: weakref.WeakKeyDictionary[Runner, dict[str, VoiceState]] = (
+            weakref.WeakKeyDictionary()
+        )
         #: frames kept after end of speech for ids that came from text (Kyutai: more for short text)
         self._after_eos: dict[tuple[int, ...], int] = {}
 
@@ -227,6 +233,13 @@ class PocketTTSAdapter(FamilyModel):
 
         return bounded_graphs(self.graphs(), capacity)
 
+    def kv_graphs(self) -> list[GraphSpec]:
+        """ONNX Runtime's in-place form: `backbone_kv` (a preallocated KV cache written in place by
+        `OrtBindingRunner`, see kvcache.py) instead of `backbone`; flow head and codec as they are."""
+        from voxport.families.pocket_tts.kvcache import kv_graphs
+
+        return kv_graphs(self.graphs())
+
     def embedded_metadata(self) -> dict[str, Any]:
         meta: dict[str, Any] = {"config_yaml": yaml.safe_dump(self.cfg.raw, sort_keys=True)}
         for name, data in self.tokenizer_files.items():
@@ -334,14 +347,44 @@ class PocketTTSAdapter(FamilyModel):
         )
         return _synthesis(run, self.sample_rate)
 
-    def stream(self, runner: Runner, ids: Sequence[int], settings: SynthesisSettings) -> Iterator[np.ndarray]:
+    def stream(
+        self,
+        runner: Runner,
+        ids: Sequence[int],
+        settings: SynthesisSettings,
+        *,
+        voice_cache: bool = False,
+        codec_thread: bool = False,
+    ) -> Iterator[np.ndarray]:
+        """Audio frame by frame. Both options are off by default so the frames concatenate to exactly
+        `synthesize`'s audio (parity's path: full prefill, codec inline); a runtime turns them on.
+        `voice_cache`: the voice prompt's keys/values are computed once per voice and runner and
+        reused, so a call prefills only its text (the same audio up to float rounding: bit-identical
+        in ONNX Runtime, ~120 dB in torch, whose matmuls round differently over fewer rows).
+        `codec_thread`: decode each frame in a second thread while the next one is generated (the
+        same samples either way; faster only where a second core is free)."""
+        voice_name = PocketSettings.of(settings).voice
+        voice = self.voice_latents(voice_name)
+        cached = None
+        if voice is not None and voice_cache and voice_name is not None:
+            cached = self.voice_state(runner, voice_name, voice)
         return stream(
             runner,
             self.loop_spec,
             self._check_ids(ids),
             self.loop_settings(settings, ids),
-            voice=self.voice_latents(PocketSettings.of(settings).voice),
+            voice=None if cached is not None else voice,
+            voice_cache=cached,
+            codec_thread=codec_thread,
         )
+
+    def voice_state(self, runner: Runner, name: str, voice: np.ndarray) -> VoiceState:
+        """The voice prompt's keys/values on `runner`, computed on first use and kept while the
+        runner lives (a runner's numerics differ, so the state is per runner)."""
+        per_runner = self._voice_states.setdefault(runner, {})
+        if name not in per_runner:
+            per_runner[name] = voice_state(runner, self.loop_spec, voice)
+        return per_runner[name]
 
     def synthesize_primary(
         self, runner: Runner, ids: Sequence[int], settings: SynthesisSettings

@@ -12,8 +12,10 @@ LayerNorm in the flow head) so that the torch reference matches Kyutai's synthes
 
 from __future__ import annotations
 
+import functools
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -23,19 +25,39 @@ from voxport.families.pocket_tts.config import PocketConfig, Seanet
 # --- shared pieces ---------------------------------------------------------------------------------
 
 
-def rope(x: torch.Tensor, positions: torch.Tensor, max_period: float) -> torch.Tensor:
-    """Rotate interleaved pairs (x0, x1), (x2, x3), ... of `x` (B, T, H, D) by `positions` (T,).
-
-    Kyutai's convention; transformers' rotate-half needs q/k rows permuted per head (see layouts.py)."""
-    b, t, h, d = x.shape
-    ds = torch.arange(d // 2, dtype=torch.float32)
-    freqs = torch.exp(ds * (-math.log(max_period) * 2 / d))
+def rope_table(
+    positions: torch.Tensor, head_dim: int, max_period: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin (T, 1, head_dim) of the RoPE angles at `positions` (T,), each angle twice (one per
+    element of its pair), computed once per call and shared by every layer's q and k: an exported
+    graph then has one Cos and one Sin instead of two per layer and per q/k (same values)."""
+    ds = torch.arange(head_dim // 2, dtype=torch.float32)
+    freqs = torch.exp(ds * (-math.log(max_period) * 2 / head_dim))
+    freqs = torch.stack([freqs, freqs], dim=-1).reshape(head_dim)
     angles = freqs * positions.view(-1, 1, 1)
-    cos, sin = torch.cos(angles), torch.sin(angles)
-    pairs = x.reshape(b, t, h, d // 2, 2)
-    real, imag = pairs[..., 0], pairs[..., 1]
-    out = torch.stack([real * cos - imag * sin, real * sin + imag * cos], dim=-1)
-    return out.reshape(b, t, h, d)
+    return torch.cos(angles), torch.sin(angles)
+
+
+@functools.cache
+def _pair_swap(head_dim: int) -> torch.Tensor:
+    """(D, D) matrix taking interleaved pairs (x0, x1), ... to (−x1, x0), ...: one output element per
+    column, so `x @ swap` is exact (one ±1 product plus zeros)."""
+    swap = np.zeros((head_dim, head_dim), np.float32)
+    even = np.arange(0, head_dim, 2)
+    swap[even + 1, even] = -1.0
+    swap[even, even + 1] = 1.0
+    return torch.from_numpy(swap)  # built outside torch, so a trace records one constant
+
+
+def rope(x: torch.Tensor, table: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Rotate interleaved pairs (x0, x1), (x2, x3), ... of `x` (B, T, H, D) by `rope_table`'s angles.
+
+    Kyutai's convention (transformers' rotate-half needs q/k rows permuted per head, see layouts.py),
+    written as x·cos + swap(x)·sin with the pair swap a constant matmul, so a graph runs 4 nodes per
+    rotation instead of a reshape/gather/stack chain. Bit-identical to Kyutai's pairwise form:
+    a·c − b·s = a·c + (−b)·s and b·c + a·s = a·s + b·c exactly in IEEE arithmetic."""
+    cos, sin = table
+    return x * cos + (x @ _pair_swap(x.shape[-1])) * sin
 
 
 class LayerScale(nn.Module):
@@ -92,38 +114,60 @@ class Transformer(nn.Module):
         )
 
 
-def layer_step(
+def layer_qkv(
+    layer: TransformerLayer, x: torch.Tensor, table: tuple[torch.Tensor, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The new positions' rotated queries (1, H, S, hd) and keys, and values (1, Hkv, S, hd).
+
+    Every Pocket TTS graph runs one utterance: batch 1 (the shapes below rely on it)."""
+    attn = layer.self_attn
+    h, hkv, hd = attn.num_heads, attn.num_kv_heads, attn.head_dim
+    # one Split and constant target shapes (batch 1, -1 for the sequence): the exported graph does no
+    # Shape/Gather/Concat arithmetic per layer, and no sequence length is baked into it
+    q, k, v = attn.in_proj(layer.norm1(x)).split([h * hd, hkv * hd, hkv * hd], dim=-1)
+    q = rope(q.reshape(1, -1, h, hd), table).transpose(1, 2)
+    k = rope(k.reshape(1, -1, hkv, hd), table).transpose(1, 2)
+    return q, k, v.reshape(1, -1, hkv, hd).transpose(1, 2)
+
+
+def layer_attend(
     layer: TransformerLayer,
     x: torch.Tensor,
-    positions: torch.Tensor,
-    past_k: torch.Tensor,
-    past_v: torch.Tensor,
+    q: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
     mask: torch.Tensor,
-    max_period: float,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One pre-norm layer over new positions `x` (B, S, D) with an explicit past (B, Hkv, P, hd).
-
-    `mask` (S, P+S) is additive (0 / -inf). Returns the output and the concatenated keys/values."""
+) -> torch.Tensor:
+    """Attention of `q` over `keys`/`values` (B, Hkv, K, hd) with the additive `mask` (S, K), then
+    the residual, the FFN and its residual: the layer's output."""
     attn = layer.self_attn
-    b, s, _ = x.shape
     h, hkv, hd = attn.num_heads, attn.num_kv_heads, attn.head_dim
-    projected = attn.in_proj(layer.norm1(x))
-    q = projected[..., : h * hd].reshape(b, s, h, hd)
-    kv = projected[..., h * hd :].reshape(b, s, 2, hkv, hd)
-    q = rope(q, positions, max_period).transpose(1, 2)
-    k = rope(kv[:, :, 0], positions, max_period).transpose(1, 2)
-    v = kv[:, :, 1].transpose(1, 2)
-    keys = torch.cat([past_k, k], dim=2)
-    values = torch.cat([past_v, v], dim=2)
     k_all, v_all = keys, values
     if hkv != h:
         k_all = keys.repeat_interleave(h // hkv, dim=1)
         v_all = values.repeat_interleave(h // hkv, dim=1)
     weights = torch.softmax(q @ k_all.transpose(2, 3) * (1.0 / math.sqrt(hd)) + mask, dim=-1)
-    update = attn.out_proj((weights @ v_all).transpose(1, 2).reshape(b, s, h * hd))
+    update = attn.out_proj((weights @ v_all).transpose(1, 2).reshape(1, -1, h * hd))
     x = x + layer.layer_scale_1(update)
-    x = x + layer.layer_scale_2(layer.linear2(F.gelu(layer.linear1(layer.norm2(x)), approximate="tanh")))
-    return x, keys, values
+    return x + layer.layer_scale_2(layer.linear2(F.gelu(layer.linear1(layer.norm2(x)), approximate="tanh")))
+
+
+def layer_step(
+    layer: TransformerLayer,
+    x: torch.Tensor,
+    table: tuple[torch.Tensor, torch.Tensor],
+    past_k: torch.Tensor,
+    past_v: torch.Tensor,
+    mask: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One pre-norm layer over new positions `x` (B, S, D) with an explicit past (B, Hkv, P, hd).
+
+    `table` is `rope_table` of the new positions; `mask` (S, P+S) is additive (0 / -inf). Returns the
+    output and the concatenated keys/values."""
+    q, k, v = layer_qkv(layer, x, table)
+    keys = torch.cat([past_k, k], dim=2)
+    values = torch.cat([past_v, v], dim=2)
+    return layer_attend(layer, x, q, keys, values, mask), keys, values
 
 
 # --- flow LM (backbone + flow head) ----------------------------------------------------------------
@@ -436,9 +480,10 @@ def backbone_step(
     s = embeds.shape[1]
     positions = position.to(torch.float32) + torch.arange(s, dtype=torch.float32)
     mask = causal_mask(position, s, past[0][0].shape[2] + s)
+    table = rope_table(positions, t.layers[0].self_attn.head_dim, t.max_period)
     x, present = embeds, []
     for layer, (pk, pv) in zip(t.layers, past, strict=True):
-        x, k, v = layer_step(layer, x, positions, pk, pv, mask, t.max_period)
+        x, k, v = layer_step(layer, x, table, pk, pv, mask)
         present.append((k, v))
     return (*output_heads(flow_lm, x), present)
 
@@ -525,10 +570,9 @@ def codec_step(
     valid = (k[None, :] >= 0) & (delta >= 0) & (delta < t.context)
     mask = torch.where(valid, 0.0, float("-inf"))
     h = x.transpose(1, 2)
+    table = rope_table(q, t.layers[0].self_attn.head_dim, t.max_period)
     for i, layer in enumerate(t.layers):
-        h, keys, values = layer_step(
-            layer, h, q, state[f"attn{i}_k"], state[f"attn{i}_v"], mask, t.max_period
-        )
+        h, keys, values = layer_step(layer, h, table, state[f"attn{i}_k"], state[f"attn{i}_v"], mask)
         new[f"attn{i}_k"] = keys[:, :, keys.shape[2] - window :]
         new[f"attn{i}_v"] = values[:, :, values.shape[2] - window :]
     x = h.transpose(1, 2)
@@ -585,9 +629,10 @@ def encode_voice(mimi: Mimi, audio: torch.Tensor, frame_size: int) -> torch.Tens
     pos = torch.arange(n, dtype=torch.float32)
     delta = pos[:, None] - pos[None, :]
     mask = torch.where((delta >= 0) & (delta < t.context), 0.0, float("-inf"))
+    table = rope_table(pos, t.layers[0].self_attn.head_dim, t.max_period)
     for layer in t.layers:
         a = layer.self_attn
         empty = h.new_zeros(1, a.num_kv_heads, 0, a.head_dim)
-        h, _, _ = layer_step(layer, h, pos, empty, empty, mask, t.max_period)
+        h, _, _ = layer_step(layer, h, table, empty, empty, mask)
     x = conv(mimi.downsample.conv, h.transpose(1, 2), replicate=True)
     return x.transpose(1, 2)

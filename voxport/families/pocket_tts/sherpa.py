@@ -69,6 +69,7 @@ from voxport.families.pocket_tts.modules import (
     codec_state_shapes,
     encode_voice,
     layer_step,
+    rope_table,
 )
 from voxport.families.pocket_tts.voice import voice_audio
 
@@ -149,8 +150,9 @@ class LmMain(nn.Module):
         visible = (keys[None, :] >= 0) & (keys[None, :] <= positions[:, None])
         mask = torch.where(visible, 0.0, float("-inf"))
         out: list[torch.Tensor] = []
+        table = rope_table(positions, t.layers[0].self_attn.head_dim, t.max_period)
         for i, layer in enumerate(t.layers):
-            x, k, v = layer_step(layer, x, positions, state[2 * i], state[2 * i + 1], mask, t.max_period)
+            x, k, v = layer_step(layer, x, table, state[2 * i], state[2 * i + 1], mask)
             out += [k[:, :, :-1], v[:, :, :-1]] if self.scratch else [k, v]
         if self.scratch:
             x = x[:, :-1]
