@@ -53,9 +53,7 @@ class SkipPolicy:
     refused: list[tuple[str, str]] = field(default_factory=list)
 
     def allows(self, reason: str) -> bool:
-        return any(
-            reason.startswith(a.reason) and not (a.local_only and self.in_ci) for a in self.allowed
-        )
+        return any(reason.startswith(a.reason) and not (a.local_only and self.in_ci) for a in self.allowed)
 
     def _record(self, report: pytest.TestReport | pytest.CollectReport) -> None:
         if report.skipped and not hasattr(report, "wasxfail"):

@@ -167,4 +167,3 @@ def test_a_copy_of_a_weight_is_not_mistaken_for_it() -> None:
     with recorder, torch.no_grad():
         F.linear(torch.randn(2, 3), w.clone())
     assert list(recorder.results(["w"])) == []
-

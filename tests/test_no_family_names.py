@@ -30,8 +30,10 @@ def _docstring_starts(source: str) -> set[tuple[int, int]]:
 
     starts: set[tuple[int, int]] = set()
     for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) and isinstance(
-            node.value.value, str
+        if (
+            isinstance(node, ast.Expr)
+            and isinstance(node.value, ast.Constant)
+            and isinstance(node.value.value, str)
         ):
             starts.add((node.lineno, node.col_offset))
     return starts

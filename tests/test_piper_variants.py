@@ -276,9 +276,7 @@ def test_chunked_stream_is_the_whole_utterance(built: Built) -> None:
 @pytest.mark.parametrize("built", [MULTI], indirect=True)
 def test_speakers_sound_different(built: Built) -> None:
     runner = built.model.torch_runner()
-    a, b = (
-        built.model.synthesize_primary(runner, IDS, VitsSettings(speaker_id=k)).audio for k in (0, 3)
-    )
+    a, b = (built.model.synthesize_primary(runner, IDS, VitsSettings(speaker_id=k)).audio for k in (0, 3))
     similarity = waveform_snr_db(a, b) if a.shape == b.shape else None
     print(f"speaker 0 vs 3: lengths {a.size}/{b.size}, SNR {similarity}")
     assert similarity is None or similarity < 20.0

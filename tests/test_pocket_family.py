@@ -526,9 +526,7 @@ def test_sentencepiece_tokenizer_round_trips(pocket, pocket_dir):
 def test_eos_fires_at_first_allowed_frame(pocket, after):
     """A +100 EOS bias crosses the threshold at once; the rule holds it to frame 6, then keeps `after`."""
     eager = _with_eos_bias(pocket, 100.0)
-    run = eager.synthesize(
-        eager.torch_runner(), IDS, PocketSettings(frames_after_eos=after, max_frames=40)
-    )
+    run = eager.synthesize(eager.torch_runner(), IDS, PocketSettings(frames_after_eos=after, max_frames=40))
     frames = MIN_FRAMES_BEFORE_EOS + 1 + after
     assert run.durations.tolist() == [frames]
     assert run.audio.shape == (frames * 1920,)

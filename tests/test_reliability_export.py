@@ -183,8 +183,6 @@ def test_merged_parameters_are_stored_and_ort_runs_every_graph(fresh_pocket, tmp
     assert flow_weights <= next(f.stored for f in files if f.graph == "flow_head")
 
 
-
-
 # --- one-graph VITS with a dynamic batch ------------------------------------------------------------------
 
 #: scales = [noise_scale, length_scale, noise_w]: noise off, so batch and batch-1 runs are comparable

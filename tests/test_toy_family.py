@@ -31,8 +31,19 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ignore = shutil.ignore_patterns("build", "*.egg-info", "__pycache__")
     source = shutil.copytree(ROOT / "tests" / "toy_family", build / "toy_family", ignore=ignore)
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-cache-dir",
-         "--target", str(target), str(source)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-cache-dir",
+            "--target",
+            str(target),
+            str(source),
+        ],
         check=True,
         cwd=build,
         env={**os.environ, "TMPDIR": str(build)},

@@ -40,6 +40,8 @@ class CheckpointVoice:
         self.vocab_size = int(described["vocab_size"])
         self.num_speakers = int(described.get("num_speakers", 1))
         self._runner = model.torch_runner()
+        #: the family's faster streaming paths, for the runtime API (e.g. a cached voice state)
+        self.runtime_options: dict[str, Any] = dict(getattr(model, "runtime_options", {}))
         #: VITS checkpoints decode in chunks of frames within a sentence
         self.chunked = "chunk_frames" in inspect.signature(model.stream).parameters
 
@@ -175,13 +177,14 @@ def _chunks(
     """Each piece's chunks in turn. Only the first piece's first chunk decides the time to first audio:
     a voice that decodes in chunks is told when it is `continuing` a text already playing, and then
     decodes in as few windows as it likes."""
+    runtime = dict(getattr(voice, "runtime_options", {}))  # a family's faster streaming paths
     for index, ids in enumerate(pieces):
         if not hasattr(voice, "stream"):
             yield voice.speak(ids, settings)
         elif getattr(voice, "chunked", False) and index > 0 and "chunk_frames" not in options:
-            yield from voice.stream(ids, settings, continuing=True)
+            yield from voice.stream(ids, settings, continuing=True, **runtime)
         else:
-            yield from voice.stream(ids, settings, **options)
+            yield from voice.stream(ids, settings, **runtime, **options)
 
 
 def check_pieces(voice: Voice, pieces: Sequence[Sequence[int]], settings: SynthesisSettings) -> None:

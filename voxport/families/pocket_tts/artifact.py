@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
@@ -37,6 +38,10 @@ from voxport.runtime.ort import OrtRunner, ort_session
 
 
 class PocketArtifactVoice:
+    #: what the runtime API (`voxport.load`) streams with: a voice prompt's state computed once, the
+    #: codec in its own thread (Kyutai's runtime does both); parity keeps the exact path, both off
+    runtime_options: ClassVar[dict[str, bool]] = {"voice_cache": True, "codec_thread": True}
+
     def __init__(self, path: Path) -> None:
         self.path = path
         meta = ort_session(path).get_modelmeta().custom_metadata_map

@@ -66,6 +66,8 @@ IGNORED_PREFIXES = ("flow_lm.latent_stats", "flow_lm.loss_weighting")
 
 class PocketTTSAdapter(FamilyModel):
     family: ClassVar[str] = FAMILY
+    #: `stream` options the runtime API (`voxport.load`) turns on; see `stream`
+    runtime_options: ClassVar[dict[str, bool]] = {"voice_cache": True, "codec_thread": True}
 
     def __init__(
         self, modules: PocketModules, *, source: str, tokenizer_files: Mapping[str, bytes], layout: str
