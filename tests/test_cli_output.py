@@ -71,6 +71,9 @@ def test_stage_commands_print_one_json_document(staged: dict[str, Any]) -> None:
     assert {"voxport_version", "recipe", "model", "tool_versions"} <= set(validate)
 
 
+# slow (~37 s: a whole build in a subprocess); the in-process build --json is
+# test_cli.py::test_build_prints_a_table_and_json, and cache hits are test_cache.py's
+@pytest.mark.slow
 def test_build_json_in_a_real_process_from_a_cache(staged: dict[str, Any], tmp_path: Path) -> None:
     """Fast variant of the test below: the console script with the stage cache the module's staged run
     filled, so nothing is recomputed. stdout is one JSON document; --cache-dir and VOXPORT_CACHE_DIR are
