@@ -186,3 +186,21 @@ def test_speed_maps_to_length_scale(tiny_vits_dir: Path) -> None:
         voice.synthesize(SENTENCE, speed=0.05)
     with pytest.raises(BadInput, match="positive number"):
         voice.synthesize(SENTENCE, speed=float("nan"))
+
+
+@pytest.mark.parametrize("source", ["checkpoint", "int8 artifact"])
+def test_later_sentences_continue_in_one_window(
+    tiny_vits_dir: Path, int8_artifact: Path, tiny_vits: FamilyModel, source: str
+) -> None:
+    """Only the first sentence's opening chunks decide the time to first audio: each later sentence of
+    a text is decoded in one window, with the same samples as on its own."""
+    voice = voxport.load(tiny_vits_dir if source == "checkpoint" else int8_artifact)
+    pieces = [
+        tiny_vits.text_to_ids(s) for s in ("the quick brown fox jumps over the lazy dog", "hello world")
+    ]
+    first = list(voice.stream(ids=pieces[0], seed=2))
+    assert len(first) > 1
+    chunks = list(voice.voice.stream(pieces[1], VitsSettings(seed=2), continuing=True))  # type: ignore[attr-defined]
+    assert len(chunks) == 1
+    alone = voice.synthesize(ids=pieces[1], seed=2)
+    assert chunks[0].shape == alone.shape and waveform_snr_db(alone, chunks[0]) > EXACT_SNR_DB

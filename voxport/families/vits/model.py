@@ -435,8 +435,9 @@ class VitsModelAdapter(FamilyModel):
         settings = VitsSettings.of(settings)
         extra = self._common_inputs(settings)
         input_ids = self._check_ids(ids)
+        spec = self.window_spec()
         yield from stream_audio(
-            runner, input_ids, settings, extra, self.window_spec(), chunk_frames=chunk_frames
+            runner, input_ids, settings, extra, spec, chunk_frames=chunk_frames, continuing=continuing
         )
 
     def window_spec(self) -> WindowSpec:
