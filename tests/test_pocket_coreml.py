@@ -302,3 +302,21 @@ def test_reciprocal_patch_still_needed() -> None:
 
     program = _convert_divide()
     assert types.builtin_to_string(program.functions["main"].outputs[0].dtype) == "fp32"
+
+
+def test_coreml_voice_speaks_the_packages(built: Path) -> None:
+    """The voice `voxport say` opens on a Pocket TTS Core ML package on macOS, run here with the MIL
+    interpreter in place of MLModel.predict: the loop's numbers come from the packages' metadata, it
+    streams 80 ms frames, and it matches the same loop over the same packages driven directly."""
+    from voxport.families.pocket_tts.artifact import PocketArtifactVoice
+    from voxport.families.pocket_tts.settings import PocketSettings
+
+    files = _files(built, "fp32")
+    voice = PocketArtifactVoice.coreml(files["flow_head"], CoremlRunner)
+    assert voice.sample_rate == 24000 and voice.runtime_options == {}
+    settings = PocketSettings(seed=3, max_frames=4, temperature=0.3)
+    frames = list(voice.stream([5, 6, 7, 8], settings))
+    assert len(frames) == 4 and all(f.size == 1920 for f in frames)
+    assert np.array_equal(np.concatenate(frames), voice.speak([5, 6, 7, 8], settings))
+    with pytest.raises(BadInput, match="out of range"):
+        voice.speak([10**6], settings)

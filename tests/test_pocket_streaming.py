@@ -182,7 +182,7 @@ def test_artifact_stream_options(onnx_files, voice, tmp_path) -> None:
     from voxport.families.pocket_tts.artifact import PocketArtifactVoice
 
     np.save(tmp_path / "voice.npy", voice)
-    artifact = PocketArtifactVoice(onnx_files["growing"]["backbone"])
+    artifact = PocketArtifactVoice.onnx(onnx_files["growing"]["backbone"])
     settings = PocketSettings(voice=str(tmp_path / "voice.npy"), max_frames=FRAMES, temperature=0.0)
     whole = artifact.speak(IDS, settings)
     assert np.array_equal(whole, np.concatenate(list(artifact.stream(IDS, settings))))

@@ -9,14 +9,14 @@ vocabulary recorded there (`pocket_tts_bins`, as the checkpoint checks its own) 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import ClassVar
 
 import numpy as np
 
 from voxport.errors import BadInput
-from voxport.families.base import SynthesisSettings, check_ids
+from voxport.families.base import Runner, SynthesisSettings, check_ids
+from voxport.families.pocket_tts.bounded import GRAPH as BOUNDED_GRAPH
 from voxport.families.pocket_tts.frontend import (
     POCKET_CHUNK_TOKENS,
     TOKENIZER_FILES,
@@ -40,16 +40,14 @@ from voxport.runtime.ort import OrtRunner, ort_session
 class PocketArtifactVoice:
     #: what the runtime API (`voxport.load`) streams with: a voice prompt's state computed once, the
     #: codec in its own thread (Kyutai's runtime does both); parity keeps the exact path, both off
-    runtime_options: ClassVar[dict[str, bool]] = {"voice_cache": True, "codec_thread": True}
+    runtime_options: dict[str, bool] = {"voice_cache": True, "codec_thread": True}
 
-    def __init__(self, path: Path) -> None:
+    def __init__(
+        self, path: Path, meta: Mapping[str, str], runner: Runner, text_dirs: Sequence[Path]
+    ) -> None:
+        """`meta`: the backbone's metadata (the loop's numbers); `runner`: the three graphs in their
+        runtime; `text_dirs`: where to look for `<name>.tokenizer.*`. Use `onnx` or `coreml`."""
         self.path = path
-        meta = ort_session(path).get_modelmeta().custom_metadata_map
-        if meta.get("graph") != "backbone" or "pocket_tts" not in meta:
-            raise BadInput(
-                f"{path}: a '{meta.get('graph')}' graph; speak with the primary "
-                "<name>.<precision>.onnx (the backbone)"
-            )
         self.spec = LoopSpec.from_json(meta["pocket_tts"])
         self.text_options = json.loads(meta.get("pocket_tts_text", "{}"))
         self.n_bins = int(meta.get("pocket_tts_bins", 4000))
@@ -59,6 +57,27 @@ class PocketArtifactVoice:
         self.num_speakers = 1
         self._after_eos: dict[tuple[int, ...], int] = {}
         self._voice_states: dict[str, VoiceState] = {}
+        self.runner = runner
+        stem = path.name.split(".")[0]
+        self.tokenizer = next(
+            (
+                Tokenizer(name, (folder / f"{stem}.{name}").read_bytes(), self.n_bins)
+                for folder in text_dirs
+                for name in TOKENIZER_FILES
+                if (folder / f"{stem}.{name}").is_file()
+            ),
+            None,
+        )
+
+    @classmethod
+    def onnx(cls, path: Path) -> PocketArtifactVoice:
+        """The primary `<name>.<p>.onnx` (the backbone) with its flow head and codec beside it."""
+        meta = ort_session(path).get_modelmeta().custom_metadata_map
+        if meta.get("graph") != "backbone" or "pocket_tts" not in meta:
+            raise BadInput(
+                f"{path}: a '{meta.get('graph')}' graph; speak with the primary "
+                "<name>.<precision>.onnx (the backbone)"
+            )
         base = path.name[: -len(".onnx")]
         files = {"backbone": path}
         for graph in ("flow_head", "codec"):
@@ -66,16 +85,23 @@ class PocketArtifactVoice:
             if not sibling.is_file():
                 raise BadInput(f"{path}: the {graph} graph is missing beside it (expected {sibling.name})")
             files[graph] = sibling
-        self.runner = OrtRunner(files)
-        stem = path.name.split(".")[0]
-        self.tokenizer = next(
-            (
-                Tokenizer(name, path.with_name(f"{stem}.{name}").read_bytes(), self.n_bins)
-                for name in TOKENIZER_FILES
-                if path.with_name(f"{stem}.{name}").is_file()
-            ),
-            None,
-        )
+        return cls(path, meta, OrtRunner(files), [path.parent])
+
+    @classmethod
+    def coreml(cls, path: Path, runner_for: Callable[[Mapping[str, Path]], Runner]) -> PocketArtifactVoice:
+        """Any of a Core ML artifact's packages (`backbone_cache`, `flow_head`, `codec`) through
+        `runner_for` (Core ML itself on macOS); the tokenizer is read from the build's onnx/ folder
+        or beside the packages. It streams on the exact path: the runtime options assume the
+        growing-cache ONNX backbone, which Core ML's fixed-capacity one is not."""
+        from voxport.runtime.coreml import package_metadata, sibling_packages
+
+        files = sibling_packages(path, (BOUNDED_GRAPH, "flow_head", "codec"))
+        meta = package_metadata(files[BOUNDED_GRAPH])
+        if "pocket_tts" not in meta:
+            raise BadInput(f"{path}: not a Pocket TTS package set (no loop numbers in its metadata)")
+        voice = cls(path, meta, runner_for(files), [path.parent, path.parent.parent / "onnx"])
+        voice.runtime_options = {}
+        return voice
 
     def text_to_ids(self, text: str) -> list[int]:
         if self.tokenizer is None:

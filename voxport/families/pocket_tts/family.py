@@ -7,7 +7,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import ClassVar
 
-from voxport.errors import BadInput
 from voxport.families.base import Family, MetricSpec, Voice
 from voxport.families.pocket_tts.model import FAMILY, PocketTTSAdapter, load_checkpoint
 from voxport.families.pocket_tts.settings import PocketSettings
@@ -60,11 +59,11 @@ class PocketTTSFamily(Family):
 
     @classmethod
     def open_artifact(cls, path: Path) -> Voice:
-        if path.suffix == ".mlpackage":
-            raise BadInput(
-                f"{path}: speaking a Pocket TTS Core ML package is not supported yet (its parity is measured "
-                "by `voxport validate`); speak with the .onnx artifact of the same build"
-            )
+        """An ONNX artifact in ONNX Runtime; a Core ML package set through Core ML itself (macOS only)."""
         from voxport.families.pocket_tts.artifact import PocketArtifactVoice
 
-        return PocketArtifactVoice(path)
+        if path.suffix == ".mlpackage":
+            from voxport.runtime.coreml import predict_runner
+
+            return PocketArtifactVoice.coreml(path, predict_runner)
+        return PocketArtifactVoice.onnx(path)
