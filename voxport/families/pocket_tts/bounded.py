@@ -78,19 +78,7 @@ def backbone_cache_step(
 class BackboneCacheGraph(BackboneGraph):
     """`BackboneGraph`'s inputs and embedding, with fixed caches in and out instead of past/present."""
 
-    def forward(  # type: ignore[override]
-        self,
-        token_ids: torch.Tensor,
-        latents: torch.Tensor,
-        kind: torch.Tensor,
-        position: torch.Tensor,
-        *cache: torch.Tensor,
-    ) -> tuple[torch.Tensor, ...]:
-        pairs = [(cache[2 * i], cache[2 * i + 1]) for i in range(self.num_layers)]
-        hidden, eos, updated = backbone_cache_step(
-            self.model.flow_lm, self.embed(token_ids, latents, kind), position, pairs
-        )
-        return (hidden, eos, *[t for pair in updated for t in pair])
+    step = staticmethod(backbone_cache_step)
 
 
 def backbone_cache_graph(backbone: GraphSpec, capacity: int) -> GraphSpec:
@@ -98,25 +86,40 @@ def backbone_cache_graph(backbone: GraphSpec, capacity: int) -> GraphSpec:
     metadata; `seq` stays the only variable axis)."""
     if not isinstance(backbone.module, BackboneGraph):
         raise TypeError(f"expected the pocket_tts backbone graph, got {type(backbone.module).__name__}")
-    module = BackboneCacheGraph(backbone.module.model)
-    names_in, names_out = cache_names(module.num_layers)
-    token_ids, latents, kind, position, past = backbone.example_inputs[:5]  # past: one layer's keys
-    needed = int(position[0]) + int(token_ids.shape[1])
+    needed = int(backbone.example_inputs[3][0]) + int(backbone.example_inputs[0].shape[1])
     if capacity < needed:
         raise BadInput(f"export.coreml.kv_capacity {capacity} is below the {needed} traced positions")
+    module = BackboneCacheGraph(backbone.module.model)
+    return cache_backbone_spec(backbone, module, GRAPH, capacity, {"pocket_tts_kv_capacity": str(capacity)})
+
+
+def cache_backbone_spec(
+    backbone: GraphSpec,
+    module: BackboneGraph,
+    name: str,
+    capacity: int,
+    metadata: dict[str, str],
+    capacity_axis: str | None = None,
+) -> GraphSpec:
+    """The GraphSpec of a backbone that carries `capacity`-position caches in and out (this fixed one,
+    kvcache.py's in-place one): `backbone`'s embedding inputs, outputs and metadata, plus the caches;
+    `capacity_axis` names the cache length when it varies between calls."""
+    names_in, names_out = cache_names(module.num_layers)
+    token_ids, latents, kind, position, past = backbone.example_inputs[:5]  # past: one layer's keys
     heads, head_dim = int(past.shape[1]), int(past.shape[3])
     g = torch.Generator().manual_seed(1)
     # non-zero example caches, so tracing cannot specialise on an empty or all-zero cache
     caches = [torch.randn(1, heads, capacity, head_dim, generator=g) for _ in names_in]
     seq_axes = {n: backbone.dynamic_axes[n] for n in ("token_ids", "latents", "kind", "hidden", "eos_logit")}
+    cache_axes = {n: {2: capacity_axis} for n in (*names_in, *names_out)} if capacity_axis else {}
     return GraphSpec(
-        name=GRAPH,
+        name=name,
         module=module,
         input_names=["token_ids", "latents", "kind", "position", *names_in],
         output_names=["hidden", "eos_logit", *names_out],
         example_inputs=(token_ids, latents, kind, position, *caches),
-        dynamic_axes=seq_axes,
-        metadata={**backbone.metadata, "pocket_tts_kv_capacity": str(capacity)},
+        dynamic_axes={**seq_axes, **cache_axes},
+        metadata={**backbone.metadata, **metadata},
         primary=backbone.primary,
         discrete_outputs=backbone.discrete_outputs,
         state=dict(zip(names_out, names_in, strict=True)),

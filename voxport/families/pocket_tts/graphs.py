@@ -13,10 +13,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
 from voxport.families.pocket_tts.modules import (
+    FlowLM,
     PocketModules,
     backbone_step,
     codec_state_shapes,
@@ -28,7 +31,16 @@ from voxport.families.pocket_tts.modules import (
 KIND_TEXT, KIND_VOICE, KIND_LATENT, KIND_BOS_BEFORE_VOICE, KIND_AUDIO_BOS = 0, 1, 2, 3, 4
 
 
+#: one (keys, values) pair per layer
+Pairs = list[tuple[torch.Tensor, torch.Tensor]]
+BackboneStep = Callable[[FlowLM, torch.Tensor, torch.Tensor, Pairs], tuple[torch.Tensor, torch.Tensor, Pairs]]
+
+
 class BackboneGraph(nn.Module):
+    #: the flow LM call over (flow_lm, embeds, position, one (keys, values) pair per layer) →
+    #: (hidden, eos, the pairs to carry on); the cache variants (bounded.py, kvcache.py) change only this
+    step: BackboneStep = staticmethod(backbone_step)
+
     def __init__(self, modules: PocketModules) -> None:
         super().__init__()
         self.model = modules
@@ -60,7 +72,7 @@ class BackboneGraph(nn.Module):
         *past: torch.Tensor,
     ) -> tuple[torch.Tensor, ...]:
         pairs = [(past[2 * i], past[2 * i + 1]) for i in range(self.num_layers)]
-        hidden, eos, present = backbone_step(
+        hidden, eos, present = self.step(
             self.model.flow_lm, self.embed(token_ids, latents, kind), position, pairs
         )
         return (hidden, eos, *[t for pair in present for t in pair])

@@ -27,7 +27,7 @@ import torch
 
 from voxport.errors import BadInput
 from voxport.families.base import GraphSpec
-from voxport.families.pocket_tts.bounded import cache_names
+from voxport.families.pocket_tts.bounded import cache_backbone_spec, cache_names
 from voxport.families.pocket_tts.graphs import BackboneGraph
 from voxport.families.pocket_tts.modules import (
     FlowLM,
@@ -72,19 +72,7 @@ def backbone_kv_step(
 class BackboneKvGraph(BackboneGraph):
     """`BackboneGraph`'s inputs and embedding, with preallocated caches written in place."""
 
-    def forward(
-        self,
-        token_ids: torch.Tensor,
-        latents: torch.Tensor,
-        kind: torch.Tensor,
-        position: torch.Tensor,
-        *cache: torch.Tensor,
-    ) -> tuple[torch.Tensor, ...]:
-        pairs = [(cache[2 * i], cache[2 * i + 1]) for i in range(self.num_layers)]
-        hidden, eos, updated = backbone_kv_step(
-            self.model.flow_lm, self.embed(token_ids, latents, kind), position, pairs
-        )
-        return (hidden, eos, *[t for pair in updated for t in pair])
+    step = staticmethod(backbone_kv_step)
 
 
 def backbone_kv_graph(backbone: GraphSpec) -> GraphSpec:
@@ -93,26 +81,11 @@ def backbone_kv_graph(backbone: GraphSpec) -> GraphSpec:
     if not isinstance(backbone.module, BackboneGraph):
         raise BadInput(f"expected the pocket_tts backbone graph, got {type(backbone.module).__name__}")
     module = BackboneKvGraph(backbone.module.model)
-    names_in, names_out = cache_names(module.num_layers)
-    token_ids, latents, kind, position, past = backbone.example_inputs[:5]
+    token_ids, position = backbone.example_inputs[0], backbone.example_inputs[3]
     capacity = int(position[0]) + int(token_ids.shape[1]) + 3  # > the written slots: no axis specialises
-    heads, head_dim = int(past.shape[1]), int(past.shape[3])
-    g = torch.Generator().manual_seed(1)
-    caches = [torch.randn(1, heads, capacity, head_dim, generator=g) for _ in names_in]
-    seq_axes = {n: backbone.dynamic_axes[n] for n in ("token_ids", "latents", "kind", "hidden", "eos_logit")}
-    inplace = dict(zip(names_out, names_in, strict=True))
-    return GraphSpec(
-        name=GRAPH,
-        module=module,
-        input_names=["token_ids", "latents", "kind", "position", *names_in],
-        output_names=["hidden", "eos_logit", *names_out],
-        example_inputs=(token_ids, latents, kind, position, *caches),
-        dynamic_axes={**seq_axes, **{n: {2: "capacity"} for n in (*names_in, *names_out)}},
-        metadata={**backbone.metadata, INPLACE_KEY: json.dumps(inplace, sort_keys=True)},
-        primary=backbone.primary,
-        discrete_outputs=backbone.discrete_outputs,
-        state=inplace,
-    )
+    names_in, names_out = cache_names(module.num_layers)
+    inplace = json.dumps(dict(zip(names_out, names_in, strict=True)), sort_keys=True)
+    return cache_backbone_spec(backbone, module, GRAPH, capacity, {INPLACE_KEY: inplace}, "capacity")
 
 
 def kv_graphs(graphs: list[GraphSpec]) -> list[GraphSpec]:
