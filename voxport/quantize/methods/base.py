@@ -116,12 +116,19 @@ class QuantMethod(ABC):
         weight error by default; a calibrated method weighs it by what the weight's inputs were, so the
         figure is the layer's output error on the calibration sentences. `voxport quantize` prints each
         module's error relative to rtn's codes measured the same way."""
-        diff = np.asarray(weight, dtype=np.float64).reshape(quantized.shape) - quantized.dequantize()
+        diff = weight_delta(weight, quantized)
         return float(np.sum(diff * diff))
 
     def describe(self) -> dict[str, Any]:
         """Name and options for logs and the cache key (options with their defaults filled in)."""
         return {"method": self.name, "options": self.options.model_dump(mode="json")}
+
+
+def weight_delta(weight: np.ndarray, quantized: QuantizedTensor) -> np.ndarray:
+    """`weight` minus its dequantized codes in float64, in the codes' 2-D (rows, columns) view: the
+    error every method's `error` weighs its own way."""
+    w2 = np.asarray(weight, dtype=np.float64).reshape(quantized.rows, -1)
+    return w2 - quantized.dequantize().reshape(w2.shape).astype(np.float64)
 
 
 class RecordingMethod(QuantMethod):

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from pydantic import Field, Strict
 
-from voxport.quantize.methods.base import MethodOptions, RecordingMethod
+from voxport.quantize.methods.base import MethodOptions, RecordingMethod, weight_delta
 from voxport.quantize.methods.blocks import Blocks, clipped_scale, encode
 from voxport.quantize.precisions import PrecisionSpec
 from voxport.quantize.tensor import QuantizedTensor
@@ -97,8 +97,7 @@ class Gptq(RecordingMethod, name="gptq"):
         if recorded is None:
             return super().error(name, weight, quantized)
         hessian, axis = recorded
-        w2 = np.asarray(weight, dtype=np.float64).reshape(quantized.rows, -1)
-        delta = w2 - quantized.dequantize().reshape(w2.shape).astype(np.float64)
+        delta = weight_delta(weight, quantized)
         if axis == 0:
             delta = delta.T
         return float(np.einsum("ij,jk,ik->", delta, hessian, delta, optimize=True))

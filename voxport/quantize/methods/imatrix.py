@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Annotated
 import numpy as np
 from pydantic import Field, Strict
 
-from voxport.quantize.methods.base import MethodOptions, RecordingMethod
+from voxport.quantize.methods.base import MethodOptions, RecordingMethod, weight_delta
 from voxport.quantize.methods.blocks import (
     Blocks,
     absmax_scale,
@@ -87,8 +87,7 @@ class Imatrix(RecordingMethod, name="imatrix"):
         if recorded is None:
             return super().error(name, weight, quantized)
         per, axis = recorded
-        w2 = np.asarray(weight, dtype=np.float64).reshape(quantized.rows, -1)
-        delta = w2 - quantized.dequantize().reshape(w2.shape).astype(np.float64)
+        delta = weight_delta(weight, quantized)
         importance = per[:, None] if axis == 0 else per[None, :]
         return float(np.sum(importance * delta * delta))
 
