@@ -202,30 +202,36 @@ def load(path: str | Path, *, trust_pickle: bool = False) -> Synthesizer:
     """Open an exported artifact (a voxport `<name>.<precision>.onnx`, a Piper voice `.onnx`) or a
     checkpoint (directory or weights file) to speak with. Pickle checkpoints need `trust_pickle`."""
     source = Path(path)
-    family = voice_family(source)
-    return Synthesizer(open_voice(source, trust_pickle=trust_pickle), family, source)
+    family, exported = _identify(source)
+    return Synthesizer(_open(source, family, exported, trust_pickle), family, source)
 
 
 def voice_family(path: Path) -> type[Family]:
     """The family that speaks `path` (a checkpoint, or an artifact voxport exported), found without
     loading weights, so its settings can be checked before any model loads."""
-    _check_speakable(path)
-    if path.suffix == ".onnx" and (family := _onnx_family(path)) is not None:
-        return families()[family]
-    if path.suffix == ".mlpackage":
-        return families()[_coreml_family(path)]
-    return detect_family(path)
+    return _identify(path)[0]
 
 
 def open_voice(path: Path, *, trust_pickle: bool = False) -> Voice:
+    family, exported = _identify(path)
+    return _open(path, family, exported, trust_pickle)
+
+
+def _identify(path: Path) -> tuple[type[Family], bool]:
+    """`path`'s family, and whether it is an artifact voxport exported (read from its metadata: an
+    ONNX graph's or a Core ML package's) rather than a checkpoint or a foreign voice file."""
     _check_speakable(path)
-    if path.suffix == ".onnx":
-        family = _onnx_family(path)
-        if family is not None:
-            return families()[family].open_artifact(path)
+    if path.suffix == ".onnx" and (family := _onnx_family(path)) is not None:
+        return families()[family], True
     if path.suffix == ".mlpackage":
-        return families()[_coreml_family(path)].open_artifact(path)
-    return CheckpointVoice(load_model(path, trust_pickle=trust_pickle))
+        return families()[_coreml_family(path)], True
+    return detect_family(path), False
+
+
+def _open(path: Path, family: type[Family], exported: bool, trust_pickle: bool) -> Voice:
+    if exported:
+        return family.open_artifact(path)
+    return CheckpointVoice(load_model(path, family=family.name, trust_pickle=trust_pickle))
 
 
 def _coreml_family(path: Path) -> str:
