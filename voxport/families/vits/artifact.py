@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
@@ -34,7 +35,48 @@ IDS_INPUT = "input"
 _TABLE_OPS = {"DequantizeLinear", "Cast", "Identity"}
 
 
-class VitsArtifactVoice:
+class _PiperVoice:
+    """What both artifact voices share: Piper's text frontend (when its config was found) and the
+    checks of ids and speaker against the artifact's own vocabulary and speaker count."""
+
+    path: Path
+    frontend: PiperFrontend | None
+    vocab_size: int
+    num_speakers: int
+    #: what to say when text is given but no Piper config was found
+    missing_frontend: ClassVar[str]
+
+    def _text_frontend(self) -> PiperFrontend:
+        if self.frontend is None:
+            raise BadInput(f"{self.path}: {self.missing_frontend}; give ids with --ids")
+        return self.frontend
+
+    def text_to_ids(self, text: str) -> list[int]:
+        return self._text_frontend().text_to_ids(text)
+
+    def text_pieces(self, text: str) -> list[list[int]]:
+        return self._text_frontend().sentence_ids(text, VITS_PIECE_IDS)
+
+    def id_pieces(self, ids: Sequence[int]) -> list[list[int]]:
+        pauses, words = self.frontend.boundary_ids() if self.frontend is not None else ((), ())
+        return id_pieces(ids, VITS_PIECE_IDS, pauses=pauses, words=words)
+
+    def _checked(
+        self, ids: Sequence[int], settings: SynthesisSettings
+    ) -> tuple[list[int], VitsSettings, dict[str, np.ndarray]]:
+        """The ids, the settings as VITS's, and the graphs' speaker input (none for one speaker)."""
+        checked = check_ids(ids, self.vocab_size)
+        vits = VitsSettings.of(settings)
+        speaker = vits.speaker_id or 0
+        if not 0 <= speaker < self.num_speakers:
+            raise BadInput(f"speaker id {speaker} out of range 0..{self.num_speakers - 1}")
+        extra = {"sid": np.asarray([speaker], np.int64)} if self.num_speakers > 1 else {}
+        return checked, vits, extra
+
+
+class VitsArtifactVoice(_PiperVoice):
+    missing_frontend = "no text frontend beside this artifact"
+
     def __init__(self, path: Path) -> None:
         self.path = path
         self.session = ort_session(path)
@@ -71,28 +113,6 @@ class VitsArtifactVoice:
             )
         return int(self.frontend.config["num_symbols"])
 
-    def text_to_ids(self, text: str) -> list[int]:
-        if self.frontend is None:
-            raise BadInput(f"{self.path}: no text frontend beside this artifact; give ids with --ids")
-        return self.frontend.text_to_ids(text)
-
-    def text_pieces(self, text: str) -> list[list[int]]:
-        if self.frontend is None:
-            raise BadInput(f"{self.path}: no text frontend beside this artifact; give ids with --ids")
-        return self.frontend.sentence_ids(text, VITS_PIECE_IDS)
-
-    def id_pieces(self, ids: Sequence[int]) -> list[list[int]]:
-        pauses, words = self.frontend.boundary_ids() if self.frontend is not None else ((), ())
-        return id_pieces(ids, VITS_PIECE_IDS, pauses=pauses, words=words)
-
-    def _checked(self, ids: Sequence[int], settings: SynthesisSettings) -> tuple[list[int], VitsSettings]:
-        checked = check_ids(ids, self.vocab_size)
-        settings = VitsSettings.of(settings)
-        speaker = settings.speaker_id or 0
-        if not 0 <= speaker < self.num_speakers:
-            raise BadInput(f"speaker id {speaker} out of range 0..{self.num_speakers - 1}")
-        return checked, settings
-
     def stream(
         self,
         ids: Sequence[int],
@@ -102,11 +122,10 @@ class VitsArtifactVoice:
         continuing: bool = False,
     ) -> Iterator[np.ndarray]:
         """Audio chunk by chunk through the split graphs; without them, the one graph's whole sentence."""
-        checked, vits = self._checked(ids, settings)
+        checked, vits, extra = self._checked(ids, settings)
         if self.split is None or self.window is None:
             yield self._one_graph(checked, vits)
             return
-        extra = {"sid": np.asarray([vits.speaker_id or 0], np.int64)} if self.num_speakers > 1 else {}
         feed = np.asarray([checked], dtype=np.int64)
         yield from stream_audio(
             self.split, feed, vits, extra, self.window, chunk_frames=chunk_frames, continuing=continuing
@@ -161,7 +180,7 @@ def embedding_rows(path: Path) -> int | None:
     return int(initializers[name].dims[0]) if name is not None else None
 
 
-class VitsCoremlVoice:
+class VitsCoremlVoice(_PiperVoice):
     """A Core ML artifact (`<name>.<p>.encoder.mlpackage` + `.decoder.mlpackage`) speaking through a
     Core ML runner: Core ML itself on macOS (`runtime.coreml.predict_runner`), or the MIL interpreter
     where a test wants the same code without a Mac. One whole sentence per chunk: Core ML's graphs
@@ -171,6 +190,7 @@ class VitsCoremlVoice:
     (`../onnx/<name>.<p>.onnx.json`); without it, give ids."""
 
     chunked = False
+    missing_frontend = "no Piper voice config in the build's onnx/ folder"
 
     def __init__(self, path: Path, runner_for: Callable[[Mapping[str, Path]], Runner]) -> None:
         from voxport.runtime.coreml import package_metadata, sibling_packages
@@ -192,29 +212,6 @@ class VitsCoremlVoice:
         )
         self.runner = runner_for(files)
 
-    def text_to_ids(self, text: str) -> list[int]:
-        if self.frontend is None:
-            raise BadInput(
-                f"{self.path}: no Piper voice config in the build's onnx/ folder; give ids with --ids"
-            )
-        return self.frontend.text_to_ids(text)
-
-    def text_pieces(self, text: str) -> list[list[int]]:
-        if self.frontend is None:
-            raise BadInput(
-                f"{self.path}: no Piper voice config in the build's onnx/ folder; give ids with --ids"
-            )
-        return self.frontend.sentence_ids(text, VITS_PIECE_IDS)
-
-    def id_pieces(self, ids: Sequence[int]) -> list[list[int]]:
-        pauses, words = self.frontend.boundary_ids() if self.frontend is not None else ((), ())
-        return id_pieces(ids, VITS_PIECE_IDS, pauses=pauses, words=words)
-
     def speak(self, ids: Sequence[int], settings: SynthesisSettings) -> np.ndarray:
-        checked = check_ids(ids, self.vocab_size)
-        vits = VitsSettings.of(settings)
-        speaker = vits.speaker_id or 0
-        if not 0 <= speaker < self.num_speakers:
-            raise BadInput(f"speaker id {speaker} out of range 0..{self.num_speakers - 1}")
-        extra = {"sid": np.asarray([speaker], np.int64)} if self.num_speakers > 1 else {}
+        checked, vits, extra = self._checked(ids, settings)
         return whole_audio(self.runner, np.asarray([checked], np.int64), vits, extra)
