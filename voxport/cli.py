@@ -487,13 +487,17 @@ def import_(
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Checkpoint directory to write.")],
     config: Annotated[Path | None, typer.Option(help="A config file the source needs beside it.")] = None,
     trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="Allow a pickled source.")] = False,
+    voices: Annotated[
+        Path | None, typer.Option(help="Style presets, for models whose voices are vectors (Kokoro).")
+    ] = None,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Bring a checkpoint from another toolchain in as a voxport checkpoint (KIND: an importer a
     registered family provides; an unknown KIND lists them).
 
-    Example: voxport import piper en_US-joe-medium.onnx --out checkpoints/joe
+    Examples: voxport import piper en_US-joe-medium.onnx --out checkpoints/joe;
+    voxport import kokoro kokoro.onnx --voices voices.npz --out checkpoints/kokoro
     """
     from voxport.families.base import ImportRequest
     from voxport.families.registry import families
@@ -503,7 +507,10 @@ def import_(
         if kind not in importers:
             listed = "; ".join(f"{k}: {imp.help}" for k, imp in sorted(importers.items()))
             raise VoxportError(f"unknown import kind {kind!r} (known: {listed or 'none'})")
-        return importers[kind].run(ImportRequest(source, out_dir, config, trust_pickle))
+        importer = importers[kind]
+        if voices is not None and not importer.takes_voices:
+            raise VoxportError(f"--voices is not used by the {kind!r} importer; leave it out")
+        return importer.run(ImportRequest(source, out_dir, config, trust_pickle, voices))
 
     with _silenced(quiet):
         written = _run(run, as_json)
@@ -534,7 +541,7 @@ def say(
         None
     ),
     voice_prompt: Annotated[
-        str | None, typer.Option("--voice", help="Voice prompt: a WAV (checkpoints) or .npy latents.")
+        str | None, typer.Option("--voice", help="Voice: a Kokoro voice name; a Pocket TTS prompt (WAV or .npy latents).")
     ] = None,
     speed: Annotated[
         float, typer.Option(help="Speaking rate: 2 = twice as fast (refused by voices with no pace control).")

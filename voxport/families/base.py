@@ -277,12 +277,14 @@ class StreamingVoice(Voice, Protocol):
 
 @dataclass(frozen=True)
 class ImportRequest:
-    """What `voxport import KIND SOURCE --out DIR [--config FILE] [--trust-pickle]` asks an importer."""
+    """What `voxport import KIND SOURCE --out DIR [--config FILE] [--voices FILE] [--trust-pickle]` asks
+    an importer. `voices`: style presets for models whose speakers are vectors (Kokoro)."""
 
     source: str
     out_dir: Path
     config: Path | None = None
     trust_pickle: bool = False
+    voices: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -292,6 +294,8 @@ class Importer:
 
     help: str
     run: Callable[[ImportRequest], Path]
+    #: reads `ImportRequest.voices`; `--voices` given to any other importer is refused, not ignored
+    takes_voices: bool = False
 
 
 class Family(ABC):

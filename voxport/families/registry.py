@@ -26,6 +26,7 @@ GROUP = "voxport.families"
 BUILTIN: tuple[str, ...] = (
     "voxport.families.vits:VitsFamily",
     "voxport.families.pocket_tts:PocketTTSFamily",
+    "voxport.families.kokoro:KokoroFamily",
 )
 #: who provides the built-ins, in duplicate-name messages
 _VOXPORT = "voxport (built in)"
