@@ -162,7 +162,7 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
         ) from exc
 
 
-def _read_sherpa_bin(path: Path, names: Sequence[str]) -> dict[str, np.ndarray]:
+def _read_sherpa_bin(path: Path, names: Sequence[str], rows: int | None) -> dict[str, np.ndarray]:
     """sherpa-onnx's voices.bin: the voices' float32 tables (N, 1, 256) one after the other in speaker-id
     order, no header (sherpa-onnx scripts/kokoro/v1.0/generate_voices_bin.py; the reader,
     csrc/offline-tts-kokoro-model.cc, checks size == n_speakers * style_dim[0] * style_dim[2] floats)."""
@@ -173,24 +173,29 @@ def _read_sherpa_bin(path: Path, names: Sequence[str]) -> dict[str, np.ndarray]:
         )
     size = path.stat().st_size
     per_voice, rest = divmod(size, 4 * STYLE_WIDTH * len(names))
-    if rest or per_voice < 1:
+    if rest or per_voice < 1 or (rows is not None and per_voice != rows):
+        shape = f"[{rows if rows is not None else 'N'}, 1, {STYLE_WIDTH}]"
         raise BadInput(
-            f"{path}: {size} bytes is not {len(names)} voices of float32 [N, 1, {STYLE_WIDTH}]; "
+            f"{path}: {size} bytes is not {len(names)} voices of float32 {shape}; "
             "check the voice names given against the file"
         )
     data = np.fromfile(path, dtype="<f4").reshape(len(names), per_voice, 1, STYLE_WIDTH)
     return {str(name): data[i] for i, name in enumerate(names)}
 
 
-def read_voices(path: str | Path, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+def read_voices(
+    path: str | Path, names: Sequence[str] | None = None, *, rows: int | None = None
+) -> dict[str, np.ndarray]:
     """The voices in `path`, each float32 [N, 1, 256], by name.
 
     A zip file is read as kokoro-onnx's `.npz` whatever its suffix (kokoro-onnx's own release names its
-    npz `voices-v1.0.bin`); anything else as sherpa-onnx's headerless `voices.bin`, which needs `names`."""
+    npz `voices-v1.0.bin`); anything else as sherpa-onnx's headerless `voices.bin`, which needs `names` (in
+    speaker-id order: the ONNX metadata's `speaker_names`) and is checked against `rows` per voice when
+    given (the metadata's `style_dim` [rows, 1, 256]; else any whole number of rows)."""
     file = Path(path)
     if not file.is_file():
         raise BadInput(
             f"voices file {file} does not exist; give a kokoro-onnx .npz or a sherpa-onnx voices.bin"
         )
     npz = zipfile.is_zipfile(file)
-    return check_voices(_read_npz(file) if npz else _read_sherpa_bin(file, list(names or ())))
+    return check_voices(_read_npz(file) if npz else _read_sherpa_bin(file, list(names or ()), rows))
