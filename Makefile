@@ -20,6 +20,11 @@ $(BIN)/voxport: pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[dev]'
+	# Kokoro's reference implementation (hexgrad's KModel, the oracle of the kokoro family's tests), without
+	# its dependencies: they pull misaki[en] and spaCy, and it declares Python < 3.13. Its model modules need
+	# only torch, transformers (with huggingface_hub) and loguru, which [dev] installs; its pipeline (and so
+	# `import kokoro`) needs misaki, which voxport does not use. Hence here and not in pyproject.
+	$(BIN)/pip install -q --no-deps kokoro==0.9.4
 	touch $@
 
 setup: $(BIN)/voxport

