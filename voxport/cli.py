@@ -541,7 +541,8 @@ def say(
         None
     ),
     voice_prompt: Annotated[
-        str | None, typer.Option("--voice", help="Voice: a Kokoro voice name; a Pocket TTS prompt (WAV or .npy latents).")
+        str | None,
+        typer.Option("--voice", help="Voice: a Kokoro voice name; a Pocket TTS prompt (WAV or .npy latents)."),
     ] = None,
     speed: Annotated[
         float, typer.Option(help="Speaking rate: 2 = twice as fast (refused by voices with no pace control).")

@@ -55,9 +55,11 @@ def _weight_normed(name: str) -> bool:
         if ".noise_convs." in base or ".m_source." in base or base.endswith((".fc",)):
             return False
         leaf = base.rsplit(".", 1)[-1]
-        return leaf.isdigit() and (".convs1." in base or ".convs2." in base or ".ups." in base
-                                   or base.endswith("asr_res.0")) or leaf in (
-            "conv1", "conv2", "conv1x1", "pool", "F0_conv", "N_conv", "conv_post")
+        return (
+            leaf.isdigit()
+            and (".convs1." in base or ".convs2." in base or ".ups." in base or base.endswith("asr_res.0"))
+            or leaf in ("conv1", "conv2", "conv1x1", "pool", "F0_conv", "N_conv", "conv_post")
+        )
     return False
 
 

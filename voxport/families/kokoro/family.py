@@ -20,7 +20,9 @@ def _import_onnx(request: ImportRequest) -> Path:
     from voxport.families.kokoro.loading import import_published
 
     if request.voices is None:
-        raise BadInput("importing Kokoro needs its voices: add --voices VOICES.npz (kokoro-onnx) or voices.bin")
+        raise BadInput(
+            "importing Kokoro needs its voices: add --voices VOICES.npz (kokoro-onnx) or voices.bin"
+        )
     return import_published(Path(request.source), request.voices, request.out_dir)
 
 

@@ -25,8 +25,9 @@ from voxport.families.kokoro.modules import KokoroNet
 HARMONICS = 9
 
 
-def _features(model: KokoroNet, tokens: torch.Tensor, style: torch.Tensor, speed: torch.Tensor
-              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _features(
+    model: KokoroNet, tokens: torch.Tensor, style: torch.Tensor, speed: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     s = style[:, model.style_dim :]
     hidden = model.bert(tokens).last_hidden_state
     d = model.predictor.text_encoder(model.bert_encoder(hidden).transpose(1, 2), s)
@@ -40,14 +41,22 @@ def _alignment(durations: torch.Tensor, frames: int | torch.Tensor) -> torch.Ten
     A matmul with it copies features exactly (x·1 plus zeros), as KModel's `pred_aln_trg` does."""
     end = torch.cumsum(durations, dim=1)
     start = end - durations
-    f = torch.arange(frames, dtype=durations.dtype)[None, None, :] if isinstance(frames, int) else (
-        torch.arange(0, frames, dtype=torch.int64).to(durations.dtype)[None, None, :]
+    f = (
+        torch.arange(frames, dtype=durations.dtype)[None, None, :]
+        if isinstance(frames, int)
+        else (torch.arange(0, frames, dtype=torch.int64).to(durations.dtype)[None, None, :])
     )
     return ((f >= start[:, :, None]) & (f < end[:, :, None])).to(torch.float32)
 
 
-def _decode(model: KokoroNet, d: torch.Tensor, t_en: torch.Tensor, aln: torch.Tensor, style: torch.Tensor,
-            noise: torch.Tensor) -> torch.Tensor:
+def _decode(
+    model: KokoroNet,
+    d: torch.Tensor,
+    t_en: torch.Tensor,
+    aln: torch.Tensor,
+    style: torch.Tensor,
+    noise: torch.Tensor,
+) -> torch.Tensor:
     s = style[:, model.style_dim :]
     en = d.transpose(1, 2) @ aln
     f0, n = model.predictor.f0_n(en, s)
@@ -60,8 +69,9 @@ class EncoderGraph(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, tokens: torch.Tensor, style: torch.Tensor, speed: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(
+        self, tokens: torch.Tensor, style: torch.Tensor, speed: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return _features(self.model, tokens, style, speed)
 
 
@@ -71,8 +81,14 @@ class DecoderGraph(nn.Module):
         self.model = model
         self.samples_per_frame = model.decoder.generator.upsample_scale * 2
 
-    def forward(self, d: torch.Tensor, t_en: torch.Tensor, durations: torch.Tensor, style: torch.Tensor,
-                noise: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        d: torch.Tensor,
+        t_en: torch.Tensor,
+        durations: torch.Tensor,
+        style: torch.Tensor,
+        noise: torch.Tensor,
+    ) -> torch.Tensor:
         frames = torch.div(noise.shape[1], self.samples_per_frame, rounding_mode="floor")
         return _decode(self.model, d, t_en, _alignment(durations, frames), style, noise)
 

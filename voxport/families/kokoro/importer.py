@@ -122,7 +122,9 @@ def read_published_onnx(path: Path, expected: dict[str, tuple[int, ...]]) -> dic
     try:
         model = onnx.load(str(path))
     except Exception as exc:  # onnx raises DecodeError and friends for anything that is not a model
-        raise BadInput(f"{path}: not a readable ONNX model ({type(exc).__name__}); give Kokoro's .onnx") from None
+        raise BadInput(
+            f"{path}: not a readable ONNX model ({type(exc).__name__}); give Kokoro's .onnx"
+        ) from None
     names = [i.name for i in model.graph.input]
     if tuple(names) != INPUTS:
         raise BadInput(
@@ -225,8 +227,11 @@ def _gather(g: _Graph, node: onnx.NodeProto, put: Put, put_kernel: PutKernel) ->
     if not table.endswith("_quantized") or table not in g.init:
         return
     dq = g.consumers[node.output[0]][0]
-    put(_kmodel_name(table.removesuffix("_quantized")), g.dequantize(table, dq.input[1], dq.input[2]),
-        "an int8 embedding")
+    put(
+        _kmodel_name(table.removesuffix("_quantized")),
+        g.dequantize(table, dq.input[1], dq.input[2]),
+        "an int8 embedding",
+    )
 
 
 def _lstm(g: _Graph, node: onnx.NodeProto, put: Put, put_kernel: PutKernel) -> None:
@@ -242,7 +247,11 @@ def _lstm(g: _Graph, node: onnx.NodeProto, put: Put, put_kernel: PutKernel) -> N
         z = g.array(zero).astype(np.float32).reshape(-1, 1, 1)
         return (g.array(q).astype(np.float32) - z) * s
 
-    weights, recurrent, bias = per_direction(w, w_scale, w_zero), per_direction(r, r_scale, r_zero), g.array(b)
+    weights, recurrent, bias = (
+        per_direction(w, w_scale, w_zero),
+        per_direction(r, r_scale, r_zero),
+        g.array(b),
+    )
     for direction, suffix in ((0, ""), (1, "_reverse")):
         what = "DynamicQuantizeLSTM"
         put(f"{module}.weight_ih_l0{suffix}", _gates_to_torch(weights[direction].T, hidden), what)

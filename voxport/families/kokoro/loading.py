@@ -63,10 +63,15 @@ def load_checkpoint(path: Path, *, trust_pickle: bool = False) -> KokoroModel:
     marker: dict[str, Any] = {}
     if (directory / MARKER).is_file():
         marker = json.loads((directory / MARKER).read_text())
-    with np.load(voices_file) as packed:
-        voices = {name: packed[name].astype(np.float32) for name in packed.files}
-    return build(config, tensors, voices, source=str(path),
-                 provenance=str(marker.get("provenance", "")))
+    from voxport.families.kokoro.source import read_voices
+
+    return build(
+        config,
+        tensors,
+        read_voices(voices_file),
+        source=str(path),
+        provenance=str(marker.get("provenance", "")),
+    )
 
 
 def import_published(onnx_path: Path, voices_path: Path, out_dir: Path) -> Path:
@@ -76,12 +81,21 @@ def import_published(onnx_path: Path, voices_path: Path, out_dir: Path) -> Path:
 
     if not onnx_path.is_file():
         raise BadInput(f"{onnx_path}: no such file; give Kokoro's .onnx (see the README's Kokoro section)")
-    if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir()) and not (out_dir / MARKER).is_file())):
-        raise BadInput(f"{out_dir}: exists and is not an empty directory or a voxport checkpoint; choose another")
+    if out_dir.exists() and (
+        not out_dir.is_dir() or (any(out_dir.iterdir()) and not (out_dir / MARKER).is_file())
+    ):
+        raise BadInput(
+            f"{out_dir}: exists and is not an empty directory or a voxport checkpoint; choose another"
+        )
     voices = read_voices(Path(voices_path))
     config = default_config()
-    model = build(config, published_weights(onnx_path, config), voices, source=f"kokoro-onnx:{onnx_path}",
-                  provenance=PROVENANCE)
+    model = build(
+        config,
+        published_weights(onnx_path, config),
+        voices,
+        source=f"kokoro-onnx:{onnx_path}",
+        provenance=PROVENANCE,
+    )
     _check_voices(voices, model)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out_dir) as tmp:

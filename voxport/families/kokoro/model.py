@@ -19,23 +19,37 @@ import torch
 from torch import nn
 
 from voxport.errors import BadInput
-from voxport.families.base import FamilyModel, GraphSpec, PrunableStack, Runner, Synthesis, SynthesisSettings, check_ids
+from voxport.families.base import (
+    FamilyModel,
+    GraphSpec,
+    PrunableStack,
+    Runner,
+    Synthesis,
+    SynthesisSettings,
+    check_ids,
+)
 from voxport.families.kokoro.checkpoint import MARKER, fold, unfold
+from voxport.families.kokoro.frontend import MAX_PIECE_IDS
 from voxport.families.kokoro.graphs import HARMONICS, DecoderGraph, EncoderGraph, TtsGraph
 from voxport.families.kokoro.modules import KokoroNet
 from voxport.families.kokoro.settings import KokoroSettings
 from voxport.io import atomic_write_bytes, atomic_write_json
 
 SAMPLE_RATE = 24_000
-#: Kokoro's context: 512 positions, two of them its 0 pads
-MAX_IDS = 510
 
 
 class KokoroModel(FamilyModel):
     family: ClassVar[str] = "kokoro"
 
-    def __init__(self, net: KokoroNet, config: dict[str, Any], voices: dict[str, np.ndarray], *,
-                 source: str, provenance: str = "") -> None:
+    def __init__(
+        self,
+        net: KokoroNet,
+        config: dict[str, Any],
+        voices: dict[str, np.ndarray],
+        *,
+        source: str,
+        provenance: str = "",
+    ) -> None:
         if not voices:
             raise BadInput(f"{source}: a Kokoro checkpoint needs at least one voice (voices.npz)")
         self.net = net.eval()
@@ -137,8 +151,12 @@ class KokoroModel(FamilyModel):
             input_names=["tokens", "style", "speed"],
             output_names=["durations", "d", "t_en"],
             example_inputs=(tokens, style, speed),
-            dynamic_axes={"tokens": {1: "tokens"}, "durations": {1: "tokens"}, "d": {1: "tokens"},
-                          "t_en": {2: "tokens"}},
+            dynamic_axes={
+                "tokens": {1: "tokens"},
+                "durations": {1: "tokens"},
+                "d": {1: "tokens"},
+                "t_en": {2: "tokens"},
+            },
             metadata=meta,
             discrete_outputs=frozenset({"durations"}),
         )
@@ -156,8 +174,13 @@ class KokoroModel(FamilyModel):
                 style,
                 torch.zeros(1, frames * self.samples_per_frame, HARMONICS),
             ),
-            dynamic_axes={"d": {1: "tokens"}, "t_en": {2: "tokens"}, "durations": {1: "tokens"},
-                          "noise": {1: "samples"}, "audio": {1: "samples"}},
+            dynamic_axes={
+                "d": {1: "tokens"},
+                "t_en": {2: "tokens"},
+                "durations": {1: "tokens"},
+                "noise": {1: "samples"},
+                "audio": {1: "samples"},
+            },
             metadata=meta,
         )
         tts = GraphSpec(
@@ -174,13 +197,10 @@ class KokoroModel(FamilyModel):
         return [enc, dec, tts]
 
     def _runtime_metadata(self) -> dict[str, str]:
-        """What sherpa-onnx reads from a Kokoro model's metadata (families/kokoro/runtimes.py)."""
-        try:
-            from voxport.families.kokoro.runtimes import sherpa_metadata
-        except ImportError:
-            return {}
-        return sherpa_metadata(sample_rate=SAMPLE_RATE, voices=sorted(self.voices), vocab=self.vocab,
-                               style_dim=2 * self.net.style_dim)
+        """What sherpa-onnx (speakers, style table) and kokoro-onnx (the vocabulary) read from the graph."""
+        from voxport.families.kokoro.runtimes import kokoro_onnx_metadata, sherpa_metadata_for
+
+        return {**sherpa_metadata_for(self.voices), **kokoro_onnx_metadata(self.config)}
 
     def write_sidecars(self, primary: Path) -> dict[str, Path]:
         """The voices (kokoro-onnx's .npz) and sherpa-onnx's tokens.txt and voices.bin beside the graph."""
@@ -199,20 +219,32 @@ class KokoroModel(FamilyModel):
 
     # --- text ------------------------------------------------------------------------------------
     def text_to_ids(self, text: str) -> list[int]:
+        """kokoro-onnx's phonemes (espeak-ng, American English), without Kokoro's 0 pads."""
         from voxport.families.kokoro.frontend import text_to_ids
 
-        return text_to_ids(text, self.vocab)
+        ids = text_to_ids(text)
+        if not ids:
+            raise BadInput(f"text {text!r} has nothing Kokoro can say (no phonemes); give a sentence")
+        return ids
 
     def text_pieces(self, text: str) -> list[list[int]]:
+        """Sentences, and a sentence over MAX_PIECE_IDS ids cut by kokoro-onnx's own chunker."""
         from voxport.families.kokoro.frontend import text_pieces
 
-        return text_pieces(text, self.vocab)
+        found = text_pieces(text)
+        if not found:
+            raise BadInput(f"text {text!r} has nothing Kokoro can say (no phonemes); give a sentence")
+        return found
 
     def id_pieces(self, ids: Sequence[int]) -> list[list[int]]:
         from voxport import pieces
 
-        return pieces.id_pieces(ids, MAX_IDS, pauses=pieces.symbol_ids(self.vocab, pieces.PAUSE_SYMBOLS),
-                                words=pieces.symbol_ids(self.vocab, pieces.WORD_SYMBOLS))
+        return pieces.id_pieces(
+            ids,
+            MAX_PIECE_IDS,
+            pauses=pieces.symbol_ids(self.vocab, pieces.PAUSE_SYMBOLS),
+            words=pieces.symbol_ids(self.vocab, pieces.WORD_SYMBOLS),
+        )
 
     # --- synthesis -------------------------------------------------------------------------------
     def style(self, settings: KokoroSettings, n_ids: int) -> np.ndarray:
@@ -225,12 +257,21 @@ class KokoroModel(FamilyModel):
 
     def _tokens(self, ids: Sequence[int]) -> np.ndarray:
         checked = check_ids(ids, self.vocab_size)
-        if len(checked) > MAX_IDS:
-            raise BadInput(f"{len(checked)} ids is more than Kokoro's {MAX_IDS} per piece: split the input")
+        if len(checked) > MAX_PIECE_IDS:
+            raise BadInput(
+                f"{len(checked)} ids is more than the {MAX_PIECE_IDS} Kokoro takes at once; split the input "
+                "(text is split into sentences for you)"
+            )
         return np.asarray([[0, *checked, 0]], dtype=np.int64)
 
-    def synthesize(self, runner: Runner, ids: Sequence[int], settings: SynthesisSettings, *,
-                   forced: Synthesis | None = None) -> Synthesis:
+    def synthesize(
+        self,
+        runner: Runner,
+        ids: Sequence[int],
+        settings: SynthesisSettings,
+        *,
+        forced: Synthesis | None = None,
+    ) -> Synthesis:
         """Encoder, then decoder on the (reference's, when forced) durations, with seeded source noise."""
         settings = KokoroSettings.of(settings)
         tokens = self._tokens(ids)
@@ -243,8 +284,10 @@ class KokoroModel(FamilyModel):
         samples = int(durations.sum()) * self.samples_per_frame
         rng = np.random.default_rng(settings.seed)
         noise = (rng.standard_normal((1, samples, HARMONICS)) * settings.noise_scale).astype(np.float32)
-        dec = runner.run("decoder", {"d": enc["d"], "t_en": enc["t_en"], "durations": durations,
-                                     "style": style, "noise": noise})
+        dec = runner.run(
+            "decoder",
+            {"d": enc["d"], "t_en": enc["t_en"], "durations": durations, "style": style, "noise": noise},
+        )
         return Synthesis(
             audio=dec["audio"].reshape(-1).astype(np.float32),
             sample_rate=SAMPLE_RATE,
@@ -252,13 +295,24 @@ class KokoroModel(FamilyModel):
             graph_outputs={"encoder": enc, "decoder": dec},
         )
 
-    def synthesize_primary(self, runner: Runner, ids: Sequence[int], settings: SynthesisSettings) -> Synthesis:
+    def synthesize_primary(
+        self, runner: Runner, ids: Sequence[int], settings: SynthesisSettings
+    ) -> Synthesis:
         settings = KokoroSettings.of(settings)
         tokens = self._tokens(ids)
-        out = runner.run("tts", {"tokens": tokens, "style": self.style(settings, tokens.shape[1] - 2),
-                                 "speed": np.array([settings.speed], dtype=np.float32)})
-        return Synthesis(audio=out["audio"].reshape(-1).astype(np.float32), sample_rate=SAMPLE_RATE,
-                         graph_outputs={"tts": out})
+        out = runner.run(
+            "tts",
+            {
+                "tokens": tokens,
+                "style": self.style(settings, tokens.shape[1] - 2),
+                "speed": np.array([settings.speed], dtype=np.float32),
+            },
+        )
+        return Synthesis(
+            audio=out["audio"].reshape(-1).astype(np.float32),
+            sample_rate=SAMPLE_RATE,
+            graph_outputs={"tts": out},
+        )
 
     # --- persistence ------------------------------------------------------------------------------
     def save(self, out_dir: Path) -> None:
@@ -280,8 +334,14 @@ class KokoroModel(FamilyModel):
         atomic_write_json(out_dir / MARKER, marker)
 
 
-def build(config: dict[str, Any], weights: Mapping[str, torch.Tensor], voices: dict[str, np.ndarray], *,
-          source: str, provenance: str = "") -> KokoroModel:
+def build(
+    config: dict[str, Any],
+    weights: Mapping[str, torch.Tensor],
+    voices: dict[str, np.ndarray],
+    *,
+    source: str,
+    provenance: str = "",
+) -> KokoroModel:
     """A model from KModel-layout weights (weight_g/weight_v, or already folded), loaded strictly."""
     try:
         net = KokoroNet(config)
@@ -299,7 +359,8 @@ def build(config: dict[str, Any], weights: Mapping[str, torch.Tensor], voices: d
     wrong = [k for k, v in folded.items() if tuple(v.shape) != tuple(expected[k].shape)]
     if wrong:
         k = wrong[0]
-        raise BadInput(f"{source}: {k} has shape {tuple(folded[k].shape)}, the config gives "
-                       f"{tuple(expected[k].shape)}")
+        raise BadInput(
+            f"{source}: {k} has shape {tuple(folded[k].shape)}, the config gives {tuple(expected[k].shape)}"
+        )
     net.load_state_dict({k: v.to(torch.float32) for k, v in folded.items()}, strict=True)
     return KokoroModel(net, config, voices, source=source, provenance=provenance)

@@ -28,8 +28,16 @@ from torch import nn
 from transformers import AlbertConfig, AlbertModel
 
 
-def _conv(cin: int, cout: int, kernel: int, stride: int = 1, padding: int = 0, dilation: int = 1,
-          groups: int = 1, bias: bool = True) -> nn.Conv1d:
+def _conv(
+    cin: int,
+    cout: int,
+    kernel: int,
+    stride: int = 1,
+    padding: int = 0,
+    dilation: int = 1,
+    groups: int = 1,
+    bias: bool = True,
+) -> nn.Conv1d:
     return nn.Conv1d(cin, cout, kernel, stride, padding=padding, dilation=dilation, groups=groups, bias=bias)
 
 
@@ -311,8 +319,9 @@ class HarmonicSource(nn.Module):
         rad = (f0 * orders / self.sample_rate) % 1
         rad = F.interpolate(rad.transpose(1, 2), scale_factor=1 / self.upsample, mode="linear")
         phase = torch.cumsum(rad.transpose(1, 2), dim=1) * 2 * math.pi
-        phase = F.interpolate(phase.transpose(1, 2) * self.upsample, scale_factor=self.upsample,
-                              mode="linear").transpose(1, 2)
+        phase = F.interpolate(
+            phase.transpose(1, 2) * self.upsample, scale_factor=self.upsample, mode="linear"
+        ).transpose(1, 2)
         sines = torch.sin(phase) * self.sine_amp
         uv = (f0 > self.voiced_threshold).to(f0.dtype)
         noise_amp = uv * self.noise_std + (1 - uv) * self.sine_amp / 3
@@ -321,10 +330,18 @@ class HarmonicSource(nn.Module):
 
 
 class Generator(nn.Module):
-    def __init__(self, style_dim: int, resblock_kernel_sizes: list[int], upsample_rates: list[int],
-                 upsample_initial_channel: int, resblock_dilation_sizes: list[list[int]],
-                 upsample_kernel_sizes: list[int], gen_istft_n_fft: int, gen_istft_hop_size: int,
-                 sample_rate: int) -> None:
+    def __init__(
+        self,
+        style_dim: int,
+        resblock_kernel_sizes: list[int],
+        upsample_rates: list[int],
+        upsample_initial_channel: int,
+        resblock_dilation_sizes: list[list[int]],
+        upsample_kernel_sizes: list[int],
+        gen_istft_n_fft: int,
+        gen_istft_hop_size: int,
+        sample_rate: int,
+    ) -> None:
         super().__init__()
         self.num_kernels = len(resblock_kernel_sizes)
         self.upsample_scale = math.prod(upsample_rates) * gen_istft_hop_size
@@ -342,7 +359,9 @@ class Generator(nn.Module):
                 self.resblocks.append(AdaINResBlock1(ch, kernel, dilations, style_dim))
             if i + 1 < len(upsample_rates):
                 stride = math.prod(upsample_rates[i + 1 :])
-                self.noise_convs.append(_conv(self.n_fft + 2, ch, stride * 2, stride, padding=(stride + 1) // 2))
+                self.noise_convs.append(
+                    _conv(self.n_fft + 2, ch, stride * 2, stride, padding=(stride + 1) // 2)
+                )
                 self.noise_res.append(AdaINResBlock1(ch, 7, [1, 3, 5], style_dim))
             else:
                 self.noise_convs.append(_conv(self.n_fft + 2, ch, 1))
@@ -350,7 +369,9 @@ class Generator(nn.Module):
         self.conv_post = _conv(ch, self.n_fft + 2, 7, padding=3)
         self.stft = DFT(gen_istft_n_fft, gen_istft_hop_size)
 
-    def forward(self, x: torch.Tensor, s: torch.Tensor, f0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, s: torch.Tensor, f0: torch.Tensor, noise: torch.Tensor
+    ) -> torch.Tensor:
         """x [1, C, 2F], f0 [1, 2F] (Hz), noise [1, samples, 9] → audio [1, samples]."""
         f0 = f0[:, :, None].expand(-1, -1, self.upsample_scale).reshape(1, -1, 1)  # nearest, exactly
         source = self.m_source(f0, noise).transpose(1, 2).squeeze(1)
@@ -388,8 +409,9 @@ class Decoder(nn.Module):
         self.asr_res = nn.Sequential(_conv(512, 64, 1))
         self.generator = Generator(style_dim, sample_rate=sample_rate, **istft)
 
-    def forward(self, asr: torch.Tensor, f0: torch.Tensor, n: torch.Tensor, s: torch.Tensor,
-                noise: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, asr: torch.Tensor, f0: torch.Tensor, n: torch.Tensor, s: torch.Tensor, noise: torch.Tensor
+    ) -> torch.Tensor:
         f0_down = self.F0_conv(f0[:, None])
         n_down = self.N_conv(n[:, None])
         x = self.encode(torch.cat([asr, f0_down, n_down], dim=1), s)

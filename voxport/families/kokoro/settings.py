@@ -17,7 +17,9 @@ MIN_SPEED, MAX_SPEED = 0.1, 10.0
 
 def _check_speed(value: float) -> float:
     if not (math.isfinite(value) and MIN_SPEED <= value <= MAX_SPEED):
-        raise ValueError(f"speed must be in [{MIN_SPEED:g}, {MAX_SPEED:g}] (1 = the voice's own pace), got {value}")
+        raise ValueError(
+            f"speed must be in [{MIN_SPEED:g}, {MAX_SPEED:g}] (1 = the voice's own pace), got {value}"
+        )
     return value
 
 
