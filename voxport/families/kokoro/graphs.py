@@ -38,14 +38,11 @@ def _features(
 def _alignment(durations: torch.Tensor, frames: int | torch.Tensor) -> torch.Tensor:
     """[1, T] durations → [1, T, frames] one-hot alignment (token t covers its frames).
 
-    A matmul with it copies features exactly (x·1 plus zeros), as KModel's `pred_aln_trg` does."""
+    A matmul with it copies features exactly (x·1 plus zeros), as KModel's `pred_aln_trg` does.
+    `frames` is a 0-d tensor while tracing (torch takes it; its stubs list numbers only)."""
     end = torch.cumsum(durations, dim=1)
     start = end - durations
-    f = (
-        torch.arange(frames, dtype=durations.dtype)[None, None, :]
-        if isinstance(frames, int)
-        else (torch.arange(0, frames, dtype=torch.int64).to(durations.dtype)[None, None, :])
-    )
+    f = torch.arange(frames).to(durations.dtype)[None, None, :]  # type: ignore[arg-type]
     return ((f >= start[:, :, None]) & (f < end[:, :, None])).to(torch.float32)
 
 
@@ -105,5 +102,5 @@ class TtsGraph(nn.Module):
         durations, d, t_en = _features(self.model, tokens, style, speed)
         frames = durations.sum().to(torch.int64)
         aln = _alignment(durations, frames)
-        noise = torch.zeros(1, frames * self.samples_per_frame, HARMONICS)
+        noise = torch.zeros(1, frames * self.samples_per_frame, HARMONICS)  # type: ignore[call-overload]
         return _decode(self.model, d, t_en, aln, style, noise)[0]

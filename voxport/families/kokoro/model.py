@@ -239,11 +239,12 @@ class KokoroModel(FamilyModel):
     def id_pieces(self, ids: Sequence[int]) -> list[list[int]]:
         from voxport import pieces
 
+        vocab: dict[str, object] = dict(self.vocab)
         return pieces.id_pieces(
             ids,
             MAX_PIECE_IDS,
-            pauses=pieces.symbol_ids(self.vocab, pieces.PAUSE_SYMBOLS),
-            words=pieces.symbol_ids(self.vocab, pieces.WORD_SYMBOLS),
+            pauses=pieces.symbol_ids(vocab, pieces.PAUSE_SYMBOLS),
+            words=pieces.symbol_ids(vocab, pieces.WORD_SYMBOLS),
         )
 
     # --- synthesis -------------------------------------------------------------------------------
@@ -326,7 +327,8 @@ class KokoroModel(FamilyModel):
         atomic_write_bytes(out_dir / "model.safetensors", save(tensors, metadata={"format": "pt"}))
         atomic_write_json(out_dir / "config.json", self.config)
         buffer = io.BytesIO()
-        np.savez(buffer, **{k: np.asarray(v, dtype=np.float32) for k, v in self.voices.items()})
+        tables = {k: np.asarray(v, dtype=np.float32) for k, v in self.voices.items()}
+        np.savez(buffer, **tables)  # type: ignore[arg-type]  # numpy's stub types **kwds as allow_pickle
         atomic_write_bytes(out_dir / "voices.npz", buffer.getvalue())
         marker = {"family": self.family, "layout": "kmodel", "source": self.source}
         if self.provenance:

@@ -250,6 +250,10 @@ class ProsodyPredictor(nn.Module):
 class DFT(nn.Module):
     """torch.stft/istft (Hann window, centred, reflect padding) as fixed convolutions, for any runtime."""
 
+    forward_basis: torch.Tensor
+    inverse_basis: torch.Tensor
+    window_sq: torch.Tensor
+
     def __init__(self, n_fft: int, hop: int) -> None:
         super().__init__()
         self.n_fft = n_fft
