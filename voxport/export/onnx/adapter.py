@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from voxport.config import Bool, ConfigModel, Int, describe_kind
 from voxport.export.registry import ExportContext, ExportEntry, FormatAdapter
@@ -54,6 +54,22 @@ class OnnxExportConfig(ConfigModel):
             f"a mapping graph → level, or null; got {describe_kind(value)}"
         )
 
+    #: integer weights as Cast → Mul of initializers instead of DequantizeLinear: the same floats, which
+    #: ONNX Runtime computes once at load (its constant folding skips DequantizeLinear), so an int8/int4
+    #: file runs at fp32 speed instead of dequantizing every weight on every call (Kokoro int8: 16 %
+    #: slower than fp32 with DequantizeLinear, measured by benchmarks/bench_kokoro.py). Off keeps the
+    #: QDQ form quantization-aware tools recognise; exclusive with matmul_accuracy_level.
+    fold_dequantize: Bool = False
+
+    @model_validator(mode="after")
+    def _fold_or_matmulnbits(self) -> OnnxExportConfig:
+        if self.fold_dequantize and self.matmul_accuracy_level is not None:
+            raise ValueError(
+                "fold_dequantize writes every integer weight as Cast → Mul (fp32 compute) and "
+                "matmul_accuracy_level writes Linear weights as MatMulNBits: choose one"
+            )
+        return self
+
     #: also write the family's graphs in other ONNX runtimes' layouts, each its own artifact beside
     #: voxport's (Pocket TTS: sherpa-onnx's five-file layout, a second copy of the weights, measured in
     #: sherpa-onnx where it is installed); false skips those units only
@@ -85,6 +101,7 @@ class OnnxFormat(FormatAdapter[OnnxExportConfig, Traced], name="onnx"):
             traced=prepared,
             opset=ctx.options.opset,
             matmul_accuracy_level=ctx.options.matmul_accuracy_level,
+            fold_dequantize=ctx.options.fold_dequantize,
         )
         primary = next(f for f in files if f.primary)
         sidecars = model.write_sidecars(primary.path)
@@ -104,6 +121,8 @@ class OnnxFormat(FormatAdapter[OnnxExportConfig, Traced], name="onnx"):
         exclude = {"runtime_layouts"}
         if options.matmul_accuracy_level is None:
             exclude.add("matmul_accuracy_level")
+        if not options.fold_dequantize:
+            exclude.add("fold_dequantize")
         return options.model_dump(mode="json", exclude=exclude)
 
     def export_layout(self, ctx: ExportContext[OnnxExportConfig], layout: OnnxLayout) -> ExportEntry:

@@ -67,6 +67,7 @@ def export_onnx(
     traced: dict[str, tuple[onnx.ModelProto, bool, dict[str, str]]] | None = None,
     opset: int = DEFAULT_OPSET,
     matmul_accuracy_level: int | Mapping[str, int] | None = None,
+    fold_dequantize: bool = False,
 ) -> list[ExportedFile]:
     """Export all graphs of `model` with `weights` stored in their chosen encodings.
 
@@ -79,7 +80,7 @@ def export_onnx(
     for graph, (proto, primary, graph_meta) in traced.items():
         copy = onnx.ModelProto()
         copy.CopyFrom(proto)
-        stored = apply_stored_weights(copy, weights, opset=opset)
+        stored = apply_stored_weights(copy, weights, opset=opset, fold=fold_dequantize)
         level = levels.get(graph)
         if level is not None:
             use_matmulnbits(copy, level)

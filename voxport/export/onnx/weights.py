@@ -57,8 +57,10 @@ def scale_bits(q: QuantizedTensor) -> int:
 
 
 class _Rewriter:
-    def __init__(self, model: onnx.ModelProto) -> None:
+    def __init__(self, model: onnx.ModelProto, *, fold: bool = False) -> None:
         self.model = model
+        #: write code × scale as Cast → Mul (→ Reshape) instead of DequantizeLinear (see apply_stored_weights)
+        self.fold = fold
         self.consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
         for node in model.graph.node:
             for name in node.input:
@@ -137,6 +139,8 @@ class _Rewriter:
         to float32 before the DequantizeLinear: one scale per 32 codes costs 0.5 bit per weight instead
         of 1, the float32 product ``code * scale`` is unchanged (the cast is exact), and ONNX Runtime
         folds the cast of a constant once at load (and still fuses DequantizeLinear → MatMul)."""
+        if self.fold and self._fold(name, codes, scales, out, **attrs):
+            return
         self.new_inits.append(codes)
         if attrs.get("block_size") and _fp16_exact(scales):
             # the rule `scale_bits` reports
@@ -158,6 +162,50 @@ class _Rewriter:
             )
         )
 
+    def _fold(self, name: str, codes: TensorProto, scales: np.ndarray, out: str, **attrs: int) -> bool:
+        """`out` = float(codes) × scales by Cast, Mul and Reshape of initializers: the same float32 weight as
+        DequantizeLinear (x − 0) · s, in ops every runtime folds when it loads the file. False (the caller
+        writes DequantizeLinear) when a block does not divide its axis."""
+        shape = list(codes.dims)
+        axis, block = attrs.get("axis", 1), attrs.get("block_size", 0)
+        if block and shape[axis] % block:
+            return False
+        self.new_inits.append(codes)
+        as_float = f"{name}__float"
+        self.new_nodes.append(
+            helper.make_node(
+                "Cast", [codes.name], [as_float], to=TensorProto.FLOAT, name=f"{name}__cast_codes"
+            )
+        )
+        if not block:  # one scale per index of `axis`
+            broadcast = [1] * len(shape)
+            broadcast[axis] = -1
+            self.new_inits.append(numpy_helper.from_array(scales.reshape(broadcast), f"{name}__scale"))
+            self.new_nodes.append(
+                helper.make_node("Mul", [as_float, f"{name}__scale"], [out], name=f"{name}__mul")
+            )
+            return True
+        # blocks of `block` along `axis` of a 2-D tensor: [rows, cols/b, b] × [rows, cols/b, 1] (axis 1) or
+        # [rows/b, b, cols] × [rows/b, 1, cols] (axis 0), then back to the 2-D shape
+        rows, cols = shape
+        split = [rows, cols // block, block] if axis == 1 else [rows // block, block, cols]
+        scale_shape = [rows, cols // block, 1] if axis == 1 else [rows // block, 1, cols]
+        self.new_inits.append(numpy_helper.from_array(np.asarray(split, np.int64), f"{name}__blocks"))
+        self.new_inits.append(numpy_helper.from_array(np.asarray(shape, np.int64), f"{name}__shape2d"))
+        self.new_inits.append(numpy_helper.from_array(scales.reshape(scale_shape), f"{name}__scale"))
+        self.new_nodes.extend(
+            [
+                helper.make_node(
+                    "Reshape", [as_float, f"{name}__blocks"], [f"{name}__b"], name=f"{name}__split"
+                ),
+                helper.make_node(
+                    "Mul", [f"{name}__b", f"{name}__scale"], [f"{name}__bs"], name=f"{name}__mul"
+                ),
+                helper.make_node("Reshape", [f"{name}__bs", f"{name}__shape2d"], [out], name=f"{name}__join"),
+            ]
+        )
+        return True
+
     def finish(self, replaced: set[str]) -> None:
         graph = self.model.graph
         keep_inits = [i for i in graph.initializer if i.name not in replaced]
@@ -170,19 +218,27 @@ class _Rewriter:
 
 
 def apply_stored_weights(
-    model: onnx.ModelProto, weights: Mapping[str, Stored], *, opset: int, prefix: str = "model."
+    model: onnx.ModelProto,
+    weights: Mapping[str, Stored],
+    *,
+    opset: int,
+    prefix: str = "model.",
+    fold: bool = False,
 ) -> set[str]:
     """Replace initializers named ``prefix + weight name``; returns the weight names stored.
 
     The model is stamped with `opset` (at least the traced one); blocks (int4, blocked int8) need 21
-    or later."""
+    or later. `fold`: integer weights as Cast → Mul instead of DequantizeLinear. The floats are the same;
+    what differs is ONNX Runtime: its constant folding skips DequantizeLinear (kept for QDQ fusion), so a
+    weight-only DequantizeLinear before a Conv or LSTM runs on every call, while Cast → Mul of
+    initializers is computed once when the session loads and the graph then runs at fp32 speed."""
     blocked = [k for k, v in weights.items() if isinstance(v, QuantizedTensor) and v.block_size < v.cols]
     if blocked and opset < BLOCKED_DQ_OPSET:
         raise BadInput(
             f"int4 and int8 blocks need ONNX opset >= {BLOCKED_DQ_OPSET} (blocked DequantizeLinear), "
             f"the recipe asks for {opset}: set export.onnx.opset: {BLOCKED_DQ_OPSET}"
         )
-    rewriter = _Rewriter(model)
+    rewriter = _Rewriter(model, fold=fold)
     replaced: set[str] = set()
     for init in list(model.graph.initializer):
         if not init.name.startswith(prefix):
