@@ -1,6 +1,6 @@
 """Kokoro-82M: a voxport build's ONNX files against the published int8 file, size, speed and fidelity.
 
-    .venv/bin/python benchmarks/bench_kokoro.py --build build/kokoro-desktop [--repeats 5] [--threads 1,4]
+    .venv/bin/python benchmarks/bench_kokoro.py --build build/kokoro-desktop [--repeats 3] [--threads 1,4]
         [--checkpoint DIR] [--source FILE] [--voice NAME] [--json FILE] [--write docs/benchmarks.md]
 
 Why: issue 16's goals compare voxport's Kokoro builds with the file Kokoro's users run today, the published
@@ -459,7 +459,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--checkpoint", type=Path, help="the fp32 reference (default: the build's own)")
     parser.add_argument("--source", type=Path, help="the published int8 file (default: the kokoro extra's)")
     parser.add_argument("--voice", help="voice name (default: the recipe's validate voice, else the first)")
-    parser.add_argument("--repeats", type=int, default=5, help="timed rounds after the warm-up")
+    parser.add_argument("--repeats", type=int, default=3, help="timed rounds after the warm-up")
     parser.add_argument("--threads", default="1,4", help="comma-separated intra-op thread counts")
     parser.add_argument("--json", type=Path, help="also write the figures as JSON here")
     parser.add_argument("--write", type=Path, help="markdown file whose Kokoro-82M section to replace")
