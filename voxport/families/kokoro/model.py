@@ -196,6 +196,18 @@ class KokoroModel(FamilyModel):
         )
         return [enc, dec, tts]
 
+    def bounded_graphs(self, capacity: int) -> list[GraphSpec]:
+        """The encoder and decoder (tts sizes its audio by predicted durations), the decoder's harmonic
+        source resampling without F.interpolate, which Core ML cannot take (see HarmonicSource)."""
+        net = _explicit_resample(self.net)
+        specs = []
+        for spec in self.graphs():
+            if spec.value_dependent_shapes:
+                continue
+            spec.module = type(spec.module)(net)
+            specs.append(spec)
+        return specs
+
     def _runtime_metadata(self) -> dict[str, str]:
         """What sherpa-onnx (speakers, style table) and kokoro-onnx (the vocabulary) read from the graph."""
         from voxport.families.kokoro.runtimes import kokoro_onnx_metadata, sherpa_metadata_for
@@ -332,6 +344,22 @@ class KokoroModel(FamilyModel):
         if self.provenance:
             marker["provenance"] = self.provenance
         atomic_write_json(out_dir / MARKER, marker)
+
+
+def _explicit_resample(net: KokoroNet) -> KokoroNet:
+    """`net` with its harmonic source set to `explicit_resample`, sharing every weight: only the modules
+    on the path to the source are copied (a deep copy would double 330 MB for one flag)."""
+    path = ["decoder", "generator", "m_source"]
+    top = copy.copy(net)
+    parent: nn.Module = top
+    for name in path:
+        parent._modules = dict(parent._modules)  # the copy's own child table, the original's untouched
+        child = copy.copy(parent._modules[name])
+        assert child is not None
+        parent._modules[name] = child
+        parent = child
+    parent.explicit_resample = True
+    return top
 
 
 def build(
