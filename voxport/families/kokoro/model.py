@@ -172,13 +172,13 @@ class KokoroModel(FamilyModel):
                 torch.zeros(1, int(self.config["hidden_dim"]), t),
                 durations,
                 style,
-                torch.zeros(1, frames * self.samples_per_frame, HARMONICS),
+                torch.zeros(1, frames, self.samples_per_frame * HARMONICS),
             ),
             dynamic_axes={
                 "d": {1: "tokens"},
                 "t_en": {2: "tokens"},
                 "durations": {1: "tokens"},
-                "noise": {1: "samples"},
+                "noise": {1: "frames"},
                 "audio": {1: "samples"},
             },
             metadata=meta,
@@ -296,6 +296,7 @@ class KokoroModel(FamilyModel):
         samples = int(durations.sum()) * self.samples_per_frame
         rng = np.random.default_rng(settings.seed)
         noise = (rng.standard_normal((1, samples, HARMONICS)) * settings.noise_scale).astype(np.float32)
+        noise = noise.reshape(1, -1, self.samples_per_frame * HARMONICS)  # the same draw, per frame
         dec = runner.run(
             "decoder",
             {"d": enc["d"], "t_en": enc["t_en"], "durations": durations, "style": style, "noise": noise},
