@@ -359,7 +359,7 @@ def _explicit_resample(net: KokoroNet) -> KokoroNet:
         assert child is not None
         parent._modules[name] = child
         parent = child
-    parent.explicit_resample = True
+    setattr(parent, "explicit_resample", True)  # noqa: B010 - a plain attribute, not a submodule
     return top
 
 

@@ -10,7 +10,7 @@ numpy has no fast fp16 matmul, and a device keeps fp16 storage, not fp16 accumul
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -399,7 +399,7 @@ def upsample_nearest(x: np.ndarray, scales: Sequence[float]) -> np.ndarray:
 
 
 #: the activations an MIL `lstm` names (those without extra parameters)
-LSTM_ACTIVATIONS = {
+LSTM_ACTIVATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "sigmoid": sigmoid,
     "tanh": np.tanh,
     "relu": lambda x: np.maximum(x, 0),
