@@ -11,12 +11,15 @@ a fixed abbreviation table applied to whole dot-separated tokens (or runs of tok
 name only fails to round-trip when it literally contains one of the short forms (e.g. a module named
 ``dec``); ``to_gguf`` checks the round trip and the length and raises ``ValueError`` either way, so a
 file never holds a name voxport cannot map back. The table is part of the file format: changing an
-entry needs a new ``NAMING_VERSION`` (written to ``voxport.naming_version``).
+entry needs a new ``NAMING_VERSION`` (written to ``voxport.naming_version``). Version 2 only added entries
+(ALBERT's, for Kokoro), so a version-1 file reads the same through it: the reader accepts both.
 """
 
 from __future__ import annotations
 
-NAMING_VERSION = 1
+NAMING_VERSION = 2
+#: versions `from_gguf` reads correctly: each later table only added entries to the earlier ones
+READABLE_VERSIONS = frozenset({1, 2})
 MAX_NAME_BYTES = 63  # GGML_MAX_NAME (64) minus the terminating NUL
 
 #: voxport (torch state_dict) token run -> GGUF token; documented in docs/gguf-layout.md
@@ -65,6 +68,13 @@ ABBREVIATIONS: dict[str, str] = {
     "convs": "c",
     # speakers
     "embed_speaker": "spk_emb",
+    # ALBERT (Kokoro's PL-BERT): 79-byte names such as
+    # bert.encoder.albert_layer_groups.0.albert_layers.0.full_layer_layer_norm.weight (version 2)
+    "albert_layer_groups": "agrp",
+    "albert_layers": "alyr",
+    # ALBERT's up-projection is a module literally named `ffn`, VITS' short form of `feed_forward`: it
+    # gets a short form of its own (llama.cpp's name for the up-projection) so both names round-trip
+    "ffn": "ffn_up",
 }
 
 _FORWARD: list[tuple[tuple[str, ...], str]] = sorted(

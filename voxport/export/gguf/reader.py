@@ -17,7 +17,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader, GGUFValueTy
 from gguf import quants as gguf_quants
 
 from voxport.errors import BadInput
-from voxport.export.gguf.names import NAMING_VERSION, from_gguf
+from voxport.export.gguf.names import NAMING_VERSION, READABLE_VERSIONS, from_gguf
 from voxport.export.gguf.writer import storage_shape
 from voxport.families.base import FamilyModel
 
@@ -47,10 +47,10 @@ class _Opened:
         missing = [k for k in REQUIRED_KEYS if k not in self.meta]
         if missing:
             raise BadInput(f"{path}: not a voxport GGUF file (missing metadata: {', '.join(missing)})")
-        if self.meta["voxport.naming_version"] != NAMING_VERSION:
+        if self.meta["voxport.naming_version"] not in READABLE_VERSIONS:
             raise BadInput(
                 f"{path}: tensor naming version {self.meta['voxport.naming_version']!r} is not supported "
-                f"(this voxport reads version {NAMING_VERSION})"
+                f"(this voxport reads versions up to {NAMING_VERSION})"
             )
         self.architecture = str(self.meta["general.architecture"])
         try:

@@ -4,8 +4,10 @@
   per-token feature sequences the decoder expands. Quantization can flip a rounded duration, so validate
   compares durations on their own and teacher-forces the reference's into the decoder.
 - ``decoder``: per-token features + durations + style + the harmonic source's noise → audio. The frame
-  count comes from the noise input's *shape* (600 samples per frame), not from the durations' values,
-  so its output shape follows from its input shapes and Core ML can take it.
+  count comes from the noise input's *shape*, not from the durations' values, so its output shape
+  follows from its input shapes and Core ML can take it. The noise is [1, frames, 600 × 9] (each
+  frame's 600 samples × 9 harmonics, the [1, samples, 9] draw reshaped): its variable axis is the
+  frame count, which Core ML bounds like every family's "frames" axis.
 - ``tts``: the one-graph form with the published kokoro-onnx interface (``tokens``, ``style``,
   ``speed`` → ``audio``), which kokoro-onnx and sherpa-onnx load; like the published file it has no
   source noise.
@@ -86,8 +88,9 @@ class DecoderGraph(nn.Module):
         style: torch.Tensor,
         noise: torch.Tensor,
     ) -> torch.Tensor:
-        frames = torch.div(noise.shape[1], self.samples_per_frame, rounding_mode="floor")
-        return _decode(self.model, d, t_en, _alignment(durations, frames), style, noise)
+        frames = noise.shape[1]
+        samples = noise.reshape(noise.shape[0], -1, HARMONICS)
+        return _decode(self.model, d, t_en, _alignment(durations, frames), style, samples)
 
 
 class TtsGraph(nn.Module):

@@ -172,13 +172,13 @@ class KokoroModel(FamilyModel):
                 torch.zeros(1, int(self.config["hidden_dim"]), t),
                 durations,
                 style,
-                torch.zeros(1, frames * self.samples_per_frame, HARMONICS),
+                torch.zeros(1, frames, self.samples_per_frame * HARMONICS),
             ),
             dynamic_axes={
                 "d": {1: "tokens"},
                 "t_en": {2: "tokens"},
                 "durations": {1: "tokens"},
-                "noise": {1: "samples"},
+                "noise": {1: "frames"},
                 "audio": {1: "samples"},
             },
             metadata=meta,
@@ -195,6 +195,18 @@ class KokoroModel(FamilyModel):
             value_dependent_shapes=True,
         )
         return [enc, dec, tts]
+
+    def bounded_graphs(self, capacity: int) -> list[GraphSpec]:
+        """The encoder and decoder (tts sizes its audio by predicted durations), the decoder's harmonic
+        source resampling without F.interpolate, which Core ML cannot take (see HarmonicSource)."""
+        net = _explicit_resample(self.net)
+        specs = []
+        for spec in self.graphs():
+            if spec.value_dependent_shapes:
+                continue
+            spec.module = type(spec.module)(net)
+            specs.append(spec)
+        return specs
 
     def _runtime_metadata(self) -> dict[str, str]:
         """What sherpa-onnx (speakers, style table) and kokoro-onnx (the vocabulary) read from the graph."""
@@ -285,6 +297,7 @@ class KokoroModel(FamilyModel):
         samples = int(durations.sum()) * self.samples_per_frame
         rng = np.random.default_rng(settings.seed)
         noise = (rng.standard_normal((1, samples, HARMONICS)) * settings.noise_scale).astype(np.float32)
+        noise = noise.reshape(1, -1, self.samples_per_frame * HARMONICS)  # the same draw, per frame
         dec = runner.run(
             "decoder",
             {"d": enc["d"], "t_en": enc["t_en"], "durations": durations, "style": style, "noise": noise},
@@ -334,6 +347,22 @@ class KokoroModel(FamilyModel):
         if self.provenance:
             marker["provenance"] = self.provenance
         atomic_write_json(out_dir / MARKER, marker)
+
+
+def _explicit_resample(net: KokoroNet) -> KokoroNet:
+    """`net` with its harmonic source set to `explicit_resample`, sharing every weight: only the modules
+    on the path to the source are copied (a deep copy would double 330 MB for one flag)."""
+    path = ["decoder", "generator", "m_source"]
+    top = copy.copy(net)
+    parent: nn.Module = top
+    for name in path:
+        parent._modules = dict(parent._modules)  # the copy's own child table, the original's untouched
+        child = copy.copy(parent._modules[name])
+        assert child is not None
+        parent._modules[name] = child
+        parent = child
+    setattr(parent, "explicit_resample", True)  # noqa: B010 - a plain attribute, not a submodule
+    return top
 
 
 def build(

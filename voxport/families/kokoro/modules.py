@@ -316,16 +316,52 @@ class HarmonicSource(nn.Module):
         self.noise_std = 0.003
         self.voiced_threshold = 10.0
         self.l_linear = nn.Linear(harmonics, 1)
+        #: resample with reshapes and arithmetic instead of F.interpolate: coremltools refuses a linear
+        #: resampling by 1/300 (a float output size) and voxport's MIL interpreter has no
+        #: upsample_bilinear. The downsampling is bit-identical; the upsampling is not (torch computes
+        #: each source position in float32, which loses precision as the position grows: ~1e-4 of the
+        #: source signal over 2.5 s), so only the Core ML graphs (`KokoroModel.bounded_graphs`) set it
+        self.explicit_resample = False
+
+    def _down(self, x: torch.Tensor) -> torch.Tensor:
+        """F.interpolate(x, scale_factor=1/k, mode="linear") for even k: the mean of each block's two
+        middle samples (source position k·j + (k − 1)/2), 0.5·a + 0.5·b exactly as torch computes it."""
+        k = self.upsample
+        blocks = x.reshape(x.shape[0], x.shape[1], -1, k)
+        return blocks[..., k // 2 - 1] * 0.5 + blocks[..., k // 2] * 0.5
+
+    def _up(self, x: torch.Tensor) -> torch.Tensor:
+        """F.interpolate(x, scale_factor=k, mode="linear"): output k·j + r lies at source position
+        j + w_r, w_r = (r + 0.5)/k − 0.5, between samples j − 1 and j (w_r < 0) or j and j + 1, the
+        edges clamped. The weights depend on r alone, so this is three broadcast products and a reshape
+        (no gathers, no float positions that lose precision as j grows)."""
+        k = self.upsample
+        w = (torch.arange(k, dtype=torch.float64) + 0.5) / k - 0.5
+        before = torch.where(w < 0, -w, 0.0).to(x.dtype)
+        here = (1 - w.abs()).to(x.dtype)
+        after = torch.where(w >= 0, w, 0.0).to(x.dtype)
+        padded = torch.cat([x[:, :, :1], x, x[:, :, -1:]], dim=2)
+        out = (
+            padded[:, :, :-2, None] * before
+            + padded[:, :, 1:-1, None] * here
+            + padded[:, :, 2:, None] * after
+        )
+        return out.reshape(x.shape[0], x.shape[1], -1)
 
     def forward(self, f0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """f0 [1, samples, 1] (Hz), noise [1, samples, harmonics] → excitation [1, samples, 1]."""
         orders = torch.arange(1, self.harmonics + 1, dtype=f0.dtype)[None, None, :]
         rad = (f0 * orders / self.sample_rate) % 1
-        rad = F.interpolate(rad.transpose(1, 2), scale_factor=1 / self.upsample, mode="linear")
-        phase = torch.cumsum(rad.transpose(1, 2), dim=1) * 2 * math.pi
-        phase = F.interpolate(
-            phase.transpose(1, 2) * self.upsample, scale_factor=self.upsample, mode="linear"
-        ).transpose(1, 2)
+        if self.explicit_resample:
+            rad = self._down(rad.transpose(1, 2))
+            phase = torch.cumsum(rad.transpose(1, 2), dim=1) * 2 * math.pi
+            phase = self._up(phase.transpose(1, 2) * self.upsample).transpose(1, 2)
+        else:
+            rad = F.interpolate(rad.transpose(1, 2), scale_factor=1 / self.upsample, mode="linear")
+            phase = torch.cumsum(rad.transpose(1, 2), dim=1) * 2 * math.pi
+            phase = F.interpolate(
+                phase.transpose(1, 2) * self.upsample, scale_factor=self.upsample, mode="linear"
+            ).transpose(1, 2)
         sines = torch.sin(phase) * self.sine_amp
         uv = (f0 > self.voiced_threshold).to(f0.dtype)
         noise_amp = uv * self.noise_std + (1 - uv) * self.sine_amp / 3

@@ -231,6 +231,28 @@ def _conv_transpose(a: OpArgs) -> np.ndarray:
     )
 
 
+def _lstm(a: OpArgs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    if a.get("clip") is not None:
+        raise BadInput(f"MIL op 'lstm' (name '{a.op.name}'): clip is not supported by the MIL interpreter")
+    weights = [(a["weight_ih"], a["weight_hh"], a.get("bias"), a.get("peephole"))]
+    direction = str(a.scalar("direction", "forward"))
+    if direction == "bidirectional":
+        weights.append((a["weight_ih_back"], a["weight_hh_back"], a.get("bias_back"), a.get("peephole_back")))
+    return kernels.lstm(
+        np.asarray(a["x"]),
+        np.asarray(a["initial_h"]),
+        np.asarray(a["initial_c"]),
+        weights,
+        direction=direction,
+        output_sequence=bool(a.scalar("output_sequence", False)),
+        activations=(
+            str(a.scalar("recurrent_activation", "sigmoid")),
+            str(a.scalar("cell_activation", "tanh")),
+            str(a.scalar("activation", "tanh")),
+        ),
+    )
+
+
 def _fill(shape: Iterable[int], value: Any) -> np.ndarray:
     return np.full(tuple(int(s) for s in shape), value)
 
@@ -416,6 +438,7 @@ KERNELS: dict[str, Kernel] = {
     "topk": _topk,
     "non_zero": lambda a: np.argwhere(np.asarray(a["x"])).astype(np.int32),
     "sliding_windows": _sliding_windows,
+    "lstm": _lstm,
     "upsample_nearest_neighbor": lambda a: kernels.upsample_nearest(
         np.asarray(a["x"]), [a.scalar("scale_factor_height", 1), a.scalar("scale_factor_width", 1)]
     ),

@@ -10,7 +10,7 @@ numpy has no fast fp16 matmul, and a device keeps fp16 storage, not fp16 accumul
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -396,3 +396,86 @@ def upsample_nearest(x: np.ndarray, scales: Sequence[float]) -> np.ndarray:
             raise ValueError(f"upsample_nearest_neighbor: non-integer scale {factor} is not supported")
         out = np.repeat(out, int(factor), axis=axis)
     return out
+
+
+#: the activations an MIL `lstm` names (those without extra parameters)
+LSTM_ACTIVATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "sigmoid": sigmoid,
+    "tanh": np.tanh,
+    "relu": lambda x: np.maximum(x, 0),
+    "linear": lambda x: x,
+}
+
+
+def _lstm_direction(
+    x_proj: np.ndarray,
+    weight_hh: np.ndarray,
+    h: np.ndarray,
+    c: np.ndarray,
+    peephole: np.ndarray | None,
+    steps: Sequence[int],
+    acts: tuple[str, str, str],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One direction over `steps`; x_proj [s, b, 4H] already holds W_ih·x + bias, gates in MIL's
+    i, f, o, z order. Returns every step's h [s, b, H] (in time order), and the last h and c."""
+    recurrent, cell, activation = (LSTM_ACTIVATIONS[a] for a in acts)
+    hidden = h.shape[-1]
+    out = np.empty((x_proj.shape[0], *h.shape), dtype=h.dtype)
+    for t in steps:
+        gates = x_proj[t] + h @ weight_hh.T
+        i, f, o, z = (gates[:, k * hidden : (k + 1) * hidden] for k in range(4))
+        if peephole is not None:
+            i = i + peephole[:hidden] * c
+            f = f + peephole[hidden : 2 * hidden] * c
+        c = recurrent(f) * c + recurrent(i) * cell(z)
+        if peephole is not None:
+            o = o + peephole[2 * hidden :] * c
+        h = recurrent(o) * activation(c)
+        out[t] = h
+    return out, h, c
+
+
+def lstm(
+    x: np.ndarray,
+    initial_h: np.ndarray,
+    initial_c: np.ndarray,
+    weights: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]],
+    *,
+    direction: str = "forward",
+    output_sequence: bool = False,
+    activations: tuple[str, str, str] = ("sigmoid", "tanh", "tanh"),
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """MIL `lstm` (iOS15 definition): x [s, b, I]; per direction (weight_ih [4H, I], weight_hh [4H, H],
+    bias [4H] = b_ih + b_hh or None, peephole [3H] or None), gates ordered i, f, o, z (coremltools
+    reorders torch's i, f, z, o); states [b, D·H] with the forward half first.
+
+    Returns (output [s or 1, b, D·H], h [b, D·H], c [b, D·H]). A bidirectional output concatenates the
+    forward and the reverse direction's states per time step, as torch does; the reverse direction's
+    "last" state is the one after the first time step. The input projection is one matmul over all
+    steps, so only the [b, H]×[H, 4H] recurrence loops."""
+    if direction not in ("forward", "reverse", "bidirectional"):
+        raise ValueError(f"lstm: unknown direction {direction!r}")
+    bad = [a for a in activations if a not in LSTM_ACTIVATIONS]
+    if bad:
+        supported = ", ".join(sorted(LSTM_ACTIVATIONS))
+        raise ValueError(f"lstm: activation {bad[0]!r} is not supported (supported: {supported})")
+    dtype = _compute_dtype(x)
+    x = x.astype(dtype, copy=False)
+    s = x.shape[0]
+    hidden = weights[0][1].shape[1]
+    reverse = {"forward": [False], "reverse": [True], "bidirectional": [False, True]}[direction]
+    if len(weights) != len(reverse):
+        raise ValueError(f"lstm: {direction} needs {len(reverse)} weight sets, got {len(weights)}")
+    outs, hs, cs = [], [], []
+    for d, (backward, (w_ih, w_hh, bias, peephole)) in enumerate(zip(reverse, weights, strict=True)):
+        proj = x @ w_ih.astype(dtype).T
+        if bias is not None:
+            proj = proj + bias.astype(dtype)
+        h0 = initial_h[:, d * hidden : (d + 1) * hidden].astype(dtype)
+        c0 = initial_c[:, d * hidden : (d + 1) * hidden].astype(dtype)
+        steps = range(s - 1, -1, -1) if backward else range(s)
+        out, h, c = _lstm_direction(proj, w_hh.astype(dtype), h0, c0, peephole, steps, activations)
+        outs.append(out if output_sequence else h[None])
+        hs.append(h)
+        cs.append(c)
+    return np.concatenate(outs, axis=-1), np.concatenate(hs, axis=-1), np.concatenate(cs, axis=-1)

@@ -1,0 +1,124 @@
+"""Kokoro in GGUF and Core ML: its tensor names fit GGUF, and its decoder converts to Core ML and runs in
+voxport's MIL interpreter (the harmonic source resampled without F.interpolate, the BiLSTM as MIL lstm).
+
+The model here is Kokoro's architecture with a one-layer, 32-wide ALBERT and random weights (the decoder's
+widths are fixed by the architecture), so the checks are about the graph, not about a trained voice."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import warnings
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from torch.nn import functional as F  # noqa: N812
+
+from voxport.export.coreml.convert import program_to_mlmodel, save_mlpackage, to_program
+from voxport.export.gguf.names import MAX_NAME_BYTES, from_gguf, to_gguf
+from voxport.families.kokoro.model import HARMONICS, KokoroModel
+from voxport.families.kokoro.modules import HarmonicSource, KokoroNet
+from voxport.families.kokoro.source import KOKORO_CONFIG
+from voxport.runtime.mil import MilInterpreter, load_mlpackage
+
+warnings.filterwarnings("ignore", module="coremltools")
+logging.getLogger("coremltools").setLevel(logging.ERROR)
+
+
+def _small_config() -> dict[str, Any]:
+    config = copy.deepcopy(KOKORO_CONFIG)
+    config.update(n_layer=1)  # hidden 512 and style 128 are fixed by the decoder and the voices
+    config["plbert"].update(hidden_size=32, num_attention_heads=2, intermediate_size=64, num_hidden_layers=1)
+    return config
+
+
+def _snr_db(ref: np.ndarray, out: np.ndarray) -> float:
+    ref = np.asarray(ref, np.float64)
+    err = np.sum((ref - np.asarray(out, np.float64)) ** 2)
+    return float("inf") if err == 0 else float(10 * np.log10(np.sum(ref**2) / err))
+
+
+def test_every_kokoro_weight_name_round_trips_through_gguf() -> None:
+    names = KokoroNet(_small_config()).state_dict().keys()  # the same names as the full model's
+    for name in names:
+        short = to_gguf(name)
+        assert len(short.encode()) <= MAX_NAME_BYTES and from_gguf(short) == name
+    assert to_gguf("bert.encoder.albert_layer_groups.0.albert_layers.0.ffn.weight") == (
+        "bert.encoder.agrp.0.alyr.0.ffn_up.weight"
+    )
+
+
+def test_explicit_resampling_follows_f_interpolate() -> None:
+    torch.manual_seed(0)
+    source = HarmonicSource(24_000, 300)
+    x = torch.randn(1, 9, 40 * 300) * 100
+    # downsampling by 300: the two middle samples of each block, halved, exactly as torch
+    assert torch.equal(source._down(x), F.interpolate(x, scale_factor=1 / 300, mode="linear"))
+    # upsampling: torch's kernel places sources in float32, so it differs at rounding level (measured
+    # ~3e-7 of the signal over 80 frames); 1e-5 leaves a wide margin for other CPUs
+    y = torch.randn(1, 9, 80) * 100
+    ref = F.interpolate(y, scale_factor=300, mode="linear")
+    assert (source._up(y) - ref).abs().max() <= 1e-5 * ref.abs().max()
+
+
+@pytest.mark.slow  # converts and interprets a decoder with Kokoro's fixed 1024-channel blocks (~1 min)
+def test_decoder_converts_to_core_ml_and_runs_in_the_mil_interpreter(
+    decoder_outputs: tuple[np.ndarray, np.ndarray],
+) -> None:
+    out, ref = decoder_outputs
+    assert out.shape == ref.shape and np.isfinite(out).all()
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    reason="open: the MIL decoder's first samples differ from torch (~30 dB here; -0.5 dB on the real "
+    "voice) while the end agrees to ~3e-4; the torch graphs with and without the explicit resampling "
+    "agree exactly, so the difference is in the converted program or an interpreter kernel",
+)
+def test_core_ml_decoder_matches_torch(decoder_outputs: tuple[np.ndarray, np.ndarray]) -> None:
+    out, ref = decoder_outputs
+    # float32 both sides, one op order apart; the resampling differs at rounding level only
+    assert _snr_db(ref, out) >= 40
+
+
+@pytest.fixture(scope="module")
+def decoder_outputs(tmp_path_factory: pytest.TempPathFactory) -> tuple[np.ndarray, np.ndarray]:
+    """The decoder converted to Core ML and run in the MIL interpreter, and torch's output, same inputs."""
+    tmp_path = tmp_path_factory.mktemp("kokoro-coreml")
+    torch.manual_seed(0)
+    net = KokoroNet(_small_config()).eval()
+    voices = {"af_test": np.zeros((510, 1, 2 * net.style_dim), np.float32)}
+    model = KokoroModel(net, _small_config(), voices, source="test")
+    graphs = {g.name: g for g in model.bounded_graphs(512)}
+    assert sorted(graphs) == ["decoder", "encoder"]  # tts sizes its audio by predicted durations
+    spec = graphs["decoder"]
+    assert spec.module.model.decoder.generator.m_source.explicit_resample
+    assert not net.decoder.generator.m_source.explicit_resample  # the torch reference is untouched
+
+    program = to_program(spec, target="iOS17", compute_precision="fp32")
+    path = save_mlpackage(
+        program_to_mlmodel(program, target="iOS17", graph="decoder"), tmp_path / "d.mlpackage"
+    )
+    interpreter = MilInterpreter(load_mlpackage(path))
+    assert {"lstm", "conv_transpose", "instance_norm", "cumsum", "atan"} <= set(interpreter.op_types())
+
+    tokens = 6
+    durations = torch.tensor([[2.0, 3.0, 1.0, 4.0, 2.0, 3.0]])
+    spf = model.samples_per_frame
+    samples = int(durations.sum()) * spf
+    inputs = {
+        "d": torch.randn(1, tokens, 512 + net.style_dim),
+        "t_en": torch.randn(1, 512, tokens),
+        "durations": durations,
+        "style": torch.randn(1, 2 * net.style_dim) * 0.1,
+        "noise": (torch.randn(1, samples, HARMONICS) * 0.5).reshape(
+            1, -1, model.samples_per_frame * HARMONICS
+        ),
+    }
+    out = interpreter.run({k: v.numpy() for k, v in inputs.items()})["audio"]
+    with torch.no_grad():
+        ref = model.graphs()[1].module(*inputs.values())
+    return out, ref.numpy()
