@@ -542,7 +542,7 @@ def say(
     ),
     voice_prompt: Annotated[
         str | None,
-        typer.Option("--voice", help="Voice: a Kokoro voice name, or a Pocket TTS prompt (WAV, .npy)."),
+        typer.Option("--voice", help="Voice: a name the model ships, or a file (WAV, .npy)."),
     ] = None,
     speed: Annotated[
         float, typer.Option(help="Speaking rate: 2 = twice as fast (refused by voices with no pace control).")

@@ -19,7 +19,7 @@ from voxport.families.base import SynthesisSettings, check_ids
 from voxport.families.kokoro.frontend import MAX_PIECE_IDS, text_pieces, text_to_ids
 from voxport.families.kokoro.runtimes import KOKORO_ONNX_VOICES
 from voxport.families.kokoro.settings import KokoroSettings
-from voxport.families.kokoro.source import read_voices
+from voxport.families.kokoro.source import pick_voice, read_voices
 from voxport.runtime.ort import ort_session
 
 
@@ -60,12 +60,7 @@ class KokoroArtifactVoice:
         checked = check_ids(ids, self.vocab_size)
         if len(checked) > MAX_PIECE_IDS:
             raise BadInput(f"{len(checked)} ids is more than the {MAX_PIECE_IDS} Kokoro takes at once")
-        name = kokoro.voice or sorted(self.voices)[0]
-        if name not in self.voices:
-            raise BadInput(
-                f"no voice {name!r} beside {self.path.name} (its voices: {', '.join(sorted(self.voices))})"
-            )
-        pack = self.voices[name]
+        pack = pick_voice(kokoro.voice, self.voices)
         style = np.asarray(pack[min(len(checked), len(pack)) - 1], np.float32).reshape(1, -1)
         feed = {
             "tokens": np.asarray([[0, *checked, 0]], np.int64),

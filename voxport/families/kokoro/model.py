@@ -262,10 +262,9 @@ class KokoroModel(FamilyModel):
     # --- synthesis -------------------------------------------------------------------------------
     def style(self, settings: KokoroSettings, n_ids: int) -> np.ndarray:
         """The voice's style row for an input of `n_ids` phonemes (KModel's pipeline: `pack[len - 1]`)."""
-        name = settings.voice or sorted(self.voices)[0]
-        if name not in self.voices:
-            raise BadInput(f"no voice {name!r} in this model (its voices: {', '.join(sorted(self.voices))})")
-        pack = self.voices[name]
+        from voxport.families.kokoro.source import pick_voice
+
+        pack = pick_voice(settings.voice, self.voices)
         return np.asarray(pack[min(n_ids, len(pack)) - 1], dtype=np.float32).reshape(1, -1)
 
     def _tokens(self, ids: Sequence[int]) -> np.ndarray:

@@ -8,7 +8,7 @@ from typing import Annotated, ClassVar, Self
 from pydantic import AfterValidator
 
 from voxport.errors import BadInput
-from voxport.families.settings import MAX_NOISE_SCALE, SynthesisSettings, noise_level
+from voxport.families.settings import MAX_NOISE_SCALE, RelativeToRecipe, SynthesisSettings, noise_level
 
 #: Kokoro divides every duration by `speed`; kokoro-onnx accepts 0.5-2.0. Below 0.1 a sentence is
 #: ten times its length (memory grows with it); above 10 every token is clamped to one frame.
@@ -24,10 +24,12 @@ def _check_speed(value: float) -> float:
 
 
 class KokoroSettings(SynthesisSettings):
-    """`voice` None is the checkpoint's first voice. `noise_scale` scales the harmonic source's Gaussian
-    noise: 1 is KModel's, 0 the published ONNX export's (which has none)."""
+    """`voice` None is the checkpoint's first voice (in name order). `noise_scale` scales the harmonic
+    source's Gaussian noise: 1 is KModel's, 0 the published ONNX export's (which has none)."""
 
-    voice: str | None = None
+    #: a voice the model ships (by name), or a style table file (.npy); a recipe resolves it like the
+    #: other families' voice files, and a name still finds the voice (source.pick_voice)
+    voice: Annotated[str | None, RelativeToRecipe()] = None
     speed: Annotated[float, AfterValidator(_check_speed)] = 1.0
     noise_scale: Annotated[float, noise_level("noise scale", MAX_NOISE_SCALE)] = 1.0
 

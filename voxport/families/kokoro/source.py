@@ -145,6 +145,31 @@ def check_voice(name: str, table: Any) -> np.ndarray:
     return np.ascontiguousarray(array.reshape(array.shape[0], 1, STYLE_WIDTH))
 
 
+def pick_voice(voice: str | None, voices: Mapping[str, np.ndarray]) -> np.ndarray:
+    """The style table `voice` names: one of `voices` by name (None: the first in name order), else a
+    `.npy` file holding one table ([N, 1, 256] or [N, 256]), kokoro's own per-voice format.
+
+    A recipe resolves `voice:` against its folder, as it does every voice setting (a prompt file for other
+    families), so a voice name arrives as `<recipe folder>/<name>`: a path that is not a file is looked
+    up by its last component."""
+    if voice is None:
+        return voices[sorted(voices)[0]]
+    if voice in voices:
+        return voices[voice]
+    path = Path(voice)
+    if path.suffix == ".npy" and path.is_file():
+        try:
+            table = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise BadInput(f"voice file {path}: not a readable .npy ({exc})") from None
+        return check_voice(path.name, table)
+    if path.name in voices and not path.is_file():
+        return voices[path.name]
+    raise BadInput(
+        f"no voice {voice!r}: give one of {', '.join(sorted(voices))}, or a .npy style table [N, 1, 256]"
+    )
+
+
 def check_voices(voices: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """Every voice through `check_voice`, in the given order; at least one voice."""
     if not voices:
