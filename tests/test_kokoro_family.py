@@ -141,6 +141,19 @@ def test_convolution_stft_matches_torch_stft() -> None:
     assert _snr(back, torch.istft(spectrum, 20, 5, 20, window=torch.hann_window(20))) > 100
 
 
+def test_first_stft_frame_phase_is_exactly_zero_or_pi() -> None:
+    """Centred on sample 0 of a reflect-padded signal, the first frame is even about the window's centre,
+    so its spectrum is real and its imaginary parts are rounding noise whose sign each runtime picks
+    differently (torch.stft's FFT gives −π for a bin where torch's conv1d gives +π). Its phase must come
+    from the real part alone, or a converted graph flips it by 2π (34 dB on the Core ML decoder)."""
+    dft = DFT(20, 5)
+    x = torch.randn(1, 4000, generator=torch.Generator().manual_seed(3))
+    _, phase = dft.transform(x)
+    first = torch.stft(x, 20, 5, 20, window=torch.hann_window(20), return_complex=True)[0, :, 0]
+    assert float(first.imag.abs().max()) < 1e-6 * float(first.real.abs().max())  # real up to rounding
+    assert torch.equal(phase[0, :, 0], (first.real < 0).to(phase.dtype) * torch.pi)
+
+
 def test_non_kokoro_onnx_is_one_line(tmp_path: Path) -> None:
     other = tmp_path / "other.onnx"
     graph = onnx.helper.make_graph(

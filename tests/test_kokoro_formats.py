@@ -72,16 +72,12 @@ def test_decoder_converts_to_core_ml_and_runs_in_the_mil_interpreter(
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="open: the MIL decoder's first samples differ from torch (~30 dB here; -0.5 dB on the real "
-    "voice) while the end agrees to ~3e-4; the torch graphs with and without the explicit resampling "
-    "agree exactly, so the difference is in the converted program or an interpreter kernel",
-)
 def test_core_ml_decoder_matches_torch(decoder_outputs: tuple[np.ndarray, np.ndarray]) -> None:
     out, ref = decoder_outputs
-    # float32 both sides, one op order apart; the resampling differs at rounding level only
-    assert _snr_db(ref, out) >= 40
+    # float32 both sides, one op order apart; the resampling differs at rounding level only. Measured
+    # 80.6 dB. One ±π flip of a source phase (the first STFT frame's, before DFT.transform set it from
+    # the real part) cost 34 dB here; 60 catches that and leaves 20 dB for other CPUs' BLAS rounding
+    assert _snr_db(ref, out) >= 60
 
 
 @pytest.fixture(scope="module")

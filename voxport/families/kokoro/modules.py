@@ -284,8 +284,14 @@ class DFT(nn.Module):
         # The DC and Nyquist bins of a real signal are real: an FFT gives them an imaginary part of exactly
         # +0, so their phase is 0 or π. A convolution leaves ±1e-8 there, and atan2 of that flips between
         # π and −π: a 2π jump the next convolution sees. Their phase is set from the sign of the real part.
-        edge = (real[:, [0, -1]] < 0).to(real.dtype) * math.pi
-        phase = torch.cat([edge[:, :1], torch.atan2(imag[:, 1:-1], real[:, 1:-1]), edge[:, 1:]], dim=1)
+        # The same holds for every bin of the first frame: centred on sample 0 of a reflect-padded signal,
+        # that frame is even about the window's centre, so X_k = (−1)^k·(a real number). Its imaginary
+        # parts are rounding noise whose sign depends on the runtime's summation order (torch's conv1d,
+        # torch.stft's FFT and a numpy im2col matmul all pick differently), and a 2π flip there cost the
+        # Core ML decoder ~34 dB on the small test model.
+        real_phase = (real < 0).to(real.dtype) * math.pi
+        inner = torch.cat([real_phase[:, 1:-1, :1], torch.atan2(imag[:, 1:-1, 1:], real[:, 1:-1, 1:])], dim=2)
+        phase = torch.cat([real_phase[:, :1], inner, real_phase[:, -1:]], dim=1)
         return torch.sqrt(real**2 + imag**2), phase
 
     def inverse(self, magnitude: torch.Tensor, phase: torch.Tensor) -> torch.Tensor:
