@@ -357,7 +357,11 @@ class HarmonicSource(nn.Module):
     def forward(self, f0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """f0 [1, samples, 1] (Hz), noise [1, samples, harmonics] → excitation [1, samples, 1]."""
         orders = torch.arange(1, self.harmonics + 1, dtype=f0.dtype)[None, None, :]
-        rad = (f0 * orders / self.sample_rate) % 1
+        rad = f0 * orders / self.sample_rate
+        # x % 1 written out: torch computes it as x − floor(x / 1)·1, the same bits as x − floor(x), but
+        # coremltools converts it to that floor_div and its noop_elimination pass then drops floor_div(x, 1)
+        # as an identity (wrong for floats), leaving x − x = 0: a Core ML decoder without its harmonics
+        rad = rad - torch.floor(rad)
         if self.explicit_resample:
             rad = self._down(rad.transpose(1, 2))
             phase = torch.cumsum(rad.transpose(1, 2), dim=1) * 2 * math.pi
