@@ -88,8 +88,9 @@ def test_kmodel_loads_the_checkpoint_strictly_and_agrees(checkpoint: Path, model
     (per-frame features, pitch and energy) above 100 dB. The decoder is checked on KModel's own inputs:
     its only different op is the forward STFT (a convolution instead of torch.stft's FFT), which agrees
     with the FFT to float rounding but for the rare bin whose imaginary part is ±1e-9 with a negative real
-    part, where atan2 gives π for one and −π for the other (2 of 184,811 values on the sentence measured:
-    68.7 dB). End to end the two differ more (~45 dB): the source's phase is a float32 cumsum reaching
+    part, where atan2 gives π for one and −π for the other (first measured: 2 of 184,811 values, 68.7 dB;
+    the first frame, whose imaginary parts are all such noise, now takes its phase from the real part).
+    End to end the two differ more (~45 dB): the source's phase is a float32 cumsum reaching
     10^4-10^5 radians, so pitch that differs by 1e-4 Hz (LSTM rounding) moves it by whole ulps."""
     kmodel = kmodel_from(checkpoint, model.config)
     ids = torch.tensor([[0, *text_to_ids(SENTENCE), 0]])
@@ -125,7 +126,9 @@ def test_kmodel_loads_the_checkpoint_strictly_and_agrees(checkpoint: Path, model
         assert min(_snr(f0, f0_k), _snr(n, n_k), _snr(asr, asr_k)) > 100  # measured 134-138 dB
         sine_noise = next(x for x in noise_draws if x.shape[-1] == 9)
         decoded = net.decoder(asr_k, f0_k, n_k, s_k, sine_noise)
-    # measured 68.7 dB (the two atan2 branch flips above); a wrong op anywhere in the decoder gives < 30
+    # measured 77.1 dB here (74.5 before DFT.transform took the first frame's phase from its real part:
+    # torch.stft's FFT and our conv1d round that frame's zero imaginary parts to different signs);
+    # a wrong op anywhere in the decoder gives < 30
     assert _snr(decoded, audio_k) > 60
 
 
