@@ -88,8 +88,9 @@ def test_kmodel_loads_the_checkpoint_strictly_and_agrees(checkpoint: Path, model
     (per-frame features, pitch and energy) above 100 dB. The decoder is checked on KModel's own inputs:
     its only different op is the forward STFT (a convolution instead of torch.stft's FFT), which agrees
     with the FFT to float rounding but for the rare bin whose imaginary part is ±1e-9 with a negative real
-    part, where atan2 gives π for one and −π for the other (2 of 184,811 values on the sentence measured:
-    68.7 dB). End to end the two differ more (~45 dB): the source's phase is a float32 cumsum reaching
+    part, where atan2 gives π for one and −π for the other (first measured: 2 of 184,811 values, 68.7 dB;
+    the first frame, whose imaginary parts are all such noise, now takes its phase from the real part).
+    End to end the two differ more (~45 dB): the source's phase is a float32 cumsum reaching
     10^4-10^5 radians, so pitch that differs by 1e-4 Hz (LSTM rounding) moves it by whole ulps."""
     kmodel = kmodel_from(checkpoint, model.config)
     ids = torch.tensor([[0, *text_to_ids(SENTENCE), 0]])
@@ -125,7 +126,9 @@ def test_kmodel_loads_the_checkpoint_strictly_and_agrees(checkpoint: Path, model
         assert min(_snr(f0, f0_k), _snr(n, n_k), _snr(asr, asr_k)) > 100  # measured 134-138 dB
         sine_noise = next(x for x in noise_draws if x.shape[-1] == 9)
         decoded = net.decoder(asr_k, f0_k, n_k, s_k, sine_noise)
-    # measured 68.7 dB (the two atan2 branch flips above); a wrong op anywhere in the decoder gives < 30
+    # measured 77.1 dB here (74.5 before DFT.transform took the first frame's phase from its real part:
+    # torch.stft's FFT and our conv1d round that frame's zero imaginary parts to different signs);
+    # a wrong op anywhere in the decoder gives < 30
     assert _snr(decoded, audio_k) > 60
 
 
@@ -139,6 +142,19 @@ def test_convolution_stft_matches_torch_stft() -> None:
     assert float(wrapped.abs().max()) < 1e-3  # equal up to the ±π branch cut
     back = dft.inverse(spectrum.abs(), spectrum.angle())
     assert _snr(back, torch.istft(spectrum, 20, 5, 20, window=torch.hann_window(20))) > 100
+
+
+def test_first_stft_frame_phase_is_exactly_zero_or_pi() -> None:
+    """Centred on sample 0 of a reflect-padded signal, the first frame is even about the window's centre,
+    so its spectrum is real and its imaginary parts are rounding noise whose sign each runtime picks
+    differently (torch.stft's FFT gives −π for a bin where torch's conv1d gives +π). Its phase must come
+    from the real part alone, or a converted graph flips it by 2π (34 dB on the Core ML decoder)."""
+    dft = DFT(20, 5)
+    x = torch.randn(1, 4000, generator=torch.Generator().manual_seed(3))
+    _, phase = dft.transform(x)
+    first = torch.stft(x, 20, 5, 20, window=torch.hann_window(20), return_complex=True)[0, :, 0]
+    assert float(first.imag.abs().max()) < 1e-6 * float(first.real.abs().max())  # real up to rounding
+    assert torch.equal(phase[0, :, 0], (first.real < 0).to(phase.dtype) * torch.pi)
 
 
 def test_non_kokoro_onnx_is_one_line(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import logging
 import warnings
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,6 +19,7 @@ from torch.nn import functional as F  # noqa: N812
 
 from voxport.export.coreml.convert import program_to_mlmodel, save_mlpackage, to_program
 from voxport.export.gguf.names import MAX_NAME_BYTES, from_gguf, to_gguf
+from voxport.families.base import GraphSpec
 from voxport.families.kokoro.model import HARMONICS, KokoroModel
 from voxport.families.kokoro.modules import HarmonicSource, KokoroNet
 from voxport.families.kokoro.source import KOKORO_CONFIG
@@ -63,6 +65,31 @@ def test_explicit_resampling_follows_f_interpolate() -> None:
     assert (source._up(y) - ref).abs().max() <= 1e-5 * ref.abs().max()
 
 
+def test_harmonic_source_keeps_its_harmonics_in_core_ml(tmp_path: Path) -> None:
+    """The source's `% 1` through coremltools and the MIL interpreter. coremltools converts x % 1 to
+    x − floor_div(x, 1)·1 and its noop_elimination drops floor_div(x, 1) as an identity, so a Core ML
+    source was x − x = 0: no harmonics, the real voice's decoder at −0.3 dB. The small test model never
+    showed it: its random pitch stays under the 10 Hz voicing threshold, where the sines are muted."""
+    torch.manual_seed(0)
+    source = HarmonicSource(24_000, 300).eval()
+    source.explicit_resample = True
+    frames = 12
+    # voiced pitch, with harmonics past the sample rate (9 × 3 kHz) so the wrap-around is exercised too
+    f0 = torch.linspace(80.0, 3000.0, frames)[None, :, None].expand(-1, -1, 300).reshape(1, -1, 1)
+    noise = torch.randn(1, frames * 300, HARMONICS)
+    spec = GraphSpec("source", source, ["f0", "noise"], ["excitation"], (f0, noise), {})
+    program = to_program(spec, target="iOS17", compute_precision="fp32")
+    path = save_mlpackage(
+        program_to_mlmodel(program, target="iOS17", graph="source"), tmp_path / "s.mlpackage"
+    )
+    out = MilInterpreter(load_mlpackage(path)).run({"f0": f0.numpy(), "noise": noise.numpy()})["excitation"]
+    with torch.no_grad():
+        ref = source(f0, noise).numpy()
+    # the same float32 ops on both sides: measured 84.8 dB (8.6 dB with the sines gone); 60 leaves room for
+    # other CPUs' rounding of a phase that reaches 10^4 radians here
+    assert _snr_db(ref, out) >= 60
+
+
 @pytest.mark.slow  # converts and interprets a decoder with Kokoro's fixed 1024-channel blocks (~1 min)
 def test_decoder_converts_to_core_ml_and_runs_in_the_mil_interpreter(
     decoder_outputs: tuple[np.ndarray, np.ndarray],
@@ -72,16 +99,12 @@ def test_decoder_converts_to_core_ml_and_runs_in_the_mil_interpreter(
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="open: the MIL decoder's first samples differ from torch (~30 dB here; -0.5 dB on the real "
-    "voice) while the end agrees to ~3e-4; the torch graphs with and without the explicit resampling "
-    "agree exactly, so the difference is in the converted program or an interpreter kernel",
-)
 def test_core_ml_decoder_matches_torch(decoder_outputs: tuple[np.ndarray, np.ndarray]) -> None:
     out, ref = decoder_outputs
-    # float32 both sides, one op order apart; the resampling differs at rounding level only
-    assert _snr_db(ref, out) >= 40
+    # float32 both sides, one op order apart; the resampling differs at rounding level only. Measured
+    # 80.6 dB. One ±π flip of a source phase (the first STFT frame's, before DFT.transform set it from
+    # the real part) cost 34 dB here; 60 catches that and leaves 20 dB for other CPUs' BLAS rounding
+    assert _snr_db(ref, out) >= 60
 
 
 @pytest.fixture(scope="module")

@@ -284,8 +284,14 @@ class DFT(nn.Module):
         # The DC and Nyquist bins of a real signal are real: an FFT gives them an imaginary part of exactly
         # +0, so their phase is 0 or π. A convolution leaves ±1e-8 there, and atan2 of that flips between
         # π and −π: a 2π jump the next convolution sees. Their phase is set from the sign of the real part.
-        edge = (real[:, [0, -1]] < 0).to(real.dtype) * math.pi
-        phase = torch.cat([edge[:, :1], torch.atan2(imag[:, 1:-1], real[:, 1:-1]), edge[:, 1:]], dim=1)
+        # The same holds for every bin of the first frame: centred on sample 0 of a reflect-padded signal,
+        # that frame is even about the window's centre, so X_k = (−1)^k·(a real number). Its imaginary
+        # parts are rounding noise whose sign depends on the runtime's summation order (torch's conv1d,
+        # torch.stft's FFT and a numpy im2col matmul all pick differently), and a 2π flip there cost the
+        # Core ML decoder ~34 dB on the small test model.
+        real_phase = (real < 0).to(real.dtype) * math.pi
+        inner = torch.cat([real_phase[:, 1:-1, :1], torch.atan2(imag[:, 1:-1, 1:], real[:, 1:-1, 1:])], dim=2)
+        phase = torch.cat([real_phase[:, :1], inner, real_phase[:, -1:]], dim=1)
         return torch.sqrt(real**2 + imag**2), phase
 
     def inverse(self, magnitude: torch.Tensor, phase: torch.Tensor) -> torch.Tensor:
@@ -351,7 +357,11 @@ class HarmonicSource(nn.Module):
     def forward(self, f0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """f0 [1, samples, 1] (Hz), noise [1, samples, harmonics] → excitation [1, samples, 1]."""
         orders = torch.arange(1, self.harmonics + 1, dtype=f0.dtype)[None, None, :]
-        rad = (f0 * orders / self.sample_rate) % 1
+        rad = f0 * orders / self.sample_rate
+        # x % 1 written out: torch computes it as x − floor(x / 1)·1, the same bits as x − floor(x), but
+        # coremltools converts it to that floor_div and its noop_elimination pass then drops floor_div(x, 1)
+        # as an identity (wrong for floats), leaving x − x = 0: a Core ML decoder without its harmonics
+        rad = rad - torch.floor(rad)
         if self.explicit_resample:
             rad = self._down(rad.transpose(1, 2))
             phase = torch.cumsum(rad.transpose(1, 2), dim=1) * 2 * math.pi
