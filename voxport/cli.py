@@ -496,8 +496,8 @@ def import_(
     """Bring a checkpoint from another toolchain in as a voxport checkpoint (KIND: an importer a
     registered family provides; an unknown KIND lists them).
 
-    Examples: voxport import piper en_US-joe-medium.onnx --out checkpoints/joe;
-    voxport import kokoro kokoro.onnx --voices voices.npz --out checkpoints/kokoro
+    Example: voxport import piper en_US-joe-medium.onnx --out checkpoints/joe (a voice-preset model
+    takes its presets too: voxport import kokoro kokoro.onnx --voices voices.npz --out checkpoints/k)
     """
     from voxport.families.base import ImportRequest
     from voxport.families.registry import families
