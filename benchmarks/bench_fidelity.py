@@ -588,15 +588,23 @@ def commit() -> str:
     return head + (" (with uncommitted changes)" if dirty else "")
 
 
-def write_section(markdown: Path, lines: Sequence[str]) -> None:
-    """Replace the block between the markers, or append the section with its markers."""
+def write_section(
+    markdown: Path,
+    lines: Sequence[str],
+    *,
+    begin: str = BEGIN,
+    end: str = END,
+    section: str = SECTION,
+) -> None:
+    """Replace the block between the markers, or append the section with its markers (other
+    benchmarks pass their own)."""
     text = markdown.read_text(encoding="utf-8") if markdown.exists() else "# Benchmarks\n"
-    block = "\n".join([BEGIN, *lines, END])
-    pattern = re.compile(re.escape(BEGIN) + r".*?" + re.escape(END), re.DOTALL)
+    block = "\n".join([begin, *lines, end])
+    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.DOTALL)
     if pattern.search(text):
         text = pattern.sub(lambda _: block, text)
     else:
-        text = text.rstrip("\n") + f"\n\n{SECTION}\n\n{block}\n"
+        text = text.rstrip("\n") + f"\n\n{section}\n\n{block}\n"
     markdown.write_text(text, encoding="utf-8")
 
 

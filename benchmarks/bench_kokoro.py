@@ -30,7 +30,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import shlex
 import statistics
 import sys
@@ -46,7 +45,7 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from bench_fidelity import check_held_out, commit, held_out_sources  # noqa: E402
+from bench_fidelity import check_held_out, commit, held_out_sources, write_section  # noqa: E402
 
 from voxport.errors import BadInput  # noqa: E402
 from voxport.families.base import Runner  # noqa: E402
@@ -396,18 +395,6 @@ def report(
     ]
 
 
-def write_section(markdown: Path, lines: Sequence[str]) -> None:
-    """Replace the block between the markers, or append the section with its markers."""
-    text = markdown.read_text(encoding="utf-8") if markdown.exists() else "# Benchmarks\n"
-    block = "\n".join([BEGIN, *lines, END])
-    pattern = re.compile(re.escape(BEGIN) + r".*?" + re.escape(END), re.DOTALL)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: block, text)
-    else:
-        text = text.rstrip("\n") + f"\n\n{SECTION}\n\n{block}\n"
-    markdown.write_text(text, encoding="utf-8")
-
-
 # ------------------------------------------------------------------------------------------------ core
 def run(args: argparse.Namespace, log: Callable[[str], None]) -> Run:
     torch.set_num_threads(1)
@@ -491,7 +478,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         payload: dict[str, Any] = {**asdict(result), "argv": argv, "commit": stamp, "repeats": args.repeats}
         args.json.write_text(json.dumps(payload, indent=1), encoding="utf-8")
     if args.write:
-        write_section(args.write, lines)
+        write_section(args.write, lines, begin=BEGIN, end=END, section=SECTION)
     return 0
 
 
