@@ -16,7 +16,7 @@ import numpy as np
 
 from voxport.errors import BadInput
 from voxport.families.base import SynthesisSettings, check_ids
-from voxport.families.kokoro.frontend import MAX_PIECE_IDS, text_pieces, text_to_ids
+from voxport.families.kokoro.frontend import MAX_PIECE_IDS, id_pieces, text_pieces, text_to_ids
 from voxport.families.kokoro.runtimes import KOKORO_ONNX_VOICES
 from voxport.families.kokoro.settings import KokoroSettings
 from voxport.families.kokoro.source import pick_voice, read_voices
@@ -47,7 +47,8 @@ class KokoroArtifactVoice:
         return text_pieces(text)
 
     def id_pieces(self, ids: Sequence[int]) -> list[list[int]]:
-        return [list(ids[i : i + MAX_PIECE_IDS]) for i in range(0, len(ids), MAX_PIECE_IDS)]
+        """Cut at pauses and words, as the checkpoint's loop cuts them."""
+        return id_pieces(ids)
 
     def stream(self, ids: Sequence[int], settings: SynthesisSettings, **_: object) -> Iterator[np.ndarray]:
         """One sentence at a time (the graph renders a whole utterance)."""

@@ -17,9 +17,11 @@ piece to `MAX_PIECE_IDS` = 508, within every one of these.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from functools import cache
 from typing import Any
 
+from voxport import pieces
 from voxport.errors import BadInput
 from voxport.families.kokoro.source import KOKORO_CONFIG
 
@@ -92,3 +94,15 @@ def text_pieces(text: str, lang: str = "en-us", max_ids: int = MAX_PIECE_IDS) ->
     """The ids of each sentence of `text` (see `phoneme_pieces`), each at most `max_ids` long and
     non-empty, without pads."""
     return [ids for ids in (phonemes_to_ids(p) for p in phoneme_pieces(text, lang, max_ids)) if ids]
+
+
+def id_pieces(ids: Sequence[int], table: Mapping[str, int] | None = None) -> list[list[int]]:
+    """A run of ids in pieces of at most MAX_PIECE_IDS, cut at pauses, then word boundaries, of the
+    vocabulary `table` (default: Kokoro v1.0's); ids that fit one piece stay one piece."""
+    symbols: dict[str, object] = dict(table if table is not None else vocab())
+    return pieces.id_pieces(
+        ids,
+        MAX_PIECE_IDS,
+        pauses=pieces.symbol_ids(symbols, pieces.PAUSE_SYMBOLS),
+        words=pieces.symbol_ids(symbols, pieces.WORD_SYMBOLS),
+    )

@@ -249,15 +249,9 @@ class KokoroModel(FamilyModel):
         return found
 
     def id_pieces(self, ids: Sequence[int]) -> list[list[int]]:
-        from voxport import pieces
+        from voxport.families.kokoro.frontend import id_pieces
 
-        vocab: dict[str, object] = dict(self.vocab)
-        return pieces.id_pieces(
-            ids,
-            MAX_PIECE_IDS,
-            pauses=pieces.symbol_ids(vocab, pieces.PAUSE_SYMBOLS),
-            words=pieces.symbol_ids(vocab, pieces.WORD_SYMBOLS),
-        )
+        return id_pieces(ids, self.vocab)
 
     # --- synthesis -------------------------------------------------------------------------------
     def style(self, settings: KokoroSettings, n_ids: int) -> np.ndarray:
