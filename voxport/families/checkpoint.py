@@ -8,7 +8,9 @@ tensors and containers.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -72,3 +74,16 @@ def _load_pickle(path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise BadInput(f"{path}: expected a mapping of tensor names to tensors")
     return dict(obj)
+
+
+def config_beside(path: Path) -> dict[str, Any] | None:
+    """The `config.json` of a checkpoint directory, or of the directory a weights file is in; None when
+    there is none or it is not a JSON object. The cheap look every family's `recognizes` starts with."""
+    config = path / "config.json" if path.is_dir() else path.parent / "config.json"
+    if not config.is_file():
+        return None
+    try:
+        data = json.loads(config.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None

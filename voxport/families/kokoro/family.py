@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 from voxport.errors import BadInput
 from voxport.families.base import Family, Importer, ImportRequest, Voice
+from voxport.families.checkpoint import config_beside
 from voxport.families.kokoro.settings import KokoroSettings
 
 if TYPE_CHECKING:
@@ -54,14 +54,8 @@ class KokoroFamily(Family):
 
     @classmethod
     def recognizes(cls, path: Path) -> bool:
-        config = path / "config.json" if path.is_dir() else path.parent / "config.json"
-        if not config.is_file():
-            return False
-        try:
-            data = json.loads(config.read_text())
-        except (OSError, ValueError):
-            return False
-        return isinstance(data, dict) and "istftnet" in data and "plbert" in data
+        data = config_beside(path)
+        return data is not None and "istftnet" in data and "plbert" in data
 
     @classmethod
     def load(cls, path: Path, *, trust_pickle: bool = False) -> KokoroModel:

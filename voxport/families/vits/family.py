@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import ClassVar
 
 from voxport.errors import BadInput
 from voxport.families.base import Family, Importer, ImportRequest, Voice
+from voxport.families.checkpoint import config_beside
 from voxport.families.vits.model import VitsModelAdapter, load_checkpoint
 from voxport.families.vits.settings import VitsSettings
 
@@ -51,14 +51,8 @@ class VitsFamily(Family):
     def recognizes(cls, path: Path) -> bool:
         if path.suffix == ".onnx":  # a Piper voice: the .onnx with its .onnx.json beside it
             return path.with_name(path.name + ".json").is_file()
-        config = path / "config.json" if path.is_dir() else path.parent / "config.json"
-        if not config.is_file():
-            return False
-        try:
-            data = json.loads(config.read_text())
-        except (OSError, ValueError):
-            return False
-        return isinstance(data, dict) and data.get("model_type") == "vits"
+        data = config_beside(path)
+        return data is not None and data.get("model_type") == "vits"
 
     @classmethod
     def load(cls, path: Path, *, trust_pickle: bool = False) -> VitsModelAdapter:
