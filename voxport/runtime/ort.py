@@ -28,6 +28,17 @@ def ort_session(path: Path, *, threads: int = 1) -> Any:  # onnxruntime ships no
         raise BadInput(f"{path}: ONNX Runtime cannot load it ({str(exc).splitlines()[0]})") from None
 
 
+
+def graph_metadata(session: Any, path: Path, graph: str, what: str = "") -> dict[str, str]:
+    """The metadata of the voxport graph `session` runs, or BadInput when it is not `graph`: a voice is
+    spoken through its primary file, and a user handing `say` a split graph gets told which file that is."""
+    meta: dict[str, str] = dict(session.get_modelmeta().custom_metadata_map)
+    if meta.get("graph") != graph:
+        raise BadInput(
+            f"{path}: a '{meta.get('graph')}' graph; speak with the primary <name>.<precision>.onnx{what}"
+        )
+    return meta
+
 class OrtRunner:
     """Runs exported ONNX graphs in ONNX Runtime, one session per graph."""
 

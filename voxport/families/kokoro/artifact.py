@@ -20,18 +20,14 @@ from voxport.families.kokoro.frontend import MAX_PIECE_IDS, id_pieces, text_piec
 from voxport.families.kokoro.runtimes import KOKORO_ONNX_VOICES
 from voxport.families.kokoro.settings import KokoroSettings
 from voxport.families.kokoro.source import pick_voice, read_voices
-from voxport.runtime.ort import ort_session
+from voxport.runtime.ort import graph_metadata, ort_session
 
 
 class KokoroArtifactVoice:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.session = ort_session(path)
-        meta = self.session.get_modelmeta().custom_metadata_map
-        if meta.get("graph") != "tts":
-            raise BadInput(
-                f"{path}: a '{meta.get('graph')}' graph; speak with the primary <name>.<precision>.onnx"
-            )
+        meta = graph_metadata(self.session, path, "tts")
         self.sample_rate = int(meta["sample_rate"])
         self.vocab_size = int(meta["vocab_size"])
         voices_file = path.with_name(KOKORO_ONNX_VOICES)

@@ -27,7 +27,7 @@ from voxport.families.vits.loop import stream_audio, whole_audio
 from voxport.families.vits.settings import VitsSettings
 from voxport.families.vits.streaming import FLOW_GRAPH, VOCODER_GRAPH, WindowSpec
 from voxport.pieces import id_pieces
-from voxport.runtime.ort import OrtRunner, ort_session
+from voxport.runtime.ort import OrtRunner, graph_metadata, ort_session
 
 #: the graph input that carries the token ids (Piper's interface)
 IDS_INPUT = "input"
@@ -80,11 +80,7 @@ class VitsArtifactVoice(_PiperVoice):
     def __init__(self, path: Path) -> None:
         self.path = path
         self.session = ort_session(path)
-        meta = self.session.get_modelmeta().custom_metadata_map
-        if meta.get("graph") != "tts":
-            raise BadInput(
-                f"{path}: a '{meta.get('graph')}' graph; speak with the primary <name>.<precision>.onnx"
-            )
+        meta = graph_metadata(self.session, path, "tts")
         self.sample_rate = int(meta.get("sample_rate", 22050))
         self.num_speakers = int(meta.get("n_speakers", 1))
         sidecar = path.with_name(path.name + ".json")
