@@ -43,7 +43,7 @@ def fold(weights: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 #: the modules KModel wraps in weight_norm (its convolutions but not the predictor's two projections,
 #: the generator's noise convolutions or the source's linear layer)
-def _weight_normed(name: str) -> bool:
+def weight_normed(name: str) -> bool:
     if not name.endswith(".weight"):
         return False
     base = name[: -len(".weight")]
@@ -68,7 +68,7 @@ def unfold(weights: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     g = 0, since v = 0 would make KModel divide by zero)."""
     out: dict[str, torch.Tensor] = {}
     for name, tensor in weights.items():
-        if not _weight_normed(name):
+        if not weight_normed(name):
             out[name] = tensor
             continue
         base = name[: -len(".weight")]

@@ -272,11 +272,24 @@ _HANDLERS: dict[str, Callable[[_Graph, onnx.NodeProto, Put, PutKernel], None]] =
 
 
 def kmodel_layout(config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
-    """KModel's state-dict names and shapes for `config` (weight norm unfolded)."""
-    from voxport.families.kokoro.checkpoint import unfold
+    """KModel's state-dict names and shapes for `config` (weight norm unfolded: g is [out, 1, ...]).
 
-    net = KokoroNet(config)
-    return {k: tuple(v.shape) for k, v in unfold(net.state_dict()).items()}
+    The network is built on torch's meta device: only names and shapes are read, and `build` makes
+    the real one once the weights are known."""
+    from voxport.families.kokoro.checkpoint import weight_normed
+
+    with torch.device("meta"):
+        net = KokoroNet(config)
+    layout: dict[str, tuple[int, ...]] = {}
+    for name, tensor in net.state_dict().items():
+        shape = tuple(tensor.shape)
+        if weight_normed(name):
+            base = name.removesuffix(".weight")
+            layout[base + ".weight_g"] = (shape[0],) + (1,) * (len(shape) - 1)
+            layout[base + ".weight_v"] = shape
+        else:
+            layout[name] = shape
+    return layout
 
 
 def published_weights(path: Path, config: dict[str, Any]) -> dict[str, torch.Tensor]:
