@@ -104,7 +104,7 @@ def _tiny() -> dict[str, Any]:
     audio = mm["audio_model_args"]
     audio["semantic_codebook_size"] = 128
     audio["acoustic_transformer_args"].update(
-        input_dim=64, dim=48, n_layers=3, head_dim=12, hidden_dim=96, n_heads=4, n_kv_heads=2
+        input_dim=64, dim=64, n_layers=3, head_dim=16, hidden_dim=96, n_heads=4, n_kv_heads=2
     )
     mm["audio_tokenizer_args"].update(
         semantic_codebook_size=128,
@@ -337,9 +337,11 @@ class VoxtralConfig:
         b, h, c = self.backbone, self.head, self.codec
         if b.n_heads % b.n_kv_heads or h.n_heads % h.n_kv_heads or c.n_heads % c.n_kv_heads:
             raise BadInput(f"{source}: n_heads must be a multiple of n_kv_heads in params.json")
-        if h.input_dim != b.dim:
+        if not h.input_dim == h.dim == b.dim:
+            # the semantic output layer reads the backbone state directly with a head-width weight
             raise BadInput(
-                f"{source}: acoustic_transformer_args.input_dim ({h.input_dim}) must equal dim ({b.dim})"
+                f"{source}: acoustic_transformer_args.input_dim ({h.input_dim}) and dim ({h.dim}) must "
+                f"equal the backbone's dim ({b.dim})"
             )
         if c.acoustic_dim != self.n_acoustic or c.acoustic_levels != self.acoustic_levels:
             raise BadInput(f"{source}: audio_tokenizer_args and audio_model_args disagree on the acoustic codebooks")
