@@ -193,9 +193,9 @@ class CodecConfig:
         out = []
         for idx in range(len(self.transformer_lengths)):
             out.append(w)
-            if idx + 1 < len(self.transformer_lengths) and self.half_window_on_downsampling:
-                if self.strides[idx + 1] > 1:
-                    w *= 2
+            last = idx + 1 == len(self.transformer_lengths)
+            if not last and self.half_window_on_downsampling and self.strides[idx + 1] > 1:
+                w *= 2
         return out
 
     def upsampling(self) -> list[int]:
@@ -344,12 +344,18 @@ class VoxtralConfig:
                 f"equal the backbone's dim ({b.dim})"
             )
         if c.acoustic_dim != self.n_acoustic or c.acoustic_levels != self.acoustic_levels:
-            raise BadInput(f"{source}: audio_tokenizer_args and audio_model_args disagree on the acoustic codebooks")
+            raise BadInput(
+                f"{source}: audio_tokenizer_args and audio_model_args disagree on the acoustic codebooks"
+            )
         if c.semantic_codebook_size != self.semantic_codebook_size:
-            raise BadInput(f"{source}: audio_tokenizer_args and audio_model_args disagree on the semantic codebook")
+            raise BadInput(
+                f"{source}: audio_tokenizer_args and audio_model_args disagree on the semantic codebook"
+            )
         n = len(c.transformer_lengths)
         if not (len(c.kernels) == len(c.strides) == n) or c.strides[0] != 1:
-            raise BadInput(f"{source}: decoder conv kernels/strides must list one per stage, the first of stride 1")
+            raise BadInput(
+                f"{source}: decoder conv kernels/strides must list one per stage, the first of stride 1"
+            )
         if any(k < s for k, s in zip(c.kernels[1:], c.strides[1:], strict=True)):
             raise BadInput(f"{source}: decoder transposed convs need kernel >= stride")
 

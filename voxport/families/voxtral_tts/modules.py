@@ -64,7 +64,13 @@ class FeedForward(nn.Module):
 
 class Attention(nn.Module):
     def __init__(
-        self, dim: int, heads: int, kv_heads: int, head_dim: int, *, bias: bool = False,
+        self,
+        dim: int,
+        heads: int,
+        kv_heads: int,
+        head_dim: int,
+        *,
+        bias: bool = False,
         qk_norm_eps: float | None = None,
     ) -> None:
         super().__init__()
@@ -88,7 +94,9 @@ class Attention(nn.Module):
         v = v.reshape(b, s, self.kv_heads, self.head_dim).transpose(1, 2)
         return q, k, v
 
-    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    def attend(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None
+    ) -> torch.Tensor:
         """Softmax attention written out (no SDPA: one form every converter maps), KV heads repeated
         to their query heads as transformers' `repeat_kv` does (head h reads KV head h // group)."""
         group = self.heads // self.kv_heads
@@ -108,8 +116,17 @@ class Block(nn.Module):
     """A pre-norm transformer layer with the consolidated names (attention, feed_forward, the norms)."""
 
     def __init__(
-        self, dim: int, hidden: int, heads: int, kv_heads: int, head_dim: int, eps: float, *,
-        bias: bool = False, qk_norm_eps: float | None = None, layer_scale: bool = False,
+        self,
+        dim: int,
+        hidden: int,
+        heads: int,
+        kv_heads: int,
+        head_dim: int,
+        eps: float,
+        *,
+        bias: bool = False,
+        qk_norm_eps: float | None = None,
+        layer_scale: bool = False,
     ) -> None:
         super().__init__()
         self.attention = Attention(dim, heads, kv_heads, head_dim, bias=bias, qk_norm_eps=qk_norm_eps)
@@ -165,7 +182,8 @@ class Backbone(nn.Module):
             "codebook_offsets", torch.tensor(cfg.codebook_offsets, dtype=torch.int64), persistent=False
         )
         self.layers = nn.ModuleList(
-            Block(b.dim, b.hidden_dim, b.n_heads, b.n_kv_heads, b.head_dim, b.norm_eps) for _ in range(b.n_layers)
+            Block(b.dim, b.hidden_dim, b.n_heads, b.n_kv_heads, b.head_dim, b.norm_eps)
+            for _ in range(b.n_layers)
         )
         self.norm = RMSNorm(b.dim, b.norm_eps)
 
@@ -185,7 +203,9 @@ class Backbone(nn.Module):
         s = embeds.shape[1]
         cached = past[0][0].shape[2]
         start = position.to(torch.float32).reshape(1)
-        cos, sin = rope_angles(start + torch.arange(s, dtype=torch.float32), self.cfg.head_dim, self.cfg.rope_theta)
+        cos, sin = rope_angles(
+            start + torch.arange(s, dtype=torch.float32), self.cfg.head_dim, self.cfg.rope_theta
+        )
         queries = torch.arange(s, dtype=torch.int64).reshape(-1, 1) + cached
         keys = torch.arange(cached + s, dtype=torch.int64).reshape(1, -1)
         mask = torch.where(keys <= queries, 0.0, float("-inf"))
@@ -247,7 +267,9 @@ class AcousticHead(nn.Module):
             h = layer.residual(h, layer.attention.attend(q, k, v, None))
         return cast(torch.Tensor, self.acoustic_codebook_output(self.norm(h)[:, :1]))
 
-    def forward(self, hidden: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(
+        self, hidden: torch.Tensor, noise: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(1, 1, D) backbone state, (1, 1, 36) start noise → (semantic (1,), acoustic values (1, 36)
         after the last step, clamped, and the frame's 37 codes (1, 37) with the offset included).
 
@@ -302,8 +324,14 @@ class Stage(nn.Module):
         super().__init__()
         self.layers = nn.ModuleList(
             Block(
-                c.dim, c.hidden_dim, c.n_heads, c.n_kv_heads, c.head_dim, c.norm_eps,
-                qk_norm_eps=c.qk_norm_eps if c.qk_norm else None, layer_scale=c.layer_scale,
+                c.dim,
+                c.hidden_dim,
+                c.n_heads,
+                c.n_kv_heads,
+                c.head_dim,
+                c.norm_eps,
+                qk_norm_eps=c.qk_norm_eps if c.qk_norm else None,
+                layer_scale=c.layer_scale,
             )
             for _ in range(n_layers)
         )
@@ -327,7 +355,9 @@ class CodecDecoder(nn.Module):
         self.decoder_blocks = nn.ModuleList(blocks)
         self.quantizer = nn.Module()
         self.quantizer.semantic_codebook = nn.Module()
-        self.quantizer.semantic_codebook.embedding = nn.Parameter(torch.zeros(c.semantic_codebook_size, c.semantic_dim))
+        self.quantizer.semantic_codebook.embedding = nn.Parameter(
+            torch.zeros(c.semantic_codebook_size, c.semantic_dim)
+        )
         self.output_proj = ConvHolder((c.patch_size, c.dim, c.patch_kernel))
         self.register_buffer("slopes", alibi_slopes(c.n_heads), persistent=False)
 
