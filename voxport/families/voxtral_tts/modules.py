@@ -187,6 +187,9 @@ class Backbone(nn.Module):
         )
         self.norm = RMSNorm(b.dim, b.norm_eps)
 
+    def blocks(self) -> list[Block]:
+        return [cast(Block, m) for m in self.layers]
+
     def embed_audio(self, codes: torch.Tensor) -> torch.Tensor:
         """(B, S, 37) codes (special-token offset included, as the head emits them) → (B, S, D)."""
         table = self.mm_audio_embeddings.audio_codebook_embeddings.embeddings
