@@ -44,6 +44,7 @@ class LoopSpec:
     kv_heads: int
     head_dim: int
     dim: int
+    vocab_size: int
     n_codes: int
     n_acoustic: int
     sample_rate: int

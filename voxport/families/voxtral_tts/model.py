@@ -120,6 +120,7 @@ class VoxtralAdapter(FamilyModel):
             kv_heads=c.backbone.n_kv_heads,
             head_dim=c.backbone.head_dim,
             dim=c.backbone.dim,
+            vocab_size=c.backbone.vocab_size,
             n_codes=1 + c.n_acoustic,
             n_acoustic=c.n_acoustic,
             sample_rate=c.codec.sample_rate,
