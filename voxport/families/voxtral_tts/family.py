@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
-from voxport.families.base import Family, MetricSpec, Voice
+from voxport.families.base import Family, MetricSpec, StreamSource, Voice
 from voxport.families.voxtral_tts.settings import VoxtralSettings
 
 if TYPE_CHECKING:
@@ -44,6 +44,13 @@ class VoxtralFamily(Family):
         from voxport.families.voxtral_tts.model import load_checkpoint
 
         return load_checkpoint(path, trust_pickle=trust_pickle)
+
+    @classmethod
+    def stream_source(cls, path: Path, *, trust_pickle: bool = False) -> StreamSource:
+        """The 4B release converts on a small machine this way: weightless graphs, tensors read one by one."""
+        from voxport.families.voxtral_tts.stream import stream_source
+
+        return stream_source(path, trust_pickle=trust_pickle)
 
     @classmethod
     def demo(cls, out_dir: Path, *, seed: int = 0, config: str | None = None) -> Path:

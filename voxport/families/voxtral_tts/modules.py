@@ -224,6 +224,15 @@ class Backbone(nn.Module):
 
 
 # --- flow-matching head --------------------------------------------------------------------------------
+def time_table(dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reference's `TimeEmbedding` (cos | sin of t · 10000^(-i/half)) at each Euler step's t."""
+    half = dim // 2
+    inv_freq = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32) / half)
+    steps = torch.linspace(0, 1, DECODE_ITERS)
+    angles = steps.reshape(-1, 1) * inv_freq.reshape(1, -1)
+    return torch.cat([angles.cos(), angles.sin()], dim=-1), steps
+
+
 class AcousticHead(nn.Module):
     """`acoustic_transformer.*`: semantic argmax plus the guided Euler integration of 36 values."""
 
@@ -244,12 +253,9 @@ class AcousticHead(nn.Module):
             for _ in range(h.n_layers)
         )
         self.norm = RMSNorm(h.dim, h.norm_eps)
-        half = h.dim // 2
-        inv_freq = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32) / half)
-        steps = torch.linspace(0, 1, DECODE_ITERS)
-        angles = steps.reshape(-1, 1) * inv_freq.reshape(1, -1)
+        table, steps = time_table(h.dim)
         #: the sinusoidal embedding of each Euler step's time (constant: the steps are fixed)
-        self.register_buffer("time_table", torch.cat([angles.cos(), angles.sin()], dim=-1), persistent=False)
+        self.register_buffer("time_table", table, persistent=False)
         self.register_buffer("timesteps", steps, persistent=False)
 
     def semantic(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -452,3 +458,21 @@ class VoxtralModules(Backbone):
         self.config = cfg
         self.acoustic_transformer = AcousticHead(cfg)
         self.audio_tokenizer = CodecDecoder(cfg)
+
+
+def weightless(cfg: VoxtralConfig) -> VoxtralModules:
+    """The model with every parameter a stride-0 view of one zero: the graphs trace (shapes and ops are
+    real) while the weights cost no memory, so a 4B checkpoint's graphs can be exported and their
+    weights streamed in one at a time (`FamilyModel.stream_source`). Built on the meta device, then
+    given CPU placeholders and its real constant buffers."""
+    with torch.device("meta"):
+        modules = VoxtralModules(cfg)
+    zero = torch.zeros((), dtype=torch.float32)
+    for module in modules.modules():
+        for name, param in list(module.named_parameters(recurse=False)):
+            setattr(module, name, nn.Parameter(zero.expand(param.shape), requires_grad=False))
+    modules.codebook_offsets = torch.tensor(cfg.codebook_offsets, dtype=torch.int64)
+    head = modules.acoustic_transformer
+    head.time_table, head.timesteps = time_table(cfg.head.dim)
+    modules.audio_tokenizer.slopes = alibi_slopes(cfg.codec.n_heads)
+    return modules
