@@ -255,8 +255,9 @@ class StreamSource:
     (`voxport.export.stream`) quantize and write each weight before reading the next."""
 
     model: FamilyModel
-    #: one weight by its voxport name, float32, read on each call (nothing cached)
-    read: Callable[[str], torch.Tensor]
+    #: one weight by its voxport name, float32, read on each call (nothing cached); `rows` reads only
+    #: those rows of dim 0 (a 131,072-row embedding table is converted in pieces that way)
+    read: Callable[[str, slice | None], torch.Tensor]
     #: every weight's voxport name and shape, in the order to write them
     shapes: Mapping[str, tuple[int, ...]]
     #: bytes of the checkpoint's weights on disk, and of its largest tensor there (the memory goals)

@@ -68,14 +68,18 @@ def stream_source(path: Path, *, trust_pickle: bool = False) -> StreamSource:
     def get(name: str) -> torch.Tensor:
         return handle.get_tensor(name).to(torch.float32)
 
-    def read(name: str) -> torch.Tensor:
+    def read(name: str, rows: slice | None = None) -> torch.Tensor:
         if name.endswith("conv.weight"):
             prefix = name[: -len("conv.weight")]
-            return weight_norm_fold(get(prefix + G), get(prefix + V))
-        if name.endswith(EMBEDDING):
+            value = weight_norm_fold(get(prefix + G), get(prefix + V))
+        elif name.endswith(EMBEDDING):
             prefix = name[: -len(EMBEDDING)]
-            return get(prefix + SUMS) / get(prefix + USAGE).clamp(min=1e-5)[:, None]
-        return get(name)
+            value = get(prefix + SUMS) / get(prefix + USAGE).clamp(min=1e-5)[:, None]
+        elif rows is not None:  # only these rows leave the file
+            return handle.get_slice(name)[rows].to(torch.float32)
+        else:
+            return get(name)
+        return value if rows is None else value[rows]
 
     tekken = directory / TEKKEN
     if not tekken.is_file():
