@@ -14,15 +14,13 @@ from typing import Any
 
 import pytest
 import torch
+import voxtral_reference as ref
 from mistral_common.protocol.speech.request import SpeechRequest
 
 from voxport.errors import BadInput
 from voxport.families.voxtral_tts.config import NAMED_PARAMS, VoxtralConfig, tensor_shapes
 from voxport.families.voxtral_tts.frontend import SpeechPrompt
 from voxport.families.voxtral_tts.tekken import read_voice_frames, write_tekken
-
-sys.path.insert(0, str(Path(__file__).parent))
-import voxtral_reference as ref  # noqa: E402
 
 #: two of the released model's preset voices, with their frame counts (tekken.json's voice_num_audio_tokens)
 VOICES = {"casual_male": 147, "neutral_female": 218}
