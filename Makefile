@@ -31,6 +31,9 @@ $(BIN)/voxport: pyproject.toml
 	# huggingface_hub, which [dev] installs (tests/voxtral_reference.py imports them around the package's
 	# serving __init__).
 	$(BIN)/pip install -q --no-deps sglang-omni==0.1.9
+	# mistral-common (the Voxtral TTS text frontend, the voxtral extra) without its numpy < 2.4 pin on
+	# Python <= 3.12; [dev] installs its other dependencies
+	$(BIN)/pip install -q --no-deps mistral-common==1.13.1
 	touch $@
 
 setup: $(BIN)/voxport
