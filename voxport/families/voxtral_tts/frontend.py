@@ -102,6 +102,28 @@ class SpeechPrompt:
             ) from exc
         return cls(tokenizer, speech_request, path)
 
+    @classmethod
+    def from_bytes(cls, data: bytes, source: str) -> SpeechPrompt:
+        """A tokenizer held in memory (a loaded checkpoint's, a GGUF's embedded copy): mistral-common
+        reads only files, and only files named *tekken*.json, hence the temporary one."""
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "tekken.json"
+            path.write_bytes(data)
+            prompt = cls.from_file(path)
+        prompt.path = Path(source) / "tekken.json"
+        return prompt
+
+    def text_ids(self, text: str) -> list[int]:
+        """The ids of `text` alone, cut from mistral-common's own speech prompt (between
+        [NEXT_AUDIO_TEXT] and the last [REPEAT_AUDIO_TEXT]), so they are the ids it would use."""
+        ids = self.encode(text, self.voices[0])
+        s = self.special_ids
+        start = ids.index(s.text_to_audio) + 1
+        end = len(ids) - 1 - ids[::-1].index(s.audio_to_text)
+        return ids[start:end]
+
     @property
     def voices(self) -> list[str]:
         """The preset voices' names, in the file's order."""
