@@ -179,9 +179,7 @@ def test_pruning_the_backbone(model: VoxtralAdapter) -> None:
 def test_weightless_stream_source_matches_the_loaded_model(checkpoint: Path, model: VoxtralAdapter) -> None:
     """The streaming converter's view of the checkpoint: the same weights, read one at a time, and
     graphs over placeholder weights that still compute (with zeros) at the real shapes."""
-    from voxport.families.registry import family_named
-
-    source = family_named("voxtral_tts").stream_source(checkpoint, trust_pickle=True)
+    source = detect_family(checkpoint).stream_source(checkpoint, trust_pickle=True)
     state = model.state_dict()
     assert dict(source.shapes) == {k: tuple(v.shape) for k, v in state.items()}
     for name in ("layers.0.attention.wq.weight", "audio_tokenizer.decoder_blocks.2.conv.weight",

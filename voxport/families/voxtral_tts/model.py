@@ -82,6 +82,7 @@ class VoxtralAdapter(FamilyModel):
         b, h, c = self.cfg.backbone, self.cfg.head, self.cfg.codec
         return {
             "family": FAMILY,
+            "vocab_size": b.vocab_size,
             "backbone": {"dim": b.dim, "layers": b.n_layers, "heads": b.n_heads, "kv_heads": b.n_kv_heads},
             "acoustic_head": {"dim": h.dim, "layers": h.n_layers, "euler_steps": 7, "cfg_alpha": 1.2},
             "codec": {"dim": c.dim, "stages": list(c.transformer_lengths), "windows": c.windows()},
@@ -270,7 +271,7 @@ class VoxtralAdapter(FamilyModel):
         (gguf.py)."""
         from voxport.families.voxtral_tts.gguf import VoxtralGgufLayout
 
-        return VoxtralGgufLayout(self)
+        return VoxtralGgufLayout(self.cfg, self.tekken)
 
     def write_sidecars(self, primary: Path) -> dict[str, Path]:
         """The tokenizer and the voice presets beside the artifact, so `voxport say` on it speaks text."""
