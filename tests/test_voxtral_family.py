@@ -168,7 +168,8 @@ def test_pruning_the_backbone(model: VoxtralAdapter) -> None:
     pruned = model.pruned("backbone", [0])
     assert pruned.cfg.backbone.n_layers == 1
     torch.testing.assert_close(
-        pruned.state_dict()["layers.0.attention.wq.weight"], model.state_dict()["layers.1.attention.wq.weight"]
+        pruned.state_dict()["layers.0.attention.wq.weight"],
+        model.state_dict()["layers.1.attention.wq.weight"],
     )
     out = pruned.synthesize(pruned.torch_runner(), model.text_to_ids(TEXT), _settings(max_frames=2))
     assert out.audio.shape == (2 * 1920,)
@@ -182,8 +183,11 @@ def test_weightless_stream_source_matches_the_loaded_model(checkpoint: Path, mod
     source = detect_family(checkpoint).stream_source(checkpoint, trust_pickle=True)
     state = model.state_dict()
     assert dict(source.shapes) == {k: tuple(v.shape) for k, v in state.items()}
-    for name in ("layers.0.attention.wq.weight", "audio_tokenizer.decoder_blocks.2.conv.weight",
-                 "audio_tokenizer.quantizer.semantic_codebook.embedding"):
+    for name in (
+        "layers.0.attention.wq.weight",
+        "audio_tokenizer.decoder_blocks.2.conv.weight",
+        "audio_tokenizer.quantizer.semantic_codebook.embedding",
+    ):
         torch.testing.assert_close(source.read(name, None), state[name])
     table = "mm_audio_embeddings.tok_embeddings.weight"
     torch.testing.assert_close(source.read(table, slice(10, 20)), state[table][10:20])
@@ -202,8 +206,18 @@ def test_cli_demo_inspect_and_say(tmp_path: Path) -> None:
     wav = tmp_path / "out.wav"
     said = runner.invoke(
         app,
-        ["say", str(tmp_path / "ck"), TEXT, "-o", str(wav), "--voice", "leo", "--trust-pickle",
-         "--max-frames", "3"],
+        [
+            "say",
+            str(tmp_path / "ck"),
+            TEXT,
+            "-o",
+            str(wav),
+            "--voice",
+            "leo",
+            "--trust-pickle",
+            "--max-frames",
+            "3",
+        ],
     )
     assert said.exit_code == 0, said.output
     assert wav.stat().st_size > 3 * 1920 * 2
