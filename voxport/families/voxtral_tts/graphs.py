@@ -32,7 +32,7 @@ class BackboneGraph(nn.Module):
         self, token_ids: torch.Tensor, audio_codes: torch.Tensor, voice: torch.Tensor, kind: torch.Tensor
     ) -> torch.Tensor:
         m = self.model
-        table = m.mm_audio_embeddings.tok_embeddings
+        table = m.text_table
         text = table(token_ids.clamp(0, table.num_embeddings - 1))
         k = kind.unsqueeze(-1)
         x = torch.where(k == KIND_VOICE, voice, text)

@@ -190,10 +190,20 @@ class Backbone(nn.Module):
     def blocks(self) -> list[Block]:
         return [cast(Block, m) for m in self.layers]
 
+    @property
+    def text_table(self) -> nn.Embedding:
+        return cast(nn.Embedding, self.get_submodule("mm_audio_embeddings.tok_embeddings"))
+
+    @property
+    def codebook_table(self) -> nn.Embedding:
+        return cast(
+            nn.Embedding, self.get_submodule("mm_audio_embeddings.audio_codebook_embeddings.embeddings")
+        )
+
     def embed_audio(self, codes: torch.Tensor) -> torch.Tensor:
         """(B, S, 37) codes (special-token offset included, as the head emits them) → (B, S, D)."""
-        table = self.mm_audio_embeddings.audio_codebook_embeddings.embeddings
-        return cast(torch.Tensor, table(codes + self.codebook_offsets).sum(dim=2))
+        offsets = cast(torch.Tensor, self.codebook_offsets)
+        return self.codebook_table(codes + offsets).sum(dim=2)
 
     def forward(
         self,
@@ -289,11 +299,12 @@ class AcousticHead(nn.Module):
         projected = self.llm_projection(hidden)
         condition = torch.cat([projected, torch.zeros_like(projected)], dim=0)
         x = noise
+        table, steps = cast(torch.Tensor, self.time_table), cast(torch.Tensor, self.timesteps)
         for i in range(DECODE_ITERS - 1):
-            t_emb = self.time_projection(self.time_table[i].reshape(1, 1, -1))
+            t_emb = self.time_projection(table[i].reshape(1, 1, -1))
             v = self.velocity(torch.cat([x, x], dim=0), condition, t_emb)
             guided = CFG_ALPHA * v[:1] + (1 - CFG_ALPHA) * v[1:]
-            x = x + guided * (self.timesteps[i + 1] - self.timesteps[i])
+            x = x + guided * (steps[i + 1] - steps[i])
         sampled = torch.clamp(x[:, 0], -1.0, 1.0)
         levels = torch.round((sampled + 1) / 2 * (self.levels - 1)).to(torch.int64)
         levels = torch.where(semantic.reshape(-1, 1) == END_AUDIO, torch.zeros_like(levels), levels)
@@ -372,7 +383,7 @@ class CodecDecoder(nn.Module):
 
     def latent(self, codes: torch.Tensor) -> torch.Tensor:
         """(B, 37) codes with the offset → (B, latent_dim, 1): the VQ embedding and the FSQ values."""
-        table = cast(torch.Tensor, self.quantizer.semantic_codebook.embedding)
+        table = self.get_parameter("quantizer.semantic_codebook.embedding")
         semantic = (codes[:, 0] - NUM_AUDIO_SPECIAL).clamp(0, table.shape[0] - 1)
         acoustic = (codes[:, 1:] - NUM_AUDIO_SPECIAL).to(torch.float32) * 2 / (self.levels - 1) - 1
         return torch.cat([F.embedding(semantic, table), acoustic], dim=1).unsqueeze(-1)
@@ -403,7 +414,8 @@ class CodecDecoder(nn.Module):
         query_pos = torch.arange(r, dtype=torch.int64).reshape(-1, 1)
         rel = (key_pos.reshape(1, -1) - query_pos).to(torch.float32)  # key - query ≤ 0 where visible
         visible = (rel <= 0) & (rel >= -window) & (key_pos.reshape(1, -1) + start >= 0)
-        bias = torch.where(visible, self.slopes.reshape(-1, 1, 1) * rel, float("-inf")).unsqueeze(0)
+        slopes = cast(torch.Tensor, self.slopes)
+        bias = torch.where(visible, slopes.reshape(-1, 1, 1) * rel, float("-inf")).unsqueeze(0)
         out = layer.residual(x, layer.attention.attend(q, keys, values, bias))
         return out, keys[:, :, -window:], values[:, :, -window:]
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -94,7 +95,8 @@ def write_voices(path: Path, voices: Mapping[str, np.ndarray]) -> None:
     from voxport.io import atomic_write_bytes
 
     buffer = io.BytesIO()
-    np.savez(buffer, **{name: np.asarray(rows, np.float32) for name, rows in voices.items()})
+    arrays: dict[str, Any] = {name: np.asarray(rows, np.float32) for name, rows in voices.items()}
+    np.savez(buffer, **arrays)
     atomic_write_bytes(path, buffer.getvalue())
 
 
