@@ -80,6 +80,7 @@ class _Chunks:
         written = 0
         for chunk in self._chunks():
             data = np.ascontiguousarray(chunk)
+            del chunk
             written += data.nbytes
             data.tofile(fout)
             del data
