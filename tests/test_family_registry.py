@@ -86,7 +86,8 @@ def test_register_refuses_a_second_family_of_a_known_name() -> None:
 
 
 def test_unknown_family_lists_the_known_ones(tmp_path: Path) -> None:
-    with pytest.raises(BadInput, match=r"unknown family 'nope' \(known: kokoro, pocket_tts, vits"):
+    known = r"unknown family 'nope' \(known: kokoro, pocket_tts, vits, voxtral_tts"
+    with pytest.raises(BadInput, match=known):
         detect_family(tmp_path, "nope")
     (tmp_path / "x.bin").write_bytes(b"\0" * 8)
     with pytest.raises(BadInput, match=r"unknown architecture .*expected e\.g\. a transformers VitsModel"):

@@ -72,7 +72,7 @@ def test_without_the_package_toy_is_unknown(tmp_path: Path) -> None:
         [*VOXPORT, "demo", "x", "--family", "toy"], cwd=tmp_path, env=env, capture_output=True, text=True
     )
     assert done.returncode == 2
-    assert "unknown demo family 'toy' (known: kokoro, pocket_tts, vits)" in done.stderr
+    assert "unknown demo family 'toy' (known: kokoro, pocket_tts, vits, voxtral_tts)" in done.stderr
 
 
 @pytest.mark.slow  # ~15 s of CPU (a voxport process per stage run); the fast tests below use the same install

@@ -67,7 +67,8 @@ def test_detects_vits_directory_and_weights_file(tiny_vits_dir):
 def test_unknown_architecture_names_supported_families(tiny_vits_dir, tmp_path):
     bert = _copy(tiny_vits_dir, tmp_path / "bert")
     (bert / "config.json").write_text(json.dumps({"model_type": "bert", "hidden_size": 48}))
-    with pytest.raises(BadInput, match=r"unknown architecture.*supported: kokoro, pocket_tts, vits"):
+    supported = r"unknown architecture.*supported: kokoro, pocket_tts, vits, voxtral_tts"
+    with pytest.raises(BadInput, match=supported):
         detect_family(bert)
     with pytest.raises(BadInput, match="unknown family 'bert'"):
         detect_family(tiny_vits_dir, forced="bert")

@@ -246,6 +246,25 @@ class FamilyModel(ABC):
         return int(sum(t.numel() for t in self.state_dict().values()))
 
 
+@dataclass(frozen=True)
+class StreamSource:
+    """A checkpoint converted without ever being held in memory (a 4B model on a phone-sized build
+    machine): the family's model over *weightless* parameters (stride-0 placeholders, so `graphs()`
+    traces real shapes and ops at no memory cost; `state_dict()` values are placeholders, never data)
+    and its weights, read from disk one at a time by `read`. The streaming exporters
+    (`voxport.export.stream`) quantize and write each weight before reading the next."""
+
+    model: FamilyModel
+    #: one weight by its voxport name, float32, read on each call (nothing cached); `rows` reads only
+    #: those rows of dim 0 (a 131,072-row embedding table is converted in pieces that way)
+    read: Callable[[str, slice | None], torch.Tensor]
+    #: every weight's voxport name and shape, in the order to write them
+    shapes: Mapping[str, tuple[int, ...]]
+    #: bytes of the checkpoint's weights on disk, and of its largest tensor there (the memory goals)
+    checkpoint_bytes: int
+    largest_tensor_bytes: int
+
+
 class Voice(Protocol):
     """Something that speaks ids: a checkpoint's torch loop or an exported artifact in its runtime
     (what `Family.open_artifact` returns and `voxport say` drives)."""
@@ -325,6 +344,12 @@ class Family(ABC):
     @classmethod
     @abstractmethod
     def load(cls, path: Path, *, trust_pickle: bool = False) -> FamilyModel: ...
+
+    @classmethod
+    def stream_source(cls, path: Path, *, trust_pickle: bool = False) -> StreamSource:
+        """The checkpoint at `path` for streaming conversion (see StreamSource), for families whose
+        checkpoints outgrow memory."""
+        raise BadInput(f"the {cls.name} family has no streaming conversion; build it with `voxport build`")
 
     @classmethod
     def demo(cls, out_dir: Path, *, seed: int = 0, config: str | None = None) -> Path:

@@ -27,6 +27,7 @@ BUILTIN: tuple[str, ...] = (
     "voxport.families.vits:VitsFamily",
     "voxport.families.pocket_tts:PocketTTSFamily",
     "voxport.families.kokoro:KokoroFamily",
+    "voxport.families.voxtral_tts:VoxtralFamily",
 )
 #: who provides the built-ins, in duplicate-name messages
 _VOXPORT = "voxport (built in)"

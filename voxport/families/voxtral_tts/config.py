@@ -97,14 +97,16 @@ FULL_PARAMS: dict[str, Any] = {
 
 def _tiny() -> dict[str, Any]:
     """Every feature of the full model (GQA in backbone and head, qk-norm, layer scale, ALiBi windows,
-    weight-normed convs, the real codebook geometry) at a size a test runs in seconds."""
+    weight-normed convs, the real codebook geometry) at a size a test runs in seconds. The head has 2
+    layers, not 3: its graph unrolls 7 guided steps, so each layer is 14 layer copies in every export
+    (Core ML converts ~100 ops a second here), and two already exercise the layer loop."""
     p = copy.deepcopy(FULL_PARAMS)
     p.update(dim=64, n_layers=2, head_dim=16, hidden_dim=160, n_heads=4, n_kv_heads=2, vocab_size=1280)
     mm = p["multimodal"]
     audio = mm["audio_model_args"]
     audio["semantic_codebook_size"] = 128
     audio["acoustic_transformer_args"].update(
-        input_dim=64, dim=48, n_layers=3, head_dim=12, hidden_dim=96, n_heads=4, n_kv_heads=2
+        input_dim=64, dim=64, n_layers=2, head_dim=16, hidden_dim=96, n_heads=4, n_kv_heads=2
     )
     mm["audio_tokenizer_args"].update(
         semantic_codebook_size=128,
@@ -193,9 +195,9 @@ class CodecConfig:
         out = []
         for idx in range(len(self.transformer_lengths)):
             out.append(w)
-            if idx + 1 < len(self.transformer_lengths) and self.half_window_on_downsampling:
-                if self.strides[idx + 1] > 1:
-                    w *= 2
+            last = idx + 1 == len(self.transformer_lengths)
+            if not last and self.half_window_on_downsampling and self.strides[idx + 1] > 1:
+                w *= 2
         return out
 
     def upsampling(self) -> list[int]:
@@ -337,17 +339,25 @@ class VoxtralConfig:
         b, h, c = self.backbone, self.head, self.codec
         if b.n_heads % b.n_kv_heads or h.n_heads % h.n_kv_heads or c.n_heads % c.n_kv_heads:
             raise BadInput(f"{source}: n_heads must be a multiple of n_kv_heads in params.json")
-        if h.input_dim != b.dim:
+        if not h.input_dim == h.dim == b.dim:
+            # the semantic output layer reads the backbone state directly with a head-width weight
             raise BadInput(
-                f"{source}: acoustic_transformer_args.input_dim ({h.input_dim}) must equal dim ({b.dim})"
+                f"{source}: acoustic_transformer_args.input_dim ({h.input_dim}) and dim ({h.dim}) must "
+                f"equal the backbone's dim ({b.dim})"
             )
         if c.acoustic_dim != self.n_acoustic or c.acoustic_levels != self.acoustic_levels:
-            raise BadInput(f"{source}: audio_tokenizer_args and audio_model_args disagree on the acoustic codebooks")
+            raise BadInput(
+                f"{source}: audio_tokenizer_args and audio_model_args disagree on the acoustic codebooks"
+            )
         if c.semantic_codebook_size != self.semantic_codebook_size:
-            raise BadInput(f"{source}: audio_tokenizer_args and audio_model_args disagree on the semantic codebook")
+            raise BadInput(
+                f"{source}: audio_tokenizer_args and audio_model_args disagree on the semantic codebook"
+            )
         n = len(c.transformer_lengths)
         if not (len(c.kernels) == len(c.strides) == n) or c.strides[0] != 1:
-            raise BadInput(f"{source}: decoder conv kernels/strides must list one per stage, the first of stride 1")
+            raise BadInput(
+                f"{source}: decoder conv kernels/strides must list one per stage, the first of stride 1"
+            )
         if any(k < s for k, s in zip(c.kernels[1:], c.strides[1:], strict=True)):
             raise BadInput(f"{source}: decoder transposed convs need kernel >= stride")
 
