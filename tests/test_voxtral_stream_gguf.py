@@ -45,10 +45,10 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def wide_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny config with a 256-wide backbone (and head input), so Q4_K's 256-blocks fit its rows."""
+    """The tiny config with a 256-wide backbone (and head), so Q4_K's 256-blocks fit its rows."""
     raw = copy.deepcopy(NAMED_PARAMS["tiny"])
     raw.update(dim=256, hidden_dim=512)
-    raw["multimodal"]["audio_model_args"]["acoustic_transformer_args"]["input_dim"] = 256
+    raw["multimodal"]["audio_model_args"]["acoustic_transformer_args"].update(input_dim=256, dim=256)
     return make_checkpoint(tmp_path_factory.mktemp("voxtral_wide_gguf"), raw, seed=0)
 
 
@@ -237,3 +237,53 @@ def test_streaming_holds_one_row_chunk(
     assert {name for name, _, _ in sizes} == set(st.shapes)
     too_big = [(n, size) for n, size, row in sizes if size > max(chunk, row)]
     assert not too_big, too_big[:5]
+
+
+@pytest.mark.parametrize("gtype", ["Q8_0", "Q4_0"])
+def test_streamed_source_equals_the_in_memory_export(gtype: str, tiny_dir: Path, tmp_path: Path) -> None:
+    """The family's StreamSource (weightless adapter + one-weight reader) streamed to GGUF gives the
+    same tensors, byte for byte, as split.write_layout on the loaded adapter (the exporter's path)."""
+    from voxport.export.gguf.split import write_layout
+    from voxport.export.gguf.stream import write_source_stream
+    from voxport.families import load_model
+    from voxport.families.voxtral_tts.stream import stream_source
+    from voxport.quantize.stage import quantize_model
+
+    model = load_model(tiny_dir, trust_pickle=True)  # the random presets are ours
+    types = {"*": gtype}
+    whole = write_layout(
+        model,
+        quantize_model(model, "fp32"),
+        model.gguf_layout(),
+        tmp_path / "whole",
+        stem="t",
+        name="t",
+        types=types,
+    )
+    streamed = write_source_stream(
+        stream_source(tiny_dir, trust_pickle=True),
+        tmp_path / "streamed",
+        stem="t",
+        name="t",
+        types=types,
+        chunk_elements=500,
+    )
+    assert streamed.tensor_types == whole.tensor_types and streamed.tensor_types[gtype] > 0
+    for role, path in whole.paths.items():
+        meta_a, infos_a, data_a = read_header(path)
+        meta_b, infos_b, data_b = read_header(streamed.paths[role])
+        assert [(i.name, i.shape, i.ggml_type) for i in infos_a] == [
+            (i.name, i.shape, i.ggml_type) for i in infos_b
+        ]
+        for a, b in zip(infos_a, infos_b, strict=True):
+            assert (
+                data_a[a.begin : a.begin + a.nbytes].tobytes()
+                == data_b[b.begin : b.begin + b.nbytes].tobytes()
+            ), a.name
+        drop = {
+            "voxport.precision",
+            "voxport.method",
+        }  # the in-memory writer takes them from its QuantizedModel
+        assert {k: v for k, v in meta_a.items() if k not in drop} == {
+            k: v for k, v in meta_b.items() if k not in drop
+        }
