@@ -272,3 +272,18 @@ def test_lazy_state_folds_weight_norm_like_torch(tiny_dir: Path) -> None:
         usage = ck.get("audio_tokenizer.quantizer.semantic_codebook.cluster_usage")
         total = ck.get("audio_tokenizer.quantizer.semantic_codebook.embedding_sum")
         torch.testing.assert_close(torch.from_numpy(state.load(CODEBOOK)), total / usage[:, None])
+
+
+def test_lazy_state_reads_what_the_family_stream_source_reads(tiny_dir: Path) -> None:
+    """LazyState.read can stand in for the family's StreamSource.read: same names, same float32 values
+    bit for bit, whole or by row range."""
+    from voxport.families.voxtral_tts.stream import stream_source
+
+    source = stream_source(tiny_dir, trust_pickle=True)  # the random presets are ours
+    with LazyCheckpoint(tiny_dir / WEIGHTS) as ck:
+        state = LazyState(ck)
+        assert state.shapes == dict(source.shapes)
+        for name, shape in state.shapes.items():
+            assert torch.equal(state.read(name), source.read(name, None)), name
+            rows = slice(1, max(1, shape[0] - 1))
+            assert torch.equal(state.read(name, rows), source.read(name, rows)), name
