@@ -29,6 +29,7 @@ import numpy as np
 from gguf import GGUFWriter, LlamaFileType
 
 from voxport.errors import BadInput
+from voxport.export.gguf.general import general_metadata
 from voxport.export.gguf.split import LayoutWritten, _add_meta, _meta_of, layout_paths
 from voxport.export.gguf.writer import (
     GGUF_PY_TYPES,
@@ -38,6 +39,7 @@ from voxport.export.gguf.writer import (
     encode_tensor,
     plan_tensor,
 )
+from voxport.families.base import StreamSource
 from voxport.families.layouts.gguf import GgufLayout, LayoutTensor
 from voxport.io import atomic_path
 
@@ -80,6 +82,7 @@ class _Chunks:
         written = 0
         for chunk in self._chunks():
             data = np.ascontiguousarray(chunk)
+            del chunk
             written += data.nbytes
             data.tofile(fout)
             del data
@@ -254,4 +257,56 @@ def write_layout_stream(
         bits_per_weight=8 * total_bytes / max(total_elements, 1),
         fallbacks=fallbacks,
         file_types=file_types,
+    )
+
+
+def source_weights(source: StreamSource) -> LazyWeights:
+    """A family's `StreamSource` (weightless model + one-weight reader) as `LazyWeights`, with the
+    model's own `quantizable()` set, so the streamed file plans every tensor as the in-memory exporter
+    (split.write_layout) does for the loaded model."""
+
+    def load(name: str, rows: tuple[int, int] | None = None) -> np.ndarray:
+        value = source.read(name, None if rows is None else slice(rows[0], rows[1]))
+        return np.ascontiguousarray(value.detach().numpy(), dtype=np.float32)
+
+    return LazyWeights(source.shapes, load, frozenset(source.model.quantizable()))
+
+
+def write_source_stream(
+    source: StreamSource,
+    out_dir: Path,
+    *,
+    stem: str,
+    name: str,
+    types: Mapping[str, str] | None = None,
+    fallback_type: str = "F16",
+    precision: str = "fp32",
+    method: str = "none",
+    metadata: Mapping[str, str | int | float] | None = None,
+    chunk_elements: int = CHUNK_ELEMENTS,
+    on_tensor: Callable[[str, TensorPlan], None] | None = None,
+) -> LayoutWritten:
+    """`write_layout_stream` for a family's `StreamSource`: its model's GGUF layout and general.* keys.
+
+    Only families that describe a GGUF layout (`FamilyModel.gguf_layout()`) stream; voxport's one-file
+    layout needs the loaded model (writer.py)."""
+    layout = source.model.gguf_layout()
+    if layout is None:
+        raise BadInput(
+            f"gguf: streaming conversion needs a family GGUF layout; {source.model.family} has none "
+            "(convert it with the model loaded instead)"
+        )
+    return write_layout_stream(
+        layout,
+        source_weights(source),
+        out_dir,
+        stem=stem,
+        general=general_metadata(source.model, name),
+        types=types,
+        fallback_type=fallback_type,
+        precision=precision,
+        method=method,
+        metadata=metadata,
+        chunk_elements=chunk_elements,
+        on_tensor=on_tensor,
     )

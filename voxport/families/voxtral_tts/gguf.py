@@ -253,11 +253,18 @@ class VoxtralGgufLayout:
     """Two files: llama.cpp's `llama` backbone and voxport's `voxtral_tts` audio file (module docstring).
 
     Built from params.json and tekken.json alone (no weights), so the streaming converter can write it
-    from a lazily read checkpoint as well as the exporter from a loaded model."""
+    from a lazily read checkpoint as well as the exporter from a loaded model; `VoxtralGgufLayout(adapter)`
+    takes both from a `VoxtralAdapter` (`cfg`, `tekken`)."""
 
     name = "llama.cpp llama backbone + voxport voxtral_tts audio"
 
-    def __init__(self, cfg: VoxtralConfig, tekken: Mapping[str, Any] | bytes | str | Path) -> None:
+    def __init__(
+        self, cfg: VoxtralConfig | Any, tekken: Mapping[str, Any] | bytes | str | Path | None = None
+    ) -> None:
+        if not isinstance(cfg, VoxtralConfig):  # the adapter itself: its config and tokenizer bytes
+            cfg, tekken = cfg.cfg, cfg.tekken if tekken is None else tekken
+        if tekken is None:
+            raise TypeError("VoxtralGgufLayout needs tekken.json (path, bytes or parsed)")
         self.cfg = cfg
         self.tekken = _tekken(tekken)
         self.state = state_shapes(tensor_shapes(cfg))
