@@ -104,7 +104,7 @@ MIXES: dict[str, tuple[str, str, str]] = {
     "codec int8": ("int4", "int8", "int8"),
     "codec int4": ("int4", "int8", "int4"),
     "all int8": ("int8", "int8", "int8"),
-    "int8, codec fp16": ("int8", "int8", "fp16"),
+    "int8 + fp16 codec": ("int8", "int8", "fp16"),
     "all fp16": ("fp16", "fp16", "fp16"),
     "only backbone int4": ("int4", "fp16", "fp16"),
     "only head int4": ("fp16", "int4", "fp16"),
