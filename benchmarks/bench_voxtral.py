@@ -68,7 +68,7 @@ from voxport.quantize.methods import quantize  # noqa: E402
 from voxport.quantize.plan import WeightDecision, plan_precisions  # noqa: E402
 from voxport.quantize.stage import QuantizedModel  # noqa: E402
 from voxport.quantize.tensor import QuantizedTensor  # noqa: E402
-from voxport.recipe import Recipe  # noqa: E402
+from voxport.recipe import QuantizeConfig, Recipe  # noqa: E402
 from voxport.runtime.ort import OrtRunner  # noqa: E402
 from voxport.validate.metrics import logmel_dtw_db  # noqa: E402
 from voxport.validate.parity import Reference, measure_sentence  # noqa: E402
@@ -113,15 +113,25 @@ MIXES: dict[str, tuple[str, str, str]] = {
 BLOCK_SIZE = 32
 
 
-def quantize_section(mix: tuple[str, str, str]) -> tuple[str, dict[str, str]]:
-    """The recipe's (precision, quantize.overrides) for a mix: the backbone's precision global, the head
-    and the codec by glob, the embedding tables fp16."""
+def quantize_section(mix: tuple[str, str, str]) -> tuple[str, dict[str, Any]]:
+    """The recipe's (precision, quantize section) for a mix: the backbone's precision is the artifact's,
+    the head and the codec set by `precision_overrides` (an exact mix: plain `overrides` only ever keep a
+    part *above* the artifact's precision, so "fp16 with an int4 head" needs this form), the embedding
+    tables fp16."""
     backbone, head, codec = mix
+    exact = {PART_GLOBS["head"][0]: head, PART_GLOBS["codec"][0]: codec}
     return backbone, {
-        **EMBEDDINGS,
-        PART_GLOBS["head"][0]: head,
-        PART_GLOBS["codec"][0]: codec,
+        "method": "rtn",
+        "block_size": BLOCK_SIZE,
+        "overrides": dict(EMBEDDINGS),
+        "precision_overrides": {backbone: exact},
     }
+
+
+def plan_overrides(mix: tuple[str, str, str]) -> tuple[str, dict[str, str]]:
+    """The globs the pipeline hands the planner for the mix's artifact (`QuantizeConfig.overrides_for`)."""
+    precision, section = quantize_section(mix)
+    return precision, QuantizeConfig.model_validate(section).overrides_for(precision)
 
 
 def part_of(name: str) -> str:
@@ -177,10 +187,12 @@ class Bytes:
     gguf_bits_per_weight: float
     onnx_part_bytes: dict[str, float]
     precisions: dict[str, int]  # stored precision -> weights
+    #: weights of 1 MB or more left fp32 by the plan (not quantizable under an integer global precision)
+    fp32_bytes: dict[str, int]
 
 
 def full_size_bytes(full: FullSize, mix: tuple[str, str, str]) -> Bytes:
-    precision, overrides = quantize_section(mix)
+    precision, overrides = plan_overrides(mix)
     decisions = plan_precisions(full.shapes, full.quantizable, precision, overrides, block_size=BLOCK_SIZE)
     samples: dict[tuple[tuple[int, ...], str], QuantizedTensor | np.ndarray] = {}
 
@@ -239,6 +251,11 @@ def full_size_bytes(full: FullSize, mix: tuple[str, str, str]) -> Bytes:
         gguf_bits_per_weight=8 * gguf_bytes / elements,
         onnx_part_bytes={k: v / 8 for k, v in part_bits.items()},
         precisions=counts,
+        fp32_bytes={
+            n: 4 * math.prod(full.shapes[n])
+            for n, d in decisions.items()
+            if d.precision == "fp32" and 4 * math.prod(full.shapes[n]) >= 1e6
+        },
     )
 
 
@@ -256,14 +273,14 @@ def build_mix(
 ) -> tuple[dict[str, Path], Path, float]:
     """convert (shared cache), quantize, export ONNX for one mix: (graph -> file, converted checkpoint,
     bits per weight the manifest records)."""
-    precision, overrides = quantize_section(mix)
+    precision, section = quantize_section(mix)
     mapping = {
         "name": "bench-voxtral",
         "model": str(ckpt),
         "trust_pickle": True,  # the demo's voice presets are torch pickles, as Mistral ships them
         "formats": ["onnx"],
         "precisions": [precision],
-        "quantize": {"method": "rtn", "block_size": BLOCK_SIZE, "overrides": overrides},
+        "quantize": section,
     }
     recipe = Recipe.from_mapping(mapping, base_dir=out)
     target = out / "rows" / ckpt.name / name.replace(" ", "-").replace(",", "")
@@ -378,7 +395,15 @@ def part_lines(rows: Sequence[Result]) -> list[str]:
         )
         cells.append(f"{part}: {sizes}")
     emb = rows[0].full.onnx_part_bytes["embeddings"] / 1e9
-    return [f"ONNX GB per part: {'; '.join(cells)}; the two embedding tables (fp16 in every mix): {emb:.3f}."]
+    line = f"ONNX GB per part: {'; '.join(cells)}; the two embedding tables (fp16 in every mix): {emb:.3f}."
+    fp32 = {n: b for r in rows if r.backbone in ("int4", "int8") for n, b in r.full.fp32_bytes.items()}
+    if fp32:
+        listed = ", ".join(f"`{n}` ({b / 1e6:.0f} MB)" for n, b in sorted(fp32.items()))
+        line += (
+            f" Left fp32 by the plan when the recipe precision is an integer one (not quantizable, and no "
+            f"float override covers them): {listed}; a recipe can add an fp16 override for them."
+        )
+    return [line]
 
 
 # -------------------------------------------------------------------------------------------- document
@@ -401,9 +426,10 @@ def report(run: Run, argv: Sequence[str], stamp: str, loads: Sequence[str]) -> l
         *table(run.results),
         "",
         "Sizes (ONNX GB, bits/w, GGUF GB): weight bytes of the released 4.0B shape (the weightless "
-        "full-size model's names and shapes), from the precision plan (`plan_precisions`, the recipe "
-        "globs: backbone = the recipe precision over `layers.*` and `norm.weight`, "
-        "`acoustic_transformer.*` and `audio_tokenizer.*` overridden, `mm_audio_embeddings.*` fp16) and "
+        "full-size model's names and shapes), from the precision plan (`plan_precisions` with the globs "
+        "the pipeline gives it: the recipe precision is the backbone's (`layers.*`, `norm.weight`), "
+        "`precision_overrides` set `acoustic_transformer.*` and `audio_tokenizer.*`, `overrides` keep "
+        "`mm_audio_embeddings.*` fp16) and "
         "each format's encoding: ONNX int4 in blocks of 32 with fp16 scales, int8 per output channel with "
         "fp32 scales (`QuantizedModel.bits_per_weight` with the ONNX exporter's `scale_bits`); GGUF by "
         "the writer's `plan_tensor` over the family's layout (Q4_0, Q8_0, the codec's convolutions "
@@ -416,10 +442,13 @@ def report(run: Run, argv: Sequence[str], stamp: str, loads: Sequence[str]) -> l
         f"{len(run.sentences)} held-out English sentences (in no recipe's texts and not in the "
         f"calibration set, checked at start) × voices {', '.join(run.voices)} × {len(run.seeds)} "
         f"checkpoints = {n} runs per mix, at most {run.max_frames} frames each, flow noise seed 0. "
-        "hidden / acoustic SNR: teacher-forced (the reference's codes fed back), the worst step of a "
-        "run; forced audio: the codec's output under teacher forcing against the reference audio, SNR "
-        "and log-mel distance (DTW); mean over runs, worst run in brackets. Free-running figures are in "
-        "the --json output (random weights diverge chaotically once one code differs).",
+        "Under teacher forcing every graph gets the reference's inputs, so each figure isolates a part: "
+        "hidden SNR (the worst step of a run) is the backbone's rounding alone; acoustic SNR (worst step) "
+        "is the head's 36 integrated values from the artifact's hidden state, so backbone and head "
+        "together; forced audio (the codec decoding the reference's codes, SNR and log-mel DTW distance "
+        "against the reference audio) is the codec's rounding alone. Mean over runs, worst run in "
+        "brackets. Free-running figures are in the --json output (random weights diverge chaotically "
+        "once one code differs).",
         "",
         f"Generated by `{shlex.join(['benchmarks/bench_voxtral.py', *argv])}` at commit {stamp}, "
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; load average (1/5/15 min) {loads[0]} at "
