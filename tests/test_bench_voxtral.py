@@ -13,6 +13,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -36,7 +37,7 @@ bench = _load_bench()
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[argparse.Namespace, object]:
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[argparse.Namespace, Any]:
     out = tmp_path_factory.mktemp("bench-voxtral")
     args = bench.parse_args(
         [
@@ -76,7 +77,7 @@ def test_a_mix_is_an_exact_recipe_mix_even_below_the_artifact_precision() -> Non
     }
 
 
-def test_full_size_bytes_follow_the_encodings(tiny_run: tuple[argparse.Namespace, object]) -> None:
+def test_full_size_bytes_follow_the_encodings(tiny_run: tuple[argparse.Namespace, Any]) -> None:
     args, _ = tiny_run
     tekken = (args.out / "checkpoint-seed0" / "tekken.json").read_bytes()
     full = bench.FullSize.build(tekken, "full")
@@ -98,14 +99,14 @@ def test_full_size_bytes_follow_the_encodings(tiny_run: tuple[argparse.Namespace
 
 
 def test_the_tiny_counts_equal_what_the_pipeline_records(
-    tiny_run: tuple[argparse.Namespace, object], tmp_path: Path
+    tiny_run: tuple[argparse.Namespace, Any], tmp_path: Path
 ) -> None:
     """The same counting on the tiny checkpoint's shapes gives the bits per weight the real ONNX and GGUF
     builds of that checkpoint record in their manifest."""
     args, result = tiny_run
     ckpt = args.out / "checkpoint-seed0"
     tiny = bench.FullSize.build((ckpt / "tekken.json").read_bytes(), "tiny")
-    for row in result.results:  # type: ignore[attr-defined]
+    for row in result.results:
         counted = bench.full_size_bytes(tiny, bench.MIXES[row.mix])
         assert row.parity.tiny_bits_per_weight == [pytest.approx(counted.onnx_bits_per_weight, abs=1e-9)]
     assert result.results[1].parity.tiny_bits_per_weight[0] < 15  # the int4 codec is really int4
@@ -127,11 +128,9 @@ def test_the_tiny_counts_equal_what_the_pipeline_records(
     assert entry.bits_per_weight == pytest.approx(counted.gguf_bits_per_weight, abs=1e-9)
 
 
-def test_the_core_writes_a_table_and_json(
-    tiny_run: tuple[argparse.Namespace, object], tmp_path: Path
-) -> None:
+def test_the_core_writes_a_table_and_json(tiny_run: tuple[argparse.Namespace, Any], tmp_path: Path) -> None:
     args, result = tiny_run
-    row, codec_int4 = result.results  # type: ignore[attr-defined]
+    row, codec_int4 = result.results
     runs = len(bench.HELD_OUT)  # 1 seed × 1 voice
     for key in ("hidden_snr_db", "acoustic_snr_db", "forced_snr_db", "forced_logmel_db", "free_logmel_db"):
         assert len(getattr(row.parity, key)) == runs, key
