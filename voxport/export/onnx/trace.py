@@ -25,7 +25,10 @@ class ExportFailed(VoxportError):
     """The torch graph could not be traced into ONNX (an unsupported op or shape)."""
 
 
-def trace_graph(spec: GraphSpec, opset: int = MAX_TRACE_OPSET) -> onnx.ModelProto:
+def trace_graph(spec: GraphSpec, opset: int = MAX_TRACE_OPSET, *, weights: bool = True) -> onnx.ModelProto:
+    """`weights=False`: the parameters are left out of the file and stay graph inputs under their
+    `model.<name>` names (the streaming exporter stores each one itself, export/onnx/stream.py), and
+    the exporter's deduplication of equal initializers, which compares their values, is skipped."""
     buffer = io.BytesIO()
     # The exporter restores the *root* module's training flag recursively afterwards; a graph wrapper
     # built around the family's model is a fresh nn.Module (training=True), so without this the shared
@@ -44,6 +47,8 @@ def trace_graph(spec: GraphSpec, opset: int = MAX_TRACE_OPSET) -> onnx.ModelProt
                 opset_version=min(opset, MAX_TRACE_OPSET),
                 dynamo=False,
                 do_constant_folding=False,
+                export_params=weights,
+                keep_initializers_as_inputs=None if weights else True,
             )
         except Exception as exc:  # the exporter raises many internal types; name the graph instead
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
