@@ -29,6 +29,9 @@ from voxport.errors import BadInput
 from voxport.progress import NullProgress, Progress
 from voxport.quantize.precisions import PRECISIONS
 
+#: seconds between progress lines while weights are written (a bar advances on every weight)
+LOG_EVERY = 30.0
+
 if TYPE_CHECKING:
     from voxport.families.base import StreamSource
     from voxport.quantize.methods import QuantMethod
@@ -60,6 +63,8 @@ class StreamJob:
     check: bool
     progress: Progress
     on_weight: Callable[[str, str, float], None] | None
+    #: float weights above this many float32 bytes are read in row chunks (None: the format's default)
+    row_chunk_bytes: int | None = None
 
 
 @dataclass
@@ -109,7 +114,7 @@ class StreamReport:
 
 
 def _onnx(job: StreamJob) -> FormatResult:
-    from voxport.export.onnx.stream import stream_onnx
+    from voxport.export.onnx.stream import ROW_CHUNK_BYTES, stream_onnx
 
     written = stream_onnx(
         job.source,
@@ -123,6 +128,7 @@ def _onnx(job: StreamJob) -> FormatResult:
         metadata={"family": job.source.model.family, "sample_rate": str(job.source.model.sample_rate)},
         check=job.check,
         on_weight=job.on_weight,
+        row_chunk_bytes=job.row_chunk_bytes or ROW_CHUNK_BYTES,
     )
     files = []
     for g in written.graphs:
@@ -136,6 +142,38 @@ def _onnx(job: StreamJob) -> FormatResult:
 #: from lazily loaded weights; its entry here adapts a `StreamJob` to it (names, shapes, the source's
 #: `read`, the model's `gguf_layout()`, the precision's GGML types) once that writer is on main.
 STREAMERS: dict[str, Callable[[StreamJob], FormatResult]] = {"onnx": _onnx}
+
+
+class _Ticker:
+    """The per-weight callback of one format: the bar moves on every weight, a CI log (LineProgress,
+    which prints only when a task ends) gets a line every LOG_EVERY seconds, then the caller's own."""
+
+    def __init__(
+        self,
+        description: str,
+        total: int,
+        progress: Progress,
+        advance: Callable[[int], None],
+        then: Callable[[str, str, float], None] | None,
+    ) -> None:
+        self.description, self.total, self.progress, self.advance, self.then = (
+            description,
+            total,
+            progress,
+            advance,
+            then,
+        )
+        self.done = 0
+        self.last = time.perf_counter()
+
+    def __call__(self, name: str, stored: str, seconds: float) -> None:
+        self.done += 1
+        self.advance(1)
+        if time.perf_counter() - self.last >= LOG_EVERY:
+            self.last = time.perf_counter()
+            self.progress.log(f"{self.description} {self.done}/{self.total} ({name})")
+        if self.then is not None:
+            self.then(name, stored, seconds)
 
 
 def plan(source: StreamSource, precision: str, **options: Any) -> dict[str, WeightDecision]:
@@ -163,6 +201,7 @@ def stream_export(
     check: bool = True,
     progress: Progress | None = None,
     on_weight: Callable[[str, str, float], None] | None = None,
+    row_chunk_bytes: int | None = None,
 ) -> StreamReport:
     """Write `formats` (e.g. ["onnx"]) of `source` at `precision` (fp32, fp16, int8, int4) under
     `out_dir/<format>/` as `<stem>.<precision>...`, one weight in memory at a time.
@@ -171,7 +210,8 @@ def stream_export(
     a recipe's `quantize:` section; the method must be uncalibrated (rtn, mse): a calibrated one needs
     the model to speak. `check`: each format checks its own files (see the module docstring); no parity
     is measured. `on_weight(name, stored precision, seconds)` is called after each weight of each format.
-    """
+    `row_chunk_bytes`: float weights larger than this (as float32) are read and written in chunks of rows
+    (default: the format's own, 64 MB for ONNX)."""
     from voxport.quantize.methods import QuantMethod, get_method
 
     if precision not in PRECISIONS:
@@ -212,17 +252,22 @@ def stream_export(
         weights=len(source.shapes),
     )
     for fmt in dict.fromkeys(formats):
-        with progress.task(f"{fmt} {precision}: weights", total=len(source.shapes)) as advance:
-
-            def each(
-                name: str, stored: str, seconds: float, advance: Callable[[int], None] = advance
-            ) -> None:
-                advance(1)
-                if on_weight is not None:
-                    on_weight(name, stored, seconds)
-
+        description = f"{fmt} {precision}: weights"
+        with progress.task(description, total=len(source.shapes)) as advance:
+            ticker = _Ticker(description, len(source.shapes), progress, advance, on_weight)
             job = StreamJob(
-                source, precision, decisions, chosen, block_size, out_dir, stem, opset, check, progress, each
+                source,
+                precision,
+                decisions,
+                chosen,
+                block_size,
+                out_dir,
+                stem,
+                opset,
+                check,
+                progress,
+                ticker,
+                row_chunk_bytes,
             )
             result = STREAMERS[fmt](job)
         report.files += result.files

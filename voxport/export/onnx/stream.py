@@ -370,7 +370,7 @@ def _check(writers: Sequence[_GraphWriter], work: Path) -> dict[str, Any]:
         jobs.append(
             {"graph": spec.name, "path": str(writer.path), "inputs": spec.input_names, "expected": expected}
         )
-    np.savez(work / "check-inputs.npz", **arrays)
+    np.savez(work / "check-inputs.npz", **arrays)  # type: ignore[arg-type]  # numpy's stub: allow_pickle
     (work / "check-jobs.json").write_text(json.dumps(jobs), encoding="utf-8")
     env = dict(os.environ)
     root = str(Path(voxport.__file__).resolve().parent.parent)  # this voxport, not another installed one
