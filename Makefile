@@ -25,6 +25,15 @@ $(BIN)/voxport: pyproject.toml
 	# only torch, transformers (with huggingface_hub) and loguru, which [dev] installs; its pipeline (and so
 	# `import kokoro`) needs misaki, which voxport does not use. Hence here and not in pyproject.
 	$(BIN)/pip install -q --no-deps kokoro==0.9.4
+	# Voxtral TTS's reference modules (sglang-omni's FlowMatchingAudioTransformer and VoxtralTTSAudioTokenizer,
+	# the oracle of the voxtral_tts family's tests), without its dependencies: it pins another torch, sglang and
+	# CUDA packages for its server. The modules the tests import need only torch, einops, transformers and
+	# huggingface_hub, which [dev] installs (tests/voxtral_reference.py imports them around the package's
+	# serving __init__).
+	$(BIN)/pip install -q --no-deps sglang-omni==0.1.9
+	# mistral-common (the Voxtral TTS text frontend, the voxtral extra) without its numpy < 2.4 pin on
+	# Python <= 3.12; [dev] installs its other dependencies
+	$(BIN)/pip install -q --no-deps mistral-common==1.13.1
 	touch $@
 
 setup: $(BIN)/voxport

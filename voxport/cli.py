@@ -632,6 +632,9 @@ def say(
         int | None,
         typer.Option(help="Decode each sentence in chunks of N frames, where the voice decodes in chunks."),
     ] = None,
+    trust_pickle: Annotated[
+        bool, typer.Option("--trust-pickle", help="Allow a pickled checkpoint (or voice presets).")
+    ] = False,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -672,7 +675,7 @@ def say(
                 raise VoxportError(f"--ids must be comma-separated integers, got {ids!r}") from None
         options = {name: value for name, value in given.values() if name != "seed"}
         call_settings(family, speed=speed, seed=settings.seed, **options)  # speed too, before a model loads
-        synthesizer = load(source)
+        synthesizer = load(source, trust_pickle=trust_pickle)
         stream = synthesizer.stream(
             text,
             ids=tokens if ids is not None else None,

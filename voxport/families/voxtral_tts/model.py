@@ -111,10 +111,8 @@ class VoxtralAdapter(FamilyModel):
 
     @cached_property
     def loop_spec(self) -> LoopSpec:
-        from voxport.families.voxtral_tts.frontend import SpeechPrompt
-
         c = self.cfg
-        special = SpeechPrompt.from_bytes(self.tekken, self.source).special_ids
+        special = self.prompt.special_ids
         return LoopSpec(
             num_layers=c.backbone.n_layers,
             kv_heads=c.backbone.n_kv_heads,
@@ -126,11 +124,11 @@ class VoxtralAdapter(FamilyModel):
             sample_rate=c.codec.sample_rate,
             frame_rate=c.codec.frame_rate,
             frame_size=c.codec.frame_size,
-            bos_id=special["bos"],
-            audio_id=special["audio"],
-            begin_audio_id=special["begin_audio"],
-            text_to_audio_id=special["text_to_audio"],
-            audio_to_text_id=special["audio_to_text"],
+            bos_id=special.bos,
+            audio_id=special.audio,
+            begin_audio_id=special.begin_audio,
+            text_to_audio_id=special.text_to_audio,
+            audio_to_text_id=special.audio_to_text,
             codec_state=self.modules.audio_tokenizer.state_shapes(),
         )
 
