@@ -138,10 +138,54 @@ def _onnx(job: StreamJob) -> FormatResult:
     return FormatResult(files, written.check, written.precisions)
 
 
-#: format name -> streaming writer. GGUF: helper module voxport/export/gguf/stream.py writes a layout
-#: from lazily loaded weights; its entry here adapts a `StreamJob` to it (names, shapes, the source's
-#: `read`, the model's `gguf_layout()`, the precision's GGML types) once that writer is on main.
-STREAMERS: dict[str, Callable[[StreamJob], FormatResult]] = {"onnx": _onnx}
+#: GGML type of the quantizable weights per precision: the GGUF format's natural types (fp32→F32,
+#: fp16→F16, int8→Q8_0, int4→Q4_0, export/gguf/adapter.py); other tensors follow the layout's rules
+GGUF_TYPES: dict[str, dict[str, str]] = {
+    "fp32": {"*": "F32"},
+    "fp16": {"*": "F16"},
+    "int8": {"*": "Q8_0"},
+    "int4": {"*": "Q4_0"},
+}
+
+
+def _gguf(job: StreamJob) -> FormatResult:
+    """The family's GGUF layout written by export/gguf/stream.py from the source's reader. GGML types
+    quantize rows on their own, so that writer chooses types by name (GGUF_TYPES) instead of taking the
+    plan's QuantizedTensors; the precision plan still decides which weights are quantizable."""
+    from voxport import __version__
+    from voxport.export.gguf.stream import LazyWeights, write_layout_stream
+
+    model, read = job.source.model, job.source.read
+    layout = model.gguf_layout()
+    if layout is None:
+        raise BadInput(f"gguf: the {model.family} family has no GGUF layout to stream; use --format onnx")
+    done: set[str] = set()
+
+    def load(name: str, rows: tuple[int, int] | None = None) -> Any:
+        return read(name, None if rows is None else slice(*rows)).numpy()
+
+    def each(gguf_name: str, plan: Any) -> None:
+        if job.on_weight is not None and plan.source in job.source.shapes and plan.source not in done:
+            done.add(plan.source)
+            job.on_weight(plan.source, plan.ggml_type.name, 0.0)
+
+    written = write_layout_stream(
+        layout,
+        LazyWeights(job.source.shapes, load, model.quantizable()),
+        job.out_dir / "gguf",
+        stem=f"{job.stem}.{job.precision}",
+        general={"general.name": job.stem, "general.quantized_by": f"voxport {__version__}"},
+        types=GGUF_TYPES[job.precision],
+        precision=job.precision,
+        method=job.method.name,
+        on_tensor=each,
+    )
+    files = [StreamedFile("gguf", role, p, written.bytes[role]) for role, p in written.paths.items()]
+    return FormatResult(files, None, dict(written.tensor_types))
+
+
+#: format name -> streaming writer over a `StreamJob`; another format is one more entry
+STREAMERS: dict[str, Callable[[StreamJob], FormatResult]] = {"onnx": _onnx, "gguf": _gguf}
 
 
 class _Ticker:
