@@ -190,7 +190,7 @@ def test_unknown_format_and_calibrated_method_are_refused(checkpoint: Path, tmp_
     from voxport.errors import BadInput
 
     source = _source(checkpoint)
-    with pytest.raises(BadInput, match="streaming export writes onnx"):
+    with pytest.raises(BadInput, match="streaming export writes gguf, onnx; got coreml"):
         stream_export(source, ["coreml"], "int4", tmp_path)
     with pytest.raises(BadInput, match="calibrated"):
         stream_export(source, ["onnx"], "int4", tmp_path, method="gptq")

@@ -134,13 +134,24 @@ class _GraphWriter:
         self.data.write(chunk)
         self.offset += len(chunk)
 
-    def externalize(self, tensor: TensorProto) -> None:
-        """Move an initializer's bytes to the data file (small ones stay inline)."""
-        raw = tensor.raw_data
-        if len(raw) < INLINE_BYTES:
-            return
-        self.begin(tensor, len(raw))
-        self.write(raw)
+    def store(self, name: str, value: Stored) -> None:
+        """Store weight `name` through the rewriter and move the bytes of what it added to the data file.
+
+        Each added initializer is *replaced* by a fresh header-only message rather than cleared: protobuf's
+        upb runtime keeps a message's bytes in its arena until the message itself is freed
+        (`ClearField("raw_data")` releases nothing), so cleared messages would hold every weight's bytes
+        until the end, the whole model again."""
+        added = self.rewriter.store(TensorProto(name=f"model.{name}"), value)
+        inits = self.rewriter.new_inits
+        first = len(inits) - len(added)
+        for i, tensor in enumerate(added):
+            raw = tensor.raw_data
+            if len(raw) < INLINE_BYTES:  # shapes, tiny scales: kept inside the .onnx
+                continue
+            header = TensorProto(name=tensor.name, data_type=tensor.data_type, dims=tensor.dims)
+            self.begin(header, len(raw))
+            self.write(raw)
+            inits[first + i] = header
 
     def close(self) -> None:
         if not self.data.closed:
@@ -290,10 +301,8 @@ def stream_onnx(
                     raise VoxportError(f"{name}: read with shape {tuple(values.shape)}, expected {shape}")
                 value = encode(values)
                 del values
-                placeholder = TensorProto(name=f"model.{name}")
                 for writer in users[name]:
-                    for tensor in writer.rewriter.store(placeholder, value):
-                        writer.externalize(tensor)
+                    writer.store(name, value)
                 del value
             for writer in users[name]:
                 writer.stored.add(name)
