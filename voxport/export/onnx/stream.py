@@ -116,6 +116,8 @@ class _GraphWriter:
         self.offset = 0
         self.rewriter = _Rewriter(proto, fold=fold)
         self.stored: set[str] = set()
+        #: the torch graph's output shapes on the example inputs (for the ONNX Runtime check)
+        self.output_shapes: dict[str, list[int]] = {}
 
     def begin(self, tensor: TensorProto, length: int) -> None:
         """Point `tensor` at the next (aligned) `length` bytes of the data file."""
@@ -167,6 +169,26 @@ def _float_chunks(
         if tuple(chunk.shape) != (r1 - r0, *shape[1:]):
             raise VoxportError(f"{name}: rows {r0}:{r1} read as {tuple(chunk.shape)}")
         yield chunk
+
+
+def _trace(spec: GraphSpec, opset: int) -> tuple[onnx.ModelProto, dict[str, list[int]]]:
+    """The weightless trace, and the torch graph's output shapes on the example inputs, recorded by a
+    hook during the trace's own forward pass (a second forward over placeholder weights costs as much:
+    every Linear copies its stride-0 weight into a real one)."""
+    from voxport.export.onnx.trace import trace_graph
+
+    shapes: dict[str, list[int]] = {}
+
+    def record(module: Any, args: Any, outputs: Any) -> None:
+        outputs = outputs if isinstance(outputs, tuple | list) else (outputs,)
+        shapes.update({n: [int(d) for d in t.shape] for n, t in zip(spec.output_names, outputs, strict=True)})
+
+    handle = spec.module.register_forward_hook(record)
+    try:
+        proto = trace_graph(spec, opset, weights=False)
+    finally:
+        handle.remove()
+    return proto, shapes
 
 
 def _weight_inputs(
@@ -233,7 +255,6 @@ def stream_onnx(
     text). `metadata` is added to every graph's metadata_props (family, precision, recipe, sample rate).
     `check`: load every graph in ONNX Runtime in a child process and run its example inputs (see the
     module docstring). `on_weight` is called once per weight written."""
-    from voxport.export.onnx.trace import trace_graph
     from voxport.quantize.methods import quantize
 
     blocked = [n for n, d in decisions.items() if SPECS[d.precision].blocked or d.int8_block_size]
@@ -252,10 +273,11 @@ def stream_onnx(
         specs = source.model.graphs()
         users: dict[str, list[_GraphWriter]] = {}
         for spec in specs:
-            proto = trace_graph(spec, opset, weights=False)
+            proto, shapes = _trace(spec, opset)
             writer = _GraphWriter(
                 spec, proto, work, file_name(stem, precision, spec.name, spec.primary), fold_dequantize
             )
+            writer.output_shapes = shapes
             writers.append(writer)
             for name in _weight_inputs(proto, spec, source.shapes):
                 users.setdefault(name, []).append(writer)
@@ -356,24 +378,18 @@ def _move_into_place(
 def _check(writers: Sequence[_GraphWriter], work: Path) -> dict[str, Any]:
     """Load each written graph in ONNX Runtime in a child process (its memory is not the converter's,
     and is returned when it exits), run the graph's example inputs, and compare output shapes with the
-    torch graph's (computed here over the weightless model: shapes only). A plain subprocess rather
+    torch graph's (recorded while tracing, `_trace`). A plain subprocess rather
     than multiprocessing: spawning re-imports the caller's __main__, which a library cannot require to
     be guarded."""
     import json
     import subprocess
     import sys
 
-    import torch
-
     import voxport
 
     jobs, arrays = [], {}
     for i, writer in enumerate(writers):
-        spec = writer.spec
-        with torch.no_grad():
-            outputs = spec.module(*spec.example_inputs)
-        outputs = outputs if isinstance(outputs, tuple | list) else (outputs,)
-        expected = {n: list(t.shape) for n, t in zip(spec.output_names, outputs, strict=True)}
+        spec, expected = writer.spec, writer.output_shapes
         for name, value in zip(spec.input_names, spec.example_inputs, strict=True):
             arrays[f"{i}/{name}"] = value.numpy()
         jobs.append(
