@@ -2,10 +2,10 @@
 
 The streamed ONNX is traced without weights and gets each weight read, quantized and written on its own;
 the pipeline's export (`quantize_model` + `export_onnx`) traces the loaded fp32 model and stores all
-weights at once. Both must give the same files' contents: the same initializers (names, types, values)
-and, in ONNX Runtime on the same inputs, the same outputs. Also: every weight (every row of a weight read
-in chunks) is read exactly once, a failing read leaves no .onnx behind, and a family without streaming
-conversion gets a one-line error.
+weights at once. Both must give the same files' contents: the same nodes in the same order, the same
+initializers (names, types, values) and, in ONNX Runtime on the same inputs, the same outputs. Also:
+every weight (every row of a weight read in chunks) is read exactly once, a failing read leaves no .onnx
+behind, and a family without streaming conversion gets a one-line error.
 """
 
 from __future__ import annotations
@@ -73,6 +73,10 @@ def _initializers(path: Path) -> dict[str, np.ndarray]:
     return {init.name: numpy_helper.to_array(init) for init in proto.graph.initializer}
 
 
+def _nodes(proto: onnx.ModelProto) -> list[tuple[str, tuple[str, ...], tuple[str, ...]]]:
+    return [(n.op_type, tuple(n.input), tuple(n.output)) for n in proto.graph.node]
+
+
 def _run(path: Path, spec: GraphSpec) -> dict[str, np.ndarray]:
     session = ort_session(path)
     feeds = {n: t.numpy() for n, t in zip(spec.input_names, spec.example_inputs, strict=True)}
@@ -82,6 +86,11 @@ def _run(path: Path, spec: GraphSpec) -> dict[str, np.ndarray]:
 def assert_same_artifact(model: FamilyModel, streamed: dict[str, Path], normal: dict[str, Path]) -> None:
     assert set(streamed) == set(normal)
     for spec in model.graphs():
+        # the same nodes in the same order, reading and writing the same names; the same graph signature
+        a, b = (onnx.load(str(d[spec.name]), load_external_data=False) for d in (streamed, normal))
+        assert _nodes(a) == _nodes(b), spec.name
+        for field in ("input", "output"):
+            assert [str(v) for v in getattr(a.graph, field)] == [str(v) for v in getattr(b.graph, field)]
         ours, theirs = _initializers(streamed[spec.name]), _initializers(normal[spec.name])
         assert set(ours) == set(theirs), spec.name
         for name, value in theirs.items():
