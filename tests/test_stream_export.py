@@ -24,6 +24,7 @@ from typer.testing import CliRunner
 
 from voxport.cli import app
 from voxport.export.onnx.exporter import export_onnx, trace_all
+from voxport.export.onnx.stream import INLINE_BYTES
 from voxport.export.stream import stream_export
 from voxport.families.base import FamilyModel, GraphSpec, StreamSource
 from voxport.families.registry import families
@@ -89,6 +90,8 @@ def assert_same_artifact(model: FamilyModel, streamed: dict[str, Path], normal: 
         # the same nodes in the same order, reading and writing the same names; the same graph signature
         a, b = (onnx.load(str(d[spec.name]), load_external_data=False) for d in (streamed, normal))
         assert _nodes(a) == _nodes(b), spec.name
+        # every weight's bytes live in the .onnx.data file: the proto itself holds only small constants
+        assert max(len(init.raw_data) for init in a.graph.initializer) < INLINE_BYTES
         for field in ("input", "output"):
             assert [str(v) for v in getattr(a.graph, field)] == [str(v) for v in getattr(b.graph, field)]
         ours, theirs = _initializers(streamed[spec.name]), _initializers(normal[spec.name])
