@@ -12,8 +12,9 @@ What runs, and what does not: no parity check (a float32 reference of this size 
 exporter); each format's writer checks its own files (ONNX: every graph loads in ONNX Runtime in a child
 process and runs its example inputs with the torch graph's output shapes).
 
-Formats are entries of `STREAMERS` (format name -> writer over a `StreamJob`); the GGUF one lives in
-`voxport.export.gguf.stream` and is added there when its streaming writer takes a `StreamSource`.
+Formats are entries of `STREAMERS` (format name -> writer over a `StreamJob`): ONNX
+(`voxport.export.onnx.stream`) and GGUF (`voxport.export.gguf.stream`'s layout writer over the source's
+reader, which needs the family's `gguf_layout()`).
 """
 
 from __future__ import annotations
