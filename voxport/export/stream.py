@@ -10,7 +10,7 @@ calls and written before the next is read.
 
 What runs, and what does not: no parity check (a float32 reference of this size does not fit beside the
 exporter); each format's writer checks its own files (ONNX: every graph loads in ONNX Runtime in a child
-process and runs its example inputs with the torch graph's output shapes).
+process and runs its example inputs with the torch graph's output shapes; GGUF: no check yet).
 
 Formats are entries of `STREAMERS` (format name -> writer over a `StreamJob`): ONNX
 (`voxport.export.onnx.stream`) and GGUF (`voxport.export.gguf.stream`'s layout writer over the source's
