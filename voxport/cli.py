@@ -392,6 +392,87 @@ def export_cmd(
         _emit_json({"stage": "export", "out": o, "artifacts": index})
 
 
+@app.command("stream-export")
+def stream_export_cmd(
+    checkpoint: Annotated[
+        Path, typer.Argument(help="Checkpoint of a family with streaming conversion (Voxtral TTS).")
+    ],
+    out_dir: Annotated[
+        Path, typer.Option("--out", "-o", help="Output directory; files go to OUT/<format>/.")
+    ],
+    precision: Annotated[str, typer.Option(help="fp32, fp16, int8 or int4.")] = "int4",
+    formats: Annotated[
+        list[str] | None,
+        typer.Option("--format", "-f", help="A format to write (repeatable) [default: onnx]."),
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="File stem [default: the checkpoint's name].")] = None,
+    method: Annotated[str, typer.Option(help="An uncalibrated quantization method: rtn or mse.")] = "rtn",
+    block_size: Annotated[int, typer.Option(help="int4 block size (elements per scale).")] = 32,
+    check: Annotated[
+        bool, typer.Option("--check/--no-check", help="Load each written file in its runtime afterwards.")
+    ] = True,
+    family: Annotated[str | None, typer.Option(help="The checkpoint's family [default: detected].")] = None,
+    trust_pickle: Annotated[
+        bool, typer.Option("--trust-pickle", help="Allow pickled files (voices).")
+    ] = False,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Convert a checkpoint too large to load (Voxtral TTS, 4B) one weight at a time: weightless graphs,
+    each weight read, quantized and written before the next, so peak memory stays near one weight.
+
+    No parity check runs (a full-precision reference of this size does not fit beside the exporter).
+    What runs: each ONNX graph is loaded in ONNX Runtime (in a child process) and run on its example
+    inputs, its output shapes compared with the torch graph's (--no-check skips it). The table ends with
+    wall time and this process's peak RSS. For checkpoints that fit, `voxport build` does more.
+
+    Example: voxport stream-export checkpoints/voxtral-4b --precision int4 --out build/voxtral-4b
+    """
+    from voxport.export.stream import stream_export
+    from voxport.families.registry import detect_family
+
+    def run() -> Any:
+        chosen = detect_family(checkpoint, family)
+        source = chosen.stream_source(checkpoint, trust_pickle=trust_pickle)
+        stem = name or (checkpoint if checkpoint.is_dir() else checkpoint.parent).resolve().name
+        with _progress(quiet) as progress:
+            return stream_export(
+                source,
+                formats or ["onnx"],
+                precision,
+                out_dir,
+                stem=stem,
+                method=method,
+                block_size=block_size,
+                check=check,
+                progress=progress,
+            )
+
+    report = _run(run, as_json, places=[(out_dir, "--out")])
+    if as_json:
+        _emit_json(report.to_json())
+        return
+    checks = [c["peak_rss_bytes"] for c in report.checks.values() if c.get("peak_rss_bytes")]
+    caption = (
+        f"{report.weights} weights in {report.seconds:.1f} s, peak RSS {report.peak_rss_bytes / 1e9:.2f} GB "
+        f"(checkpoint {report.checkpoint_bytes / 1e9:.2f} GB, largest tensor "
+        f"{report.largest_tensor_bytes / 1e9:.2f} GB)"
+        + (f"; load check {max(checks) / 1e9:.2f} GB in its own process" if checks else "")
+        + "; no parity check (streamed)"
+    )
+    table = Table(
+        title=f"{report.family} {report.precision} ({report.method}) → {out_dir}",
+        title_justify="left",
+        caption=caption,
+        caption_justify="left",
+    )
+    for col in ("format", "holds", "MB", "file"):
+        table.add_column(col, justify="right" if col == "MB" else "left", no_wrap=col == "file")
+    for f in report.files:
+        table.add_row(f.format, f.role, f"{f.bytes / 1e6:.2f}", str(f.path))
+    out.print(table)
+
+
 @app.command()
 def validate(
     recipe: RecipeArg,

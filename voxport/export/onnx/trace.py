@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from typing import Any
 
 import onnx
 import torch
@@ -25,13 +28,18 @@ class ExportFailed(VoxportError):
     """The torch graph could not be traced into ONNX (an unsupported op or shape)."""
 
 
-def trace_graph(spec: GraphSpec, opset: int = MAX_TRACE_OPSET) -> onnx.ModelProto:
+def trace_graph(spec: GraphSpec, opset: int = MAX_TRACE_OPSET, *, weights: bool = True) -> onnx.ModelProto:
+    """`weights=False`: the parameters are left out of the file and stay graph inputs under their
+    `model.<name>` names (the streaming exporter stores each one itself, export/onnx/stream.py), and
+    neither the deduplication of equal initializers nor the graph-level shape inference sees their
+    values (`_valueless_shape_inference`)."""
     buffer = io.BytesIO()
     # The exporter restores the *root* module's training flag recursively afterwards; a graph wrapper
     # built around the family's model is a fresh nn.Module (training=True), so without this the shared
     # model would be left in training mode (dropout, layerdrop) for every later torch run.
     modes = {module: module.training for module in spec.module.modules()}
-    with warnings.catch_warnings(), torch.no_grad():
+    valueless = nullcontext() if weights else _valueless_shape_inference()
+    with warnings.catch_warnings(), torch.no_grad(), valueless:
         warnings.simplefilter("ignore")
         try:
             torch.onnx.export(
@@ -44,6 +52,8 @@ def trace_graph(spec: GraphSpec, opset: int = MAX_TRACE_OPSET) -> onnx.ModelProt
                 opset_version=min(opset, MAX_TRACE_OPSET),
                 dynamo=False,
                 do_constant_folding=False,
+                export_params=weights,
+                keep_initializers_as_inputs=None if weights else True,
             )
         except Exception as exc:  # the exporter raises many internal types; name the graph instead
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -55,6 +65,29 @@ def trace_graph(spec: GraphSpec, opset: int = MAX_TRACE_OPSET) -> onnx.ModelProt
     _unshare_initializers(model)
     _drop_dangling_initializers(model)
     return model
+
+
+@contextmanager
+def _valueless_shape_inference() -> Iterator[None]:
+    """The TorchScript exporter's graph-level ONNX shape inference without the parameters' values.
+
+    That pass (run twice per export, after the ops are already converted) hands every parameter's
+    value to ONNX shape inference; for a streamed model's stride-0 placeholders that means
+    materialising them: ~4.3 GB of transient copies for Voxtral's backbone (its 1.6 GB text table
+    among them), measured at full size. Shapes and types come from the traced graph's input types;
+    only value-dependent shapes of constant-folded subgraphs could be missed, which the
+    constant-folding-free trace has none of (the streamed graphs equal the normal export's,
+    tests/test_stream_export.py)."""
+    original = torch._C._jit_pass_onnx_graph_shape_type_inference
+
+    def without_values(graph: Any, params: Any, opset: int) -> Any:
+        return original(graph, {}, opset)
+
+    torch._C._jit_pass_onnx_graph_shape_type_inference = without_values
+    try:
+        yield
+    finally:
+        torch._C._jit_pass_onnx_graph_shape_type_inference = original
 
 
 def _unshare_initializers(model: onnx.ModelProto) -> None:

@@ -81,19 +81,39 @@ class _Rewriter:
             return None
         return users[0]
 
-    def store(self, init: TensorProto, value: Stored) -> None:
+    def store(self, init: TensorProto, value: Stored) -> list[TensorProto]:
+        """Store one weight; returns the initializers it added (the streaming exporter moves their bytes
+        to an external-data file at once, export/onnx/stream.py)."""
         name = init.name
+        before = len(self.new_inits)
         if isinstance(value, QuantizedTensor):
             self._store_quantized(name, value)
-        elif value.dtype == np.float16:
-            self.new_inits.append(numpy_helper.from_array(value, f"{name}__fp16"))
-            self.new_nodes.append(
-                helper.make_node(
-                    "Cast", [f"{name}__fp16"], [name], to=TensorProto.FLOAT, name=f"{name}__cast"
-                )
-            )
         else:
-            self.new_inits.append(numpy_helper.from_array(value.astype(np.float32), name))
+            array = value if value.dtype == np.float16 else value.astype(np.float32)
+            tensor = self.store_float(name, array.shape, array.dtype)
+            tensor.raw_data = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
+        return self.new_inits[before:]
+
+    @staticmethod
+    def _float_name(name: str, dtype: np.dtype) -> str:
+        return f"{name}__fp16" if dtype == np.float16 else name
+
+    def store_float(self, name: str, shape: tuple[int, ...], dtype: np.dtype) -> TensorProto:
+        """The initializer, still without data, that holds float weight `name` as `dtype` (float16 is
+        followed by a Cast to float32). The caller fills it: `store` with the array's bytes, the
+        streaming exporter with external data written in row chunks, so a table larger than memory
+        allows never exists as one array."""
+        stored = self._float_name(name, np.dtype(dtype))
+        tensor = TensorProto()
+        tensor.name = stored
+        tensor.data_type = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+        tensor.dims.extend(shape)
+        self.new_inits.append(tensor)
+        if stored != name:
+            self.new_nodes.append(
+                helper.make_node("Cast", [stored], [name], to=TensorProto.FLOAT, name=f"{name}__cast")
+            )
+        return tensor
 
     def _store_quantized(self, name: str, q: QuantizedTensor) -> None:
         transpose = self._transposed_matmul(name) if len(q.shape) == 2 else None
