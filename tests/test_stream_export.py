@@ -209,3 +209,50 @@ def test_unknown_format_and_calibrated_method_are_refused(checkpoint: Path, tmp_
     with pytest.raises(BadInput, match="unknown precision"):
         stream_export(source, ["onnx"], "int3", tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_recipes_mix_streams_to_the_same_gguf_and_onnx_weights_as_its_build(
+    checkpoint: Path, tmp_path: Path
+) -> None:
+    """`stream-export --recipe` takes the recipe's formats, precisions and mix (an int4 backbone, an int8
+    head, an fp16 codec and fp16 tables): the streamed GGUF files hold the same tensors, types and bytes
+    as `voxport build`'s, and the streamed ONNX the same initializers."""
+    from gguf import GGUFReader
+
+    recipe = tmp_path / "mix.yaml"
+    recipe.write_text(
+        f"name: mix\nmodel: {checkpoint}\ntrust_pickle: true\nformats: [onnx, gguf]\nprecisions: [int4]\n"
+        "quantize:\n  block_size: 32\n  overrides:\n    'mm_audio_embeddings.*': fp16\n"
+        "  precision_overrides:\n    int4:\n      'acoustic_transformer.*': int8\n"
+        "      'audio_tokenizer.*': fp16\n"
+        "validate:\n  texts: ['Short and clear.']\n  voice: ava\n  max_frames: 2\n"
+    )
+    built = runner.invoke(app, ["build", str(recipe), "--out", str(tmp_path / "built"), "-q"])
+    assert built.exit_code == 0, built.output
+    streamed = runner.invoke(
+        app, ["stream-export", "--recipe", str(recipe), "--out", str(tmp_path / "s"), "-q"]
+    )
+    assert streamed.exit_code == 0, streamed.output
+    for suffix in ("int4.gguf", "int4.audio.gguf"):
+        ours = {t.name: t for t in GGUFReader(tmp_path / "s" / "gguf" / f"mix.{suffix}").tensors}
+        theirs = {t.name: t for t in GGUFReader(tmp_path / "built" / "gguf" / f"mix.{suffix}").tensors}
+        assert set(ours) == set(theirs)
+        for name, t in theirs.items():
+            assert ours[name].tensor_type == t.tensor_type, name
+            a, b = np.asarray(ours[name].data), np.asarray(t.data)
+            if name == "head.in_proj.weight":
+                # int8 asked, but 36 columns miss Q8_0's block of 32: both fall back to F16, the build
+                # from its int8-rounded values, the stream from the float ones (within int8 rounding)
+                assert float(np.abs(a.astype(np.float32) - b).max()) <= 0.01 * float(np.abs(b).max())
+            else:
+                assert np.array_equal(a, b), name
+    types = {
+        t.name.split(".")[0] + ":" + t.tensor_type.name
+        for t in GGUFReader(tmp_path / "s" / "gguf" / "mix.int4.audio.gguf").tensors
+    }
+    assert {"head:Q8_0", "codec:F16", "audio_embd:F16"} <= types and "codec:Q4_0" not in types
+    ours_onnx = _initializers(tmp_path / "s" / "onnx" / "mix.int4.acoustic_head.onnx")
+    theirs_onnx = _initializers(tmp_path / "built" / "onnx" / "mix.int4.acoustic_head.onnx")
+    assert set(ours_onnx) == set(theirs_onnx)
+    for name, value in theirs_onnx.items():
+        assert np.array_equal(ours_onnx[name], value), name

@@ -395,12 +395,21 @@ def export_cmd(
 @app.command("stream-export")
 def stream_export_cmd(
     checkpoint: Annotated[
-        Path, typer.Argument(help="Checkpoint of a family with streaming conversion (Voxtral TTS).")
-    ],
+        Path | None,
+        typer.Argument(
+            help="Checkpoint of a family with streaming conversion (Voxtral TTS) [default: --recipe's model]."
+        ),
+    ] = None,
     out_dir: Annotated[
-        Path, typer.Option("--out", "-o", help="Output directory; files go to OUT/<format>/.")
-    ],
-    precision: Annotated[str, typer.Option(help="fp32, fp16, int8 or int4.")] = "int4",
+        Path | None, typer.Option("--out", "-o", help="Output directory; files go to OUT/<format>/.")
+    ] = None,
+    recipe: Annotated[
+        Path | None,
+        typer.Option(
+            help="Take formats, precisions and the quantize mix (method, block size, overrides) from it."
+        ),
+    ] = None,
+    precision: Annotated[str | None, typer.Option(help="fp32, fp16, int8 or int4 [default: int4].")] = None,
     formats: Annotated[
         list[str] | None,
         typer.Option("--format", "-f", help="A format to write (repeatable) [default: onnx]."),
@@ -425,52 +434,97 @@ def stream_export_cmd(
     What runs: each ONNX graph is loaded in ONNX Runtime (in a child process) and run on its example
     inputs, its output shapes compared with the torch graph's (--no-check skips it). The table ends with
     wall time and this process's peak RSS. For checkpoints that fit, `voxport build` does more.
+    --recipe builds a device recipe's streamable formats (ONNX, GGUF) at each of its precisions with its
+    mix; the checkpoint argument then replaces the recipe's model.
 
-    Example: voxport stream-export checkpoints/voxtral-4b --precision int4 --out build/voxtral-4b
+    Example: voxport stream-export checkpoints/voxtral-4b --recipe recipes/voxtral-phone.yaml --out build/vx
     """
-    from voxport.export.stream import stream_export
+    from voxport.export.stream import STREAMERS, stream_export
     from voxport.families.registry import detect_family
 
-    def run() -> Any:
-        chosen = detect_family(checkpoint, family)
-        source = chosen.stream_source(checkpoint, trust_pickle=trust_pickle)
-        stem = name or (checkpoint if checkpoint.is_dir() else checkpoint.parent).resolve().name
-        with _progress(quiet) as progress:
-            return stream_export(
-                source,
-                formats or ["onnx"],
-                precision,
-                out_dir,
-                stem=stem,
-                method=method,
-                block_size=block_size,
-                check=check,
-                progress=progress,
-            )
+    def jobs() -> tuple[Path, list[str], list[dict[str, Any]], str | None, bool]:
+        """(checkpoint, formats, one stream_export keyword set per precision, stem, trust_pickle)."""
+        if recipe is None:
+            if checkpoint is None:
+                raise VoxportError("give a checkpoint, or --recipe RECIPE to use its model")
+            one = {"precision": precision or "int4", "method": method, "block_size": block_size}
+            return checkpoint, formats or ["onnx"], [one], name, trust_pickle
+        from voxport.recipe import load_recipe
 
-    report = _run(run, as_json, places=[(out_dir, "--out")])
+        r = load_recipe(recipe)
+        q = r.quantize
+        if q.budget:
+            raise VoxportError(
+                f"{recipe}: quantize.budget picks a mix by letting the model speak, which a streamed export "
+                "cannot; give the mix as precision_overrides, or build with `voxport build`"
+            )
+        chosen = formats or [f for f in r.formats if f in STREAMERS]
+        skipped = [f for f in r.formats if f not in STREAMERS and not formats]
+        if skipped and not quiet:
+            streamable = ", ".join(sorted(STREAMERS))
+            err.print(f"stream-export writes {streamable}; skipping the recipe's {', '.join(skipped)}")
+        if not chosen:
+            raise VoxportError(f"{recipe}: none of its formats ({', '.join(r.formats)}) can be streamed")
+        runs = [
+            {
+                "precision": p,
+                "method": q.method,
+                "block_size": q.block_size,
+                "overrides": q.overrides_for(p),
+                "int8_block_size": q.int8_block_size,
+            }
+            for p in ([precision] if precision else r.precisions)
+        ]
+        return checkpoint or r.model, chosen, runs, name or r.name, trust_pickle or r.trust_pickle
+
+    def run() -> list[Any]:
+        if out_dir is None:
+            raise VoxportError("give the output directory with --out DIR")
+        path, chosen_formats, runs, stem, pickle_ok = jobs()
+        chosen = detect_family(path, family)
+        source = chosen.stream_source(path, trust_pickle=pickle_ok)
+        stem = stem or (path if path.is_dir() else path.parent).resolve().name
+        reports = []
+        with _progress(quiet) as progress:
+            for options in runs:
+                reports.append(
+                    stream_export(
+                        source,
+                        chosen_formats,
+                        out_dir=out_dir,
+                        stem=stem,
+                        check=check,
+                        progress=progress,
+                        **options,
+                    )
+                )
+        return reports
+
+    reports = _run(run, as_json, places=[(out_dir or Path("."), "--out")])
     if as_json:
-        _emit_json(report.to_json())
+        _emit_json(reports[0].to_json() if len(reports) == 1 else {"reports": [r.to_json() for r in reports]})
         return
-    checks = [c["peak_rss_bytes"] for c in report.checks.values() if c.get("peak_rss_bytes")]
-    caption = (
-        f"{report.weights} weights in {report.seconds:.1f} s, peak RSS {report.peak_rss_bytes / 1e9:.2f} GB "
-        f"(checkpoint {report.checkpoint_bytes / 1e9:.2f} GB, largest tensor "
-        f"{report.largest_tensor_bytes / 1e9:.2f} GB)"
-        + (f"; load check {max(checks) / 1e9:.2f} GB in its own process" if checks else "")
-        + "; no parity check (streamed)"
-    )
-    table = Table(
-        title=f"{report.family} {report.precision} ({report.method}) → {out_dir}",
-        title_justify="left",
-        caption=caption,
-        caption_justify="left",
-    )
-    for col in ("format", "holds", "MB", "file"):
-        table.add_column(col, justify="right" if col == "MB" else "left", no_wrap=col == "file")
-    for f in report.files:
-        table.add_row(f.format, f.role, f"{f.bytes / 1e6:.2f}", str(f.path))
-    out.print(table)
+    for report in reports:
+        checks = [c["peak_rss_bytes"] for c in report.checks.values() if c.get("peak_rss_bytes")]
+        caption = (
+            f"{report.weights} weights in {report.seconds:.1f} s, "
+            f"peak RSS {report.peak_rss_bytes / 1e9:.2f} GB "
+            f"(checkpoint {report.checkpoint_bytes / 1e9:.2f} GB, "
+            f"largest tensor {report.largest_tensor_bytes / 1e9:.2f} GB)"
+            + (f"; load check {max(checks) / 1e9:.2f} GB in its own process" if checks else "")
+            + "; no parity check (streamed)"
+        )
+        table = Table(
+            title=f"{report.family} {report.precision} ({report.method}) → {out_dir}",
+            title_justify="left",
+            caption=caption,
+            caption_justify="left",
+        )
+        for col in ("format", "holds", "MB", "file"):
+            table.add_column(col, justify="right" if col == "MB" else "left", no_wrap=col == "file")
+        for f in report.files:
+            table.add_row(f.format, f.role, f"{f.bytes / 1e6:.2f}", str(f.path))
+        out.print(table)
 
 
 @app.command()

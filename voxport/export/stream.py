@@ -139,20 +139,15 @@ def _onnx(job: StreamJob) -> FormatResult:
     return FormatResult(files, written.check, written.precisions)
 
 
-#: GGML type of the quantizable weights per precision: the GGUF format's natural types (fp32→F32,
+#: GGML type of a quantizable weight per stored precision: the GGUF format's natural types (fp32→F32,
 #: fp16→F16, int8→Q8_0, int4→Q4_0, export/gguf/adapter.py); other tensors follow the layout's rules
-GGUF_TYPES: dict[str, dict[str, str]] = {
-    "fp32": {"*": "F32"},
-    "fp16": {"*": "F16"},
-    "int8": {"*": "Q8_0"},
-    "int4": {"*": "Q4_0"},
-}
+GGUF_TYPES: dict[str, str] = {"fp32": "F32", "fp16": "F16", "int8": "Q8_0", "int4": "Q4_0"}
 
 
 def _gguf(job: StreamJob) -> FormatResult:
     """The family's GGUF layout written by export/gguf/stream.py from the source's reader. GGML types
-    quantize rows on their own, so that writer chooses types by name (GGUF_TYPES) instead of taking the
-    plan's QuantizedTensors; the precision plan still decides which weights are quantizable."""
+    quantize rows on their own, so that writer takes each weight's type from its precision decision
+    (GGUF_TYPES) instead of the plan's QuantizedTensors; float weights decided fp16 are stored F16."""
     from voxport import __version__
     from voxport.export.gguf.stream import LazyWeights, write_layout_stream
 
@@ -170,13 +165,17 @@ def _gguf(job: StreamJob) -> FormatResult:
             done.add(plan.source)
             job.on_weight(plan.source, plan.ggml_type.name, 0.0)
 
+    # each weight's type from its own decision, so a recipe's mix (int8 head, fp16 codec) holds here too
+    quantizable = model.quantizable()
+    types = {n: GGUF_TYPES[d.precision] for n, d in job.decisions.items() if n in quantizable}
+    float16 = {n for n, d in job.decisions.items() if d.precision == "fp16"}
     written = write_layout_stream(
         layout,
-        LazyWeights(job.source.shapes, load, model.quantizable()),
+        LazyWeights(job.source.shapes, load, quantizable, float16),
         job.out_dir / "gguf",
         stem=f"{job.stem}.{job.precision}",
         general={"general.name": job.stem, "general.quantized_by": f"voxport {__version__}"},
-        types=GGUF_TYPES[job.precision],
+        types=types,
         precision=job.precision,
         method=job.method.name,
         on_tensor=each,

@@ -62,6 +62,8 @@ class LazyWeights:
     shapes: Mapping[str, tuple[int, ...]]
     load: RowLoader
     quantizable: Collection[str] = field(default_factory=frozenset)
+    #: float weights to store as F16 rather than F32 (a recipe's fp16 for what is not quantized)
+    float16: Collection[str] = field(default_factory=frozenset)
 
 
 @dataclass
@@ -118,11 +120,13 @@ def _plan(
     if spec.force is not None or len(stored) < 2:
         forced = spec.force or "F32"
         return TensorPlan(spec.source, spec.gguf_name, GGUF_PY_TYPES[forced], shape, stored, "fp32")
-    # a float32 placeholder: the plan depends on the name, shape and type rules, never on the values
+    # a placeholder of the stored float type: the plan depends on the name, shape and type rules, never
+    # on the values
+    placeholder = np.empty(0, dtype=np.float16 if spec.source in weights.float16 else np.float32)
     return plan_tensor(
         spec.source,
         spec.gguf_name,
-        np.empty(0, dtype=np.float32),
+        placeholder,
         shape,
         stored,
         types=types,

@@ -352,6 +352,8 @@ def encode_tensor(plan: TensorPlan, value: Any, fp32: Any) -> np.ndarray:
         array = np.asarray(value)
         if plan.ggml_type == T.F32:
             array = array.astype(np.float32, copy=False)
+        elif plan.ggml_type == T.F16:  # a streamed weight arrives as float32 whatever its plan
+            array = array.astype(np.float16, copy=False)
         return np.ascontiguousarray(array.reshape(plan.stored_shape))
     weight = np.ascontiguousarray(_numpy(fp32), dtype=np.float32).reshape(plan.stored_shape)
     if plan.ggml_type in K_TYPE_NAMES.values():
