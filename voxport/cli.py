@@ -472,6 +472,7 @@ def stream_export_cmd(
                 "block_size": q.block_size,
                 "overrides": q.overrides_for(p),
                 "int8_block_size": q.int8_block_size,
+                "gguf_types": r.export.gguf.types.get(p),
             }
             for p in ([precision] if precision else r.precisions)
         ]

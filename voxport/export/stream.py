@@ -66,6 +66,8 @@ class StreamJob:
     on_weight: Callable[[str, str, float], None] | None
     #: float weights above this many float32 bytes are read in row chunks (None: the format's default)
     row_chunk_bytes: int | None = None
+    #: GGUF: globs → GGML types over the decisions' own (a recipe's `export.gguf.types`, e.g. Q4_K)
+    gguf_types: Mapping[str, str] | None = None
 
 
 @dataclass
@@ -168,6 +170,7 @@ def _gguf(job: StreamJob) -> FormatResult:
     # each weight's type from its own decision, so a recipe's mix (int8 head, fp16 codec) holds here too
     quantizable = model.quantizable()
     types = {n: GGUF_TYPES[d.precision] for n, d in job.decisions.items() if n in quantizable}
+    types.update(job.gguf_types or {})
     float16 = {n for n, d in job.decisions.items() if d.precision == "fp16"}
     written = write_layout_stream(
         layout,
@@ -246,6 +249,7 @@ def stream_export(
     progress: Progress | None = None,
     on_weight: Callable[[str, str, float], None] | None = None,
     row_chunk_bytes: int | None = None,
+    gguf_types: Mapping[str, str] | None = None,
 ) -> StreamReport:
     """Write `formats` (e.g. ["onnx"]) of `source` at `precision` (fp32, fp16, int8, int4) under
     `out_dir/<format>/` as `<stem>.<precision>...`, one weight in memory at a time.
@@ -255,7 +259,8 @@ def stream_export(
     the model to speak. `check`: each format checks its own files (see the module docstring); no parity
     is measured. `on_weight(name, stored precision, seconds)` is called after each weight of each format.
     `row_chunk_bytes`: float weights larger than this (as float32) are read and written in chunks of rows
-    (default: the format's own, 64 MB for ONNX)."""
+    (default: the format's own, 64 MB for ONNX). `gguf_types`: a recipe's `export.gguf.types` for this
+    precision (globs → GGML types such as Q4_K, the last match winning over each weight's own type)."""
     from voxport.quantize.methods import QuantMethod, get_method
 
     if precision not in PRECISIONS:
@@ -312,6 +317,7 @@ def stream_export(
                 progress,
                 ticker,
                 row_chunk_bytes,
+                gguf_types,
             )
             result = STREAMERS[fmt](job)
         report.files += result.files
