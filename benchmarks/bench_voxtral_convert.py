@@ -16,7 +16,8 @@ cross-check. The generator's own wall time and peak are measured the same way. O
 after measuring unless `--keep` (the disk holds the 8 GB checkpoint; one output at a time beside it).
 
 A converter is one entry in CONVERTERS: a key, a label and a function (checkpoint dir, output dir) →
-details (output bytes, tensor types). The ONNX int4 converter is added there.
+details (output bytes, tensor types). Both run `voxport stream-export`'s own code at int4 with the
+recipes' fp16 embedding tables.
 """
 
 from __future__ import annotations
@@ -51,48 +52,56 @@ CHECKPOINT_SHARE = 0.5
 
 
 # ------------------------------------------------------------------------------------------ converters
-def convert_gguf_q4k(checkpoint: Path, out: Path) -> dict[str, Any]:
-    """GGUF Q4_K, streamed: every 2-D matrix in Q4_K (rows the 256-block does not fit fall back as in
-    every voxport GGUF), vectors F32, convs F16; llama.cpp's `llama` backbone + voxport's audio file."""
-    from voxport import __version__
-    from voxport.export.gguf.stream import LazyWeights, write_layout_stream
-    from voxport.families.voxtral_tts.config import VoxtralConfig
-    from voxport.families.voxtral_tts.consolidated import LazyCheckpoint, LazyState
-    from voxport.families.voxtral_tts.gguf import VoxtralGgufLayout, quantizable
-    from voxport.families.voxtral_tts.synthetic import PARAMS, TOKENIZER, WEIGHTS
+#: the two embedding tables (a row gather: not quantized by the family's plan) stored fp16, as every
+#: Voxtral recipe does: fp32 would make the 131,072 × 3,072 text table alone 1.6 GB of the output
+OVERRIDES = {"mm_audio_embeddings.*": "fp16"}
 
-    cfg = VoxtralConfig(json.loads((checkpoint / PARAMS).read_text(encoding="utf-8")))
+
+def streamed(
+    checkpoint: Path, out: Path, fmt: str, gguf_types: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """`voxport stream-export`'s own path (`voxport.export.stream.stream_export` over the family's
+    `stream_source`) at int4 with the recipes' fp16 tables; no load check, so the child's peak is the
+    conversion's alone (the check runs ONNX Runtime in a process of its own)."""
+    from voxport.export.stream import stream_export
+    from voxport.families.registry import families
+
     started = time.perf_counter()
     done = [0]
 
-    def progress(name: str, plan: Any) -> None:
+    def progress(name: str, stored: str, seconds: float) -> None:
         done[0] += 1
         if done[0] % 25 == 0:
-            log(f"  gguf: {done[0]} tensors, {time.perf_counter() - started:.0f} s ({name})")
+            log(f"  {fmt}: {done[0]} weights, {time.perf_counter() - started:.0f} s ({name})")
 
-    with LazyCheckpoint(checkpoint / WEIGHTS) as ck:
-        state = LazyState(ck)
-        written = write_layout_stream(
-            VoxtralGgufLayout(cfg, checkpoint / TOKENIZER),
-            LazyWeights(state.shapes, state.load, quantizable(cfg)),
-            out,
-            stem="voxtral.q4_k",
-            general={
-                "general.name": "voxtral-tts random weights",
-                "general.quantized_by": f"voxport {__version__}",
-            },
-            types={"*": "Q4_K"},
-            precision="int4",
-            method="Q4_K",
-            on_tensor=progress,
-        )
+    source = families()["voxtral_tts"].stream_source(checkpoint, trust_pickle=True)
+    result = stream_export(
+        source,
+        [fmt],
+        "int4",
+        out,
+        stem="voxtral",
+        overrides=OVERRIDES,
+        check=False,
+        on_weight=progress,
+        gguf_types=gguf_types,
+    )
     return {
-        "output_bytes": sum(written.bytes.values()),
-        "files": {role: p.name for role, p in written.paths.items()},
-        "tensor_types": dict(written.tensor_types),
-        "bits_per_weight": written.bits_per_weight,
-        "fallbacks": len(written.fallbacks),
+        "output_bytes": sum(f.bytes for f in result.files),
+        "files": {f.role: f.path.name for f in result.files},
+        "tensor_types": result.precisions.get(fmt, {}),
     }
+
+
+def convert_gguf_q4k(checkpoint: Path, out: Path) -> dict[str, Any]:
+    """GGUF with every quantizable matrix in Q4_K (rows the 256-block does not fit fall back as in every
+    voxport GGUF), vectors F32, convs F16: llama.cpp's `llama` backbone + voxport's audio file."""
+    return streamed(checkpoint, out, "gguf", {"*": "Q4_K"})
+
+
+def convert_onnx_int4(checkpoint: Path, out: Path) -> dict[str, Any]:
+    """ONNX: blocked int4 DequantizeLinear (blocks of 32, fp16 scales), weights in external data."""
+    return streamed(checkpoint, out, "onnx")
 
 
 @dataclass(frozen=True)
@@ -104,7 +113,8 @@ class Converter:
 
 #: every converter measured, in table order; another format is one more entry
 CONVERTERS: list[Converter] = [
-    Converter("gguf-q4k", "GGUF Q4_K (streamed)", convert_gguf_q4k),
+    Converter("gguf-q4k", "GGUF Q4_K (voxport stream-export)", convert_gguf_q4k),
+    Converter("onnx-int4", "ONNX int4 (voxport stream-export)", convert_onnx_int4),
 ]
 
 
