@@ -125,3 +125,29 @@ def test_gguf_backbone_is_a_llama_text_model(built: Path) -> None:
     assert reader.fields["llama.block_count"].contents() == 2
     assert reader.fields["tokenizer.ggml.model"].contents() == "gpt2"
     assert len(reader.fields["tokenizer.ggml.tokens"].contents()) == 1280
+
+
+def test_calibrated_gptq_with_a_size_budget(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """gptq (calibrated on what each weight sees while the model speaks the built-in calibration set,
+    through the family's default calibration hook) with a bits-per-weight budget that picks the mix: the
+    int4 artifact meets its budget and beats plain RTN int4 on the head's values (measured 20 dB
+    acoustic vs 9 dB, hidden 24 vs 13 dB)."""
+    checkpoint = make_checkpoint(tmp_path_factory.mktemp("vx-gptq") / "tiny", "tiny", seed=0)
+    recipe = Recipe.from_mapping(
+        {
+            "name": "vxg",
+            "model": str(checkpoint),
+            "trust_pickle": True,
+            "formats": ["onnx"],
+            "precisions": ["int4"],
+            # 12 bits/w: the tiny model's float embedding tables alone put its floor at 11 (the 4B's is 2.2)
+            "quantize": {"method": "gptq", "block_size": 32, "budget": {"int4": {"bits_per_weight": 12.0}}},
+            "validate": {"texts": [TEXT], "voice": "ava", "max_frames": FRAMES, "thresholds": {}},
+        },
+        checkpoint,
+    )
+    out = tmp_path_factory.mktemp("vx-gptq-built")
+    pipeline.build(recipe, out)
+    [artifact] = read_manifest(out).artifacts
+    assert artifact.bits_per_weight <= 12.0
+    assert artifact.parity.metrics["acoustic_snr_db"] > 12 and artifact.parity.metrics["hidden_snr_db"] > 16
