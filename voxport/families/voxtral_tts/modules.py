@@ -236,9 +236,12 @@ class Backbone(nn.Module):
 # --- flow-matching head --------------------------------------------------------------------------------
 def time_table(dim: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The reference's `TimeEmbedding` (cos | sin of t · 10000^(-i/half)) at each Euler step's t."""
+    # on the CPU whatever the ambient device: `weightless` builds the modules under torch.device("meta"),
+    # where factory functions disagreed (a CI worker got linspace on the CPU, arange on meta)
     half = dim // 2
-    inv_freq = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32) / half)
-    steps = torch.linspace(0, 1, DECODE_ITERS)
+    cpu = torch.device("cpu")
+    inv_freq = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32, device=cpu) / half)
+    steps = torch.linspace(0, 1, DECODE_ITERS, device=cpu)
     angles = steps.reshape(-1, 1) * inv_freq.reshape(1, -1)
     return torch.cat([angles.cos(), angles.sin()], dim=-1), steps
 
