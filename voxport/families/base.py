@@ -265,6 +265,22 @@ class StreamSource:
     largest_tensor_bytes: int
 
 
+def kept_layers(model: FamilyModel, stack: str, drop: Sequence[int]) -> list[int]:
+    """The indices of `stack` that remain after dropping `drop`: the checks every `pruned` starts with
+    (an unknown stack, an index out of range, dropping them all), each a one-line BadInput."""
+    stacks = {s.name: s for s in model.prunable_stacks()}
+    if stack not in stacks:
+        raise BadInput(f"{model.family} has no prunable stack '{stack}' (prunable: {', '.join(stacks)})")
+    n = stacks[stack].num_layers
+    bad = [i for i in drop if not 0 <= i < n]
+    if bad:
+        raise BadInput(f"prune {stack}: layer indices {bad} out of range 0..{n - 1}")
+    keep = [i for i in range(n) if i not in set(drop)]
+    if not keep:
+        raise BadInput(f"prune {stack}: cannot drop all {n} layers")
+    return keep
+
+
 class Voice(Protocol):
     """Something that speaks ids: a checkpoint's torch loop or an exported artifact in its runtime
     (what `Family.open_artifact` returns and `voxport say` drives)."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,6 @@ def ort_session(path: Path, *, threads: int = 1) -> Any:  # onnxruntime ships no
         raise BadInput(f"{path}: ONNX Runtime cannot load it ({str(exc).splitlines()[0]})") from None
 
 
-
 def graph_metadata(session: Any, path: Path, graph: str, what: str = "") -> dict[str, str]:
     """The metadata of the voxport graph `session` runs, or BadInput when it is not `graph`: a voice is
     spoken through its primary file, and a user handing `say` a split graph gets told which file that is."""
@@ -38,6 +37,20 @@ def graph_metadata(session: Any, path: Path, graph: str, what: str = "") -> dict
             f"{path}: a '{meta.get('graph')}' graph; speak with the primary <name>.<precision>.onnx{what}"
         )
     return meta
+
+
+def sibling_graphs(primary: Path, graphs: Sequence[str]) -> dict[str, Path]:
+    """`<base>.<graph>.onnx` beside a split artifact's primary `<base>.onnx` for each of `graphs`, or
+    BadInput naming the first one missing: the files an artifact voice opens together."""
+    base = primary.name[: -len(".onnx")]
+    found = {}
+    for graph in graphs:
+        sibling = primary.with_name(f"{base}.{graph}.onnx")
+        if not sibling.is_file():
+            raise BadInput(f"{primary}: the {graph} graph is missing beside it (expected {sibling.name})")
+        found[graph] = sibling
+    return found
+
 
 class OrtRunner:
     """Runs exported ONNX graphs in ONNX Runtime, one session per graph."""

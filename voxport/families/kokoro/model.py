@@ -27,6 +27,7 @@ from voxport.families.base import (
     Synthesis,
     SynthesisSettings,
     check_ids,
+    kept_layers,
 )
 from voxport.families.kokoro.checkpoint import MARKER, fold, unfold
 from voxport.families.kokoro.frontend import MAX_PIECE_IDS
@@ -110,15 +111,7 @@ class KokoroModel(FamilyModel):
         return [PrunableStack("bert", n, "repetitions of ALBERT's one shared transformer layer")]
 
     def pruned(self, stack: str, drop: Sequence[int]) -> KokoroModel:
-        n = int(self.net.bert.config.num_hidden_layers)
-        if stack != "bert":
-            raise BadInput(f"kokoro has no prunable stack '{stack}' (prunable: bert)")
-        bad = [i for i in drop if not 0 <= i < n]
-        if bad:
-            raise BadInput(f"prune bert: layer indices {bad} out of range 0..{n - 1}")
-        keep = n - len(set(drop))
-        if keep < 1:
-            raise BadInput(f"prune bert: cannot drop all {n} repetitions")
+        keep = len(kept_layers(self, stack, drop))
         net = copy.deepcopy(self.net)
         net.bert.config.num_hidden_layers = keep  # the layer is shared: dropping any k is dropping k passes
         config = {**self.config, "plbert": {**self.config["plbert"], "num_hidden_layers": keep}}

@@ -34,7 +34,7 @@ from voxport.families.pocket_tts.loop import (
 )
 from voxport.families.pocket_tts.settings import PocketSettings
 from voxport.pieces import id_pieces, text_pieces
-from voxport.runtime.ort import OrtRunner, ort_session
+from voxport.runtime.ort import OrtRunner, ort_session, sibling_graphs
 
 
 class PocketArtifactVoice:
@@ -78,13 +78,7 @@ class PocketArtifactVoice:
                 f"{path}: a '{meta.get('graph')}' graph; speak with the primary "
                 "<name>.<precision>.onnx (the backbone)"
             )
-        base = path.name[: -len(".onnx")]
-        files = {"backbone": path}
-        for graph in ("flow_head", "codec"):
-            sibling = path.with_name(f"{base}.{graph}.onnx")
-            if not sibling.is_file():
-                raise BadInput(f"{path}: the {graph} graph is missing beside it (expected {sibling.name})")
-            files[graph] = sibling
+        files = {"backbone": path, **sibling_graphs(path, ("flow_head", "codec"))}
         return cls(path, meta, OrtRunner(files), [path.parent])
 
     @classmethod

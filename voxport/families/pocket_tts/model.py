@@ -29,6 +29,7 @@ from voxport.families.base import (
     Synthesis,
     SynthesisSettings,
     check_ids,
+    kept_layers,
 )
 from voxport.families.checkpoint import PICKLE_SUFFIXES, find_weights_file, load_tensors
 from voxport.families.layouts.onnx import OnnxLayout
@@ -136,15 +137,7 @@ class PocketTTSAdapter(FamilyModel):
         return [PrunableStack("backbone", self.cfg.num_layers, "transformer layers of the flow LM backbone")]
 
     def pruned(self, stack: str, drop: Sequence[int]) -> PocketTTSAdapter:
-        if stack != "backbone":
-            raise BadInput(f"pocket_tts has no prunable stack '{stack}' (prunable: backbone)")
-        n = self.cfg.num_layers
-        bad = [i for i in drop if not 0 <= i < n]
-        if bad:
-            raise BadInput(f"prune backbone: layer indices {bad} out of range 0..{n - 1}")
-        keep = [i for i in range(n) if i not in set(drop)]
-        if not keep:
-            raise BadInput(f"prune backbone: cannot drop all {n} layers")
+        keep = kept_layers(self, stack, drop)
         raw = copy.deepcopy(self.cfg.raw)
         raw["flow_lm"]["transformer"]["num_layers"] = len(keep)
         modules = copy.deepcopy(self.modules)

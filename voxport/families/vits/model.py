@@ -23,6 +23,7 @@ from voxport.families.base import (
     Synthesis,
     SynthesisSettings,
     check_ids,
+    kept_layers,
 )
 from voxport.families.checkpoint import PICKLE_SUFFIXES, find_weights_file, load_tensors
 from voxport.families.vits.architecture import (
@@ -125,16 +126,7 @@ class VitsModelAdapter(FamilyModel):
         ]
 
     def pruned(self, stack: str, drop: Sequence[int]) -> VitsModelAdapter:
-        stacks = {s.name: s for s in self.prunable_stacks()}
-        if stack not in stacks:
-            raise BadInput(f"vits has no prunable stack '{stack}' (prunable: {', '.join(stacks)})")
-        n = stacks[stack].num_layers
-        bad = [i for i in drop if not 0 <= i < n]
-        if bad:
-            raise BadInput(f"prune {stack}: layer indices {bad} out of range 0..{n - 1}")
-        keep = [i for i in range(n) if i not in set(drop)]
-        if not keep:
-            raise BadInput(f"prune {stack}: cannot drop all {n} layers")
+        keep = kept_layers(self, stack, drop)
         model = copy.deepcopy(self.model)
         layers = model.text_encoder.encoder.layers
         model.text_encoder.encoder.layers = nn.ModuleList([layers[i] for i in keep])

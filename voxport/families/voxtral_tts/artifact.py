@@ -56,18 +56,12 @@ class VoxtralArtifactVoice:
     @classmethod
     def onnx(cls, path: Path) -> VoxtralArtifactVoice:
         """The primary `<name>.<p>.onnx` (the backbone) with its head and codec beside it."""
-        from voxport.runtime.ort import OrtRunner, graph_metadata, ort_session
+        from voxport.runtime.ort import OrtRunner, graph_metadata, ort_session, sibling_graphs
 
         meta = graph_metadata(ort_session(path), path, "backbone", " (the backbone)")
         if FAMILY not in meta:
             raise BadInput(f"{path}: not a Voxtral TTS backbone (no loop numbers in its metadata)")
-        base = path.name[: -len(".onnx")]
-        files = {"backbone": path}
-        for graph in ("acoustic_head", "codec"):
-            sibling = path.with_name(f"{base}.{graph}.onnx")
-            if not sibling.is_file():
-                raise BadInput(f"{path}: the {graph} graph is missing beside it (expected {sibling.name})")
-            files[graph] = sibling
+        files = {"backbone": path, **sibling_graphs(path, ("acoustic_head", "codec"))}
         return cls(path, meta, OrtRunner(files), [path.parent])
 
     @classmethod

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from voxport.families.voxtral_tts.modules import VoxtralModules, apply_rope, rope_angles
+from voxport.families.voxtral_tts.modules import VoxtralModules
 
 #: what each backbone position holds (the graph's `kind` input)
 KIND_TEXT, KIND_VOICE, KIND_AUDIO = 0, 1, 2
@@ -84,19 +84,12 @@ class BackboneCacheGraph(BackboneGraph):
         m = self.model
         x = self.embed(token_ids, audio_codes, voice, kind)
         s, capacity = x.shape[1], cache[0].shape[2]
-        cos, sin = rope_angles(
-            position.to(torch.float32).reshape(1) + torch.arange(s, dtype=torch.float32),
-            m.cfg.head_dim,
-            m.cfg.rope_theta,
-        )
         mask, hot, written = cache_masks(position, s, capacity)
         updated: list[torch.Tensor] = []
+        angles = m.rope(position, s)
         for i, layer in enumerate(m.blocks()):
             ck, cv = cache[2 * i], cache[2 * i + 1]
-            q, k, v = layer.attention.qkv(layer.attention_norm(x))
-            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-            keys, values = torch.cat([ck, k], dim=2), torch.cat([cv, v], dim=2)
-            x = layer.residual(x, layer.attention.attend(q, keys, values, mask))
+            x, k, v = m.layer_step(layer, x, angles, ck, cv, mask)
             updated += [torch.where(written, hot @ k, ck), torch.where(written, hot @ v, cv)]
         return (m.norm(x), *updated)
 

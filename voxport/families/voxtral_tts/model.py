@@ -28,6 +28,7 @@ from voxport.families.base import (
     Synthesis,
     SynthesisSettings,
     check_ids,
+    kept_layers,
 )
 from voxport.families.voxtral_tts.checkpoint import PARAMS as PARAMS_NAME
 from voxport.families.voxtral_tts.checkpoint import fold_tensors, unfold_tensors
@@ -140,15 +141,7 @@ class VoxtralAdapter(FamilyModel):
         ]
 
     def pruned(self, stack: str, drop: Sequence[int]) -> VoxtralAdapter:
-        if stack != "backbone":
-            raise BadInput(f"voxtral_tts has no prunable stack '{stack}' (prunable: backbone)")
-        n = self.cfg.backbone.n_layers
-        bad = [i for i in drop if not 0 <= i < n]
-        if bad:
-            raise BadInput(f"prune backbone: layer indices {bad} out of range 0..{n - 1}")
-        keep = [i for i in range(n) if i not in set(drop)]
-        if not keep:
-            raise BadInput(f"prune backbone: cannot drop all {n} layers")
+        keep = kept_layers(self, stack, drop)
         raw = copy.deepcopy(self.cfg.raw)
         raw["n_layers"] = len(keep)
         modules = VoxtralModules(VoxtralConfig(raw))

@@ -215,22 +215,38 @@ class Backbone(nn.Module):
         (final-norm hidden states, the caches with the new keys/values appended)."""
         s = embeds.shape[1]
         cached = past[0][0].shape[2]
-        start = position.to(torch.float32).reshape(1)
-        cos, sin = rope_angles(
-            start + torch.arange(s, dtype=torch.float32), self.cfg.head_dim, self.cfg.rope_theta
-        )
         queries = torch.arange(s, dtype=torch.int64).reshape(-1, 1) + cached
         keys = torch.arange(cached + s, dtype=torch.int64).reshape(1, -1)
         mask = torch.where(keys <= queries, 0.0, float("-inf"))
-        x, present = embeds, []
-        for module, (pk, pv) in zip(self.layers, past, strict=True):
-            layer = cast(Block, module)
-            q, k, v = layer.attention.qkv(layer.attention_norm(x))
-            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-            k, v = torch.cat([pk, k], dim=2), torch.cat([pv, v], dim=2)
-            x = layer.residual(x, layer.attention.attend(q, k, v, mask))
-            present.append((k, v))
+        x, present, angles = embeds, [], self.rope(position, s)
+        for layer, (pk, pv) in zip(self.blocks(), past, strict=True):
+            x, k, v = self.layer_step(layer, x, angles, pk, pv, mask)
+            present.append((torch.cat([pk, k], dim=2), torch.cat([pv, v], dim=2)))
         return self.norm(x), present
+
+    def rope(self, position: torch.Tensor, new: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin of positions [position, position + new)."""
+        start = position.to(torch.float32).reshape(1)
+        return rope_angles(
+            start + torch.arange(new, dtype=torch.float32), self.cfg.head_dim, self.cfg.rope_theta
+        )
+
+    @staticmethod
+    def layer_step(
+        layer: Block,
+        x: torch.Tensor,
+        angles: tuple[torch.Tensor, torch.Tensor],
+        past_k: torch.Tensor,
+        past_v: torch.Tensor,
+        mask: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One decoder layer over [past | new] keys and values under an additive mask: (its output, the
+        new positions' rotated keys and their values). Both cache forms (growing, fixed) run this."""
+        cos, sin = angles
+        q, k, v = layer.attention.qkv(layer.attention_norm(x))
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        keys, values = torch.cat([past_k, k], dim=2), torch.cat([past_v, v], dim=2)
+        return layer.residual(x, layer.attention.attend(q, keys, values, mask)), k, v
 
 
 # --- flow-matching head --------------------------------------------------------------------------------
